@@ -1,0 +1,31 @@
+# Two entry points: `make demo` (compile built-in examples) and `make test` (the test suite).
+# Each creates .venv on first use; PYTHON may name another interpreter (3.10+).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test fuzz lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/demo.py --out artifacts
+
+test: $(STAMP)
+	$(PY) -m ruff check sparsec passes backends tests examples benchmarks
+	$(PY) -m pytest -q tests
+
+fuzz: $(STAMP)
+	SPARSEC_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q tests -k fuzz
+
+bench: $(STAMP)
+	$(PY) benchmarks/structured.py
+
+clean:
+	rm -rf $(VENV) artifacts build *.egg-info

@@ -1,0 +1,156 @@
+"""Trace a torch model into a Graph with torch.export (non-strict) and dynamic dims.
+
+Rules:
+- dim 0 of every tensor input is the dynamic `batch`; dim 1 of integer inputs of rank >= 2
+  (token ids, masks) is the dynamic `seq`; `dynamic=False` traces static shapes;
+- a size-1 example along a dynamic dim is repeated to size 2 first, since torch.export
+  specialises sizes 0 and 1;
+- the result is unlifted (parameters as get_attr) and ATen-level; the user's model is not
+  modified.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch.export import Dim
+from torch.utils import _pytree as pytree
+
+from sparsec.errors import TraceError
+from sparsec.ir.graph import Graph, InputSpec
+
+__all__ = ["trace", "normalize_inputs"]
+
+_BATCH = "batch"
+_SEQ = "seq"
+
+
+def normalize_inputs(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Accept a tensor, a tuple of args, or a dict of keyword args."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,), {}
+    if isinstance(example_inputs, dict):
+        return (), dict(example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    raise TraceError(
+        f"example_inputs must be a tensor, a tuple of positional inputs or a dict of keyword "
+        f"inputs, not {type(example_inputs).__name__}"
+    )
+
+
+def _dynamic_dims(tensor: torch.Tensor, batch: Dim, seq: Dim) -> dict[int, Dim] | None:
+    dims: dict[int, Dim] = {}
+    if tensor.dim() >= 1:
+        dims[0] = batch
+    if tensor.dim() >= 2 and not tensor.dtype.is_floating_point and tensor.dtype != torch.bool:
+        dims[1] = seq
+    return dims or None
+
+
+def _widen(tensor: torch.Tensor, dims: dict[int, Dim] | None) -> torch.Tensor:
+    """Repeat size-1 dynamic dims to 2 so export does not specialise them."""
+    for axis in dims or {}:
+        if tensor.shape[axis] == 1:
+            tensor = torch.cat([tensor, tensor], dim=axis)
+    return tensor
+
+
+def _dynamic_spec(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    batch, seq = Dim(_BATCH), Dim(_SEQ)
+
+    def leaf_spec(x: Any) -> Any:
+        return _dynamic_dims(x, batch, seq) if isinstance(x, torch.Tensor) else None
+
+    def widen(x: Any) -> Any:
+        return _widen(x, _dynamic_dims(x, batch, seq)) if isinstance(x, torch.Tensor) else x
+
+    args_spec = pytree.tree_map(leaf_spec, args)
+    kwargs_spec = pytree.tree_map(leaf_spec, kwargs)
+    new_args = pytree.tree_map(widen, args)
+    new_kwargs = pytree.tree_map(widen, kwargs)
+    spec: Any = args_spec if not kwargs else {**dict(enumerate(args_spec)), **kwargs_spec}
+    if kwargs and not args:
+        spec = kwargs_spec
+    elif kwargs:
+        raise TraceError("mix of positional and keyword example inputs: pass all by keyword")
+    return spec, new_args, new_kwargs
+
+
+def _symbol_names(gm: fx.GraphModule) -> dict[str, str]:
+    """Map the tracer's symbols (s31, s77) to the dimension names we gave them."""
+    names: dict[str, str] = {}
+    for node in gm.graph.nodes:
+        if node.op != "placeholder":
+            continue
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            continue
+        for axis, size in enumerate(val.shape):
+            if isinstance(size, torch.SymInt) and str(size).isidentifier():
+                is_seq = axis == 1 and not val.dtype.is_floating_point
+                names.setdefault(str(size), _SEQ if is_seq else _BATCH)
+    return names
+
+
+def _drop_guards(gm: fx.GraphModule) -> None:
+    """The unlifted module checks input shapes in `_guards_fn`; shape checks are ours now."""
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and node.target == "_guards_fn":
+            gm.graph.erase_node(node)
+    if hasattr(gm, "_guards_fn"):
+        delattr(gm, "_guards_fn")
+    gm.recompile()
+
+
+def _input_specs(gm: fx.GraphModule, names: dict[str, str]) -> tuple[InputSpec, ...]:
+    specs = []
+    for node in gm.graph.nodes:
+        if node.op == "placeholder" and isinstance(node.meta.get("val"), torch.Tensor):
+            val = node.meta["val"]
+            shape = tuple(
+                names.get(str(s), str(s)) if isinstance(s, torch.SymInt) else int(s) for s in val.shape
+            )
+            specs.append(InputSpec(str(node.target), str(val.dtype).removeprefix("torch."), shape))
+    return tuple(specs)
+
+
+def trace(
+    model: torch.nn.Module, example_inputs: Any, *, dynamic: bool = True
+) -> Graph:
+    """Trace `model` on `example_inputs` into a Graph (see module docstring for the rules)."""
+    if not isinstance(model, torch.nn.Module):
+        raise TraceError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    args, kwargs = normalize_inputs(example_inputs)
+    spec, trace_args, trace_kwargs = _dynamic_spec(args, kwargs) if dynamic else (None, args, kwargs)
+    try:
+        with torch.no_grad():
+            program = torch.export.export(
+                model, trace_args, trace_kwargs or None, dynamic_shapes=spec, strict=False
+            )
+    except Exception as exc:  # torch.export raises many unrelated types; all mean "untraceable"
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TraceError(
+            f"torch.export could not trace {type(model).__name__}: {type(exc).__name__}: "
+            f"{first_line}\nFix: remove data-dependent Python control flow from forward() "
+            "(use torch.where / torch.cond), return tensors or tuples/dicts of tensors, or pass "
+            "dynamic=False if the model only supports fixed shapes."
+        ) from exc
+    gm = program.module()
+    _drop_guards(gm)
+    names = _symbol_names(gm)
+    outputs = program.call_spec.out_spec
+    output_names = tuple(f"output_{i}" for i in range(outputs.num_leaves if outputs else 1))
+    return Graph(
+        module=gm,
+        example_args=trace_args,
+        example_kwargs=trace_kwargs,
+        dynamic_shapes=spec,
+        symbol_names=names,
+        input_specs=_input_specs(gm, names),
+        output_names=output_names,
+    )

@@ -1,0 +1,179 @@
+"""The IR: an ATen-level torch.fx graph with parameters as get_attr nodes.
+
+Rules:
+- a Graph owns its GraphModule; every edit goes through `Graph.rewrite()`, which bumps
+  `version` so cached analyses know they are stale;
+- `node.meta["val"]` holds a fake tensor for every value, symbolic in dynamic dims;
+  `verify()` recomputes them and raises `VerificationError` naming the node that fails;
+- the module stays a runnable, trainable torch module with the user's call signature.
+
+Example:
+    graph = sparsec.frontends.trace(model, (x,))
+    with graph.rewrite("my-pass") as rw:
+        rw.slice_parameter("fc.weight", axis=0, keep=[0, 2, 3])
+    graph.verify()
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch._guards import detect_fake_mode
+
+from sparsec.errors import VerificationError
+from sparsec.ir.text import format_graph, format_value
+
+__all__ = ["Graph", "InputSpec", "describe_node"]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One flat input of the traced program: its name, dtype and shape (dynamic dims named)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+
+def describe_node(node: fx.Node) -> str:
+    """`%conv2d_1 = aten.conv2d.default(%relu, @c2.weight, ...)` for error messages."""
+    args = ", ".join(
+        (f"@{a.target}" if a.op == "get_attr" else f"%{a.name}") if isinstance(a, fx.Node) else repr(a)
+        for a in node.args
+    )
+    return f"%{node.name} = {node.target}({args})"
+
+
+class _FakePropagator(fx.Interpreter):
+    """Runs the graph on fake tensors and stores each result in `node.meta['val']`."""
+
+    def __init__(self, module: fx.GraphModule, fake_mode: Any) -> None:
+        super().__init__(module, garbage_collect_values=True)
+        self.fake_mode = fake_mode
+
+    def get_attr(self, target: Any, args: Any, kwargs: Any) -> Any:
+        real = super().get_attr(target, args, kwargs)
+        if isinstance(real, torch.Tensor):
+            return self.fake_mode.from_tensor(real, static_shapes=True)
+        return real
+
+    def run_node(self, n: fx.Node) -> Any:
+        if n.op == "placeholder":
+            return n.meta["val"]
+        try:
+            result = super().run_node(n)
+        except Exception as exc:  # any failure here is a shape or type error at this node
+            shapes = ", ".join(
+                f"%{a.name}: {format_value(a.meta.get('val'), {})}"
+                for a in n.all_input_nodes
+            )
+            raise VerificationError(
+                f"shape propagation failed at {describe_node(n)} (inputs {shapes}): {exc}. "
+                "A rewrite left this node's operands inconsistent; run with verify_each=True "
+                "to find the pass that did it."
+            ) from exc
+        if n.op != "output":
+            n.meta["val"] = result
+        return result
+
+
+@dataclass
+class Graph:
+    """A traced program: the GraphModule plus what is needed to run, check and re-export it."""
+
+    module: fx.GraphModule
+    example_args: tuple[Any, ...]
+    example_kwargs: dict[str, Any] = field(default_factory=dict)
+    dynamic_shapes: Any = None
+    symbol_names: dict[str, str] = field(default_factory=dict)
+    input_specs: tuple[InputSpec, ...] = ()
+    output_names: tuple[str, ...] = ()
+    version: int = 0
+
+    # ----- reading -----
+    @property
+    def nodes(self) -> list[fx.Node]:
+        return list(self.module.graph.nodes)
+
+    def node(self, name: str) -> fx.Node:
+        for n in self.module.graph.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(f"no node named %{name} in the graph")
+
+    def tensor(self, target: str) -> torch.Tensor:
+        """The parameter or buffer that a get_attr target names."""
+        obj: Any = self.module
+        for part in target.split("."):
+            obj = getattr(obj, part)
+        if not isinstance(obj, torch.Tensor):
+            raise KeyError(f"@{target} is not a tensor attribute of the graph module")
+        return obj
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+    def num_nodes(self) -> int:
+        return sum(1 for n in self.module.graph.nodes if n.op == "call_function")
+
+    def __str__(self) -> str:
+        return format_graph(self.module, self.symbol_names)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+    # ----- checking -----
+    def propagate_shapes(self) -> None:
+        """Recompute `node.meta['val']` for every node from the inputs' symbolic shapes."""
+        placeholders = [n for n in self.module.graph.nodes if n.op == "placeholder"]
+        values = [n.meta.get("val") for n in placeholders]
+        fake_mode = detect_fake_mode(values)
+        if fake_mode is None:
+            raise VerificationError(
+                "the graph's inputs carry no fake tensors in node.meta['val']; "
+                "build graphs with sparsec.frontends.trace()"
+            )
+        with fake_mode:
+            _FakePropagator(self.module, fake_mode).run(*values)
+
+    def verify(self) -> None:
+        """Lint the graph and re-propagate shapes; raise VerificationError naming the bad node."""
+        try:
+            self.module.graph.lint()
+        except Exception as exc:
+            raise VerificationError(f"graph lint failed: {exc}") from exc
+        for node in self.module.graph.nodes:
+            if node.op == "get_attr":
+                try:
+                    self.tensor(str(node.target))
+                except (AttributeError, KeyError) as exc:
+                    raise VerificationError(
+                        f"{describe_node(node)} refers to a missing attribute @{node.target}"
+                    ) from exc
+        self.propagate_shapes()
+
+    # ----- editing -----
+    @contextlib.contextmanager
+    def rewrite(self, owner: str) -> Iterator[Any]:
+        """Open a Rewriter; on a clean exit with edits, recompile, re-propagate and bump version."""
+        from sparsec.ir.rewriter import Rewriter
+
+        rewriter = Rewriter(self, owner)
+        yield rewriter
+        rewriter.finish()
+
+    # ----- leaving the IR -----
+    def export_program(self) -> torch.export.ExportedProgram:
+        """Re-export the (possibly rewritten) module with the same dynamic dimensions."""
+        return torch.export.export(
+            self.module,
+            self.example_args,
+            self.example_kwargs or None,
+            dynamic_shapes=self.dynamic_shapes,
+            strict=False,
+        )

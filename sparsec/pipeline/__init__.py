@@ -1,0 +1,38 @@
+"""Pass infrastructure: pass classes, the analysis cache, the pass manager, instruments."""
+
+from sparsec.pipeline.analysis_manager import AnalysisManager
+from sparsec.pipeline.base import (
+    PRESERVE_ALL,
+    Analysis,
+    Pass,
+    PassResult,
+    RewritePass,
+    format_pass,
+    pass_dataclass,
+    register,
+    registry,
+)
+from sparsec.pipeline.instruments import IRDump, NumericCheck, Statistics, Timing, VerifyEach, max_abs_diff
+from sparsec.pipeline.pass_manager import PassManager, Pipeline, PipelineRun
+
+__all__ = [
+    "PRESERVE_ALL",
+    "Analysis",
+    "AnalysisManager",
+    "IRDump",
+    "NumericCheck",
+    "Pass",
+    "PassManager",
+    "PassResult",
+    "Pipeline",
+    "PipelineRun",
+    "RewritePass",
+    "Statistics",
+    "Timing",
+    "VerifyEach",
+    "format_pass",
+    "max_abs_diff",
+    "pass_dataclass",
+    "register",
+    "registry",
+]

@@ -1,0 +1,142 @@
+"""Pass instruments: hooks that observe a pipeline run without changing it.
+
+Rules:
+- an instrument sees `before(pass, graph)` and `after(pass, graph, result)` for each
+  pipeline entry, analyses included (`result` is None for analyses);
+- instruments record what they measure in `records`, which the report reads.
+
+Example:
+    pm = PassManager(pipeline, instruments=[Timing(), IRDump(Path("dumps"))])
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils import _pytree as pytree
+
+from sparsec.errors import NumericMismatchError
+
+if TYPE_CHECKING:
+    from sparsec.ir import Graph
+    from sparsec.pipeline.base import Pass, PassResult
+
+__all__ = ["Instrument", "Timing", "Statistics", "IRDump", "VerifyEach", "NumericCheck", "max_abs_diff"]
+
+
+class Instrument:
+    """Base instrument: does nothing; override `before` / `after`."""
+
+    def before(self, p: Pass, graph: Graph) -> None:
+        return None
+
+    def after(self, p: Pass, graph: Graph, result: PassResult | None) -> None:
+        return None
+
+
+@dataclass
+class Timing(Instrument):
+    """Wall time of each pipeline entry, in seconds."""
+
+    records: list[tuple[str, float]] = field(default_factory=list)
+    _start: float = 0.0
+
+    def before(self, p: Pass, graph: Graph) -> None:
+        self._start = time.perf_counter()
+
+    def after(self, p: Pass, graph: Graph, result: PassResult | None) -> None:
+        self.records.append((str(p), time.perf_counter() - self._start))
+
+
+@dataclass
+class Statistics(Instrument):
+    """Node and parameter counts before and after each entry, and whether it changed anything."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    _before: tuple[int, int] = (0, 0)
+
+    def before(self, p: Pass, graph: Graph) -> None:
+        self._before = (graph.num_nodes(), graph.num_parameters())
+
+    def after(self, p: Pass, graph: Graph, result: PassResult | None) -> None:
+        self.records.append(
+            {
+                "pass": str(p),
+                "nodes_before": self._before[0],
+                "nodes_after": graph.num_nodes(),
+                "params_before": self._before[1],
+                "params_after": graph.num_parameters(),
+                "changed": bool(result and result.changed),
+            }
+        )
+
+
+@dataclass
+class IRDump(Instrument):
+    """Writes `NN-<pass>.before.txt` / `.after.txt` text IR into `directory`."""
+
+    directory: Path
+    before_too: bool = False
+    _index: int = 0
+
+    def before(self, p: Pass, graph: Graph) -> None:
+        self._index += 1
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.before_too:
+            (self.directory / f"{self._index:02d}-{p.name}.before.txt").write_text(str(graph))
+
+    def after(self, p: Pass, graph: Graph, result: PassResult | None) -> None:
+        (self.directory / f"{self._index:02d}-{p.name}.after.txt").write_text(str(graph))
+
+
+class VerifyEach(Instrument):
+    """Runs `graph.verify()` after every rewrite."""
+
+    def after(self, p: Pass, graph: Graph, result: PassResult | None) -> None:
+        if result is not None:
+            graph.verify()
+
+
+def _flat_tensors(value: Any) -> list[torch.Tensor]:
+    return [x for x in pytree.tree_leaves(value) if isinstance(x, torch.Tensor)]
+
+
+def max_abs_diff(actual: Any, expected: Any) -> float:
+    """Largest absolute difference over all tensor leaves; inf if shapes differ."""
+    a, b = _flat_tensors(actual), _flat_tensors(expected)
+    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b, strict=True)):
+        return float("inf")
+    return max((float((x.float() - y.float()).abs().max()) for x, y in zip(a, b, strict=True) if x.numel()), default=0.0)
+
+
+@dataclass
+class NumericCheck(Instrument):
+    """Runs the graph on the example inputs after each rewrite and compares to the reference.
+
+    Passes that declare `preserves_numerics` must stay within `atol + rtol*|ref|`; others are
+    only measured (pruning changes outputs by design) and the deviation is recorded.
+    """
+
+    reference: Any
+    atol: float = 1e-4
+    rtol: float = 1e-4
+    records: list[tuple[str, float]] = field(default_factory=list)
+
+    def after(self, p: Pass, graph: Graph, result: PassResult | None) -> None:
+        if result is None or not result.changed:
+            return
+        with torch.no_grad():
+            actual = graph.module(*graph.example_args, **graph.example_kwargs)
+        err = max_abs_diff(actual, self.reference)
+        self.records.append((str(p), err))
+        if getattr(p, "preserves_numerics", False):
+            scale = max((float(t.abs().max()) for t in _flat_tensors(self.reference) if t.numel()), default=0.0)
+            if err > self.atol + self.rtol * scale:
+                raise NumericMismatchError(
+                    f"pass {p} promised to keep outputs but changed them by {err:.3g} "
+                    f"(tolerance {self.atol + self.rtol * scale:.3g}); this is a bug in that pass"
+                )

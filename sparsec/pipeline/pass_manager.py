@@ -1,0 +1,139 @@
+"""Runs a Pipeline over a Graph: analyses through the cache, rewrites with instruments.
+
+Rules:
+- analyses listed in a pipeline are computed eagerly and chosen for their role;
+- after each rewrite the analysis cache keeps only what the pass preserved;
+- a failing pass raises PassError naming the pass, the passes before it, and the cause.
+
+Example:
+    pm = PassManager(Pipeline([MagnitudeImportance(), PruneChannels(ratio=0.5)]),
+                     instruments=[Timing(), VerifyEach()])
+    results = pm.run(graph)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sparsec.errors import NumericMismatchError, PassError, SparsecError, VerificationError
+from sparsec.ir import Graph
+from sparsec.pipeline.analysis_manager import AnalysisManager
+from sparsec.pipeline.base import Analysis, Pass, PassResult, RewritePass, format_pass
+from sparsec.pipeline.instruments import Instrument
+
+__all__ = ["Pipeline", "PassManager", "PipelineRun"]
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """An ordered list of passes plus where the result goes (target, backend)."""
+
+    passes: tuple[Pass, ...] = ()
+    target: str = "cpu"
+    backend: str | None = None
+
+    def __init__(self, passes: Iterable[Pass] = (), target: str = "cpu", backend: str | None = None) -> None:
+        object.__setattr__(self, "passes", tuple(passes))
+        object.__setattr__(self, "target", target)
+        object.__setattr__(self, "backend", backend)
+
+    def __str__(self) -> str:
+        return "pipeline(" + ",".join(format_pass(p) for p in self.passes) + ")"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved pipeline as plain data (stored in every artifact)."""
+        return {
+            "target": self.target,
+            "backend": self.backend,
+            "passes": [{"name": p.name, **_plain(p.options())} for p in self.passes],
+            "text": str(self),
+        }
+
+
+def _plain(options: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if hasattr(value, "value"):
+            value = value.value
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[key] = value
+    return out
+
+
+@dataclass
+class PipelineRun:
+    """What a run did: each rewrite's result, in order, and the analysis manager."""
+
+    results: list[tuple[Pass, PassResult | None]] = field(default_factory=list)
+    analyses: AnalysisManager | None = None
+
+    @property
+    def changed(self) -> bool:
+        return any(r is not None and r.changed for _, r in self.results)
+
+
+class PassManager:
+    """Runs a Pipeline's passes in order over one Graph."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline | Sequence[Pass],
+        instruments: Sequence[Instrument] = (),
+        progress: Callable[[int, int, Pass], None] | None = None,
+    ) -> None:
+        self.pipeline = pipeline if isinstance(pipeline, Pipeline) else Pipeline(pipeline)
+        self.instruments = list(instruments)
+        self.progress = progress
+
+    def run(self, graph: Graph, am: AnalysisManager | None = None) -> PipelineRun:
+        am = am or AnalysisManager(graph)
+        run = PipelineRun(analyses=am)
+        done: list[str] = []
+        total = len(self.pipeline.passes)
+        for index, p in enumerate(self.pipeline.passes):
+            if self.progress:
+                self.progress(index, total, p)
+            for inst in self.instruments:
+                inst.before(p, graph)
+            try:
+                result = self._run_one(p, graph, am)
+                for inst in self.instruments:
+                    inst.after(p, graph, result)
+            except (VerificationError, NumericMismatchError) as exc:
+                raise type(exc)(f"after pass {p} (passes before it: {done or 'none'}): {exc}") from exc
+            except SparsecError:
+                raise
+            except Exception as exc:
+                raise PassError(
+                    f"pass {p} failed (passes before it: {done or 'none'}): "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            run.results.append((p, result))
+            done.append(str(p))
+        if self.progress and total:
+            self.progress(total, total, self.pipeline.passes[-1])
+        return run
+
+    @staticmethod
+    def _run_one(p: Pass, graph: Graph, am: AnalysisManager) -> PassResult | None:
+        if isinstance(p, Analysis):
+            am.get(p)
+            am.choose(p)
+            return None
+        if isinstance(p, RewritePass):
+            version = graph.version
+            result = p.run(graph, am)
+            if not isinstance(result, PassResult):
+                raise PassError(f"pass {p} returned {type(result).__name__}, not a PassResult")
+            if result.changed != (graph.version != version):
+                raise PassError(
+                    f"pass {p} reported changed={result.changed} but the graph version "
+                    f"{'did' if graph.version != version else 'did not'} change; "
+                    "edit only through graph.rewrite() and report what you did"
+                )
+            am.invalidate(result.preserved)
+            return result
+        raise PassError(f"{p!r} is neither an Analysis nor a RewritePass")
