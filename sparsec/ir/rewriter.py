@@ -86,6 +86,16 @@ class Rewriter:
             new = old.detach().index_select(axis, index).clone()
         self.replace_tensor(target, new)
 
+    def share_tensor(self, alias: str, source: str) -> None:
+        """Make `alias` refer to the same tensor as `source` (tied weights stay tied)."""
+        module, leaf = self._owner_module(alias)
+        value = self.graph.tensor(source)
+        if isinstance(value, torch.nn.Parameter):
+            setattr(module, leaf, value)
+        else:
+            module._buffers[leaf] = value
+        self._log("share", alias, source)
+
     def add_tensor(self, name: str, value: torch.Tensor, *, parameter: bool = True) -> str:
         """Register a new parameter/buffer on the root module; returns its (unique) target."""
         base, target, k = name.replace(".", "_"), name.replace(".", "_"), 0

@@ -1,0 +1,197 @@
+"""Dependency groups: which channels of which tensors must be removed together.
+
+Rules:
+- every op's rule (sparsec.ir.ops) links elements of slots; connected elements form a
+  *unit* (one channel, one head, a channel tied across groups), found with scipy's
+  connected components so large graphs cost seconds;
+- connected slots form a *group*; a group is prunable only where a layer produces its
+  channels (a "producer" weight slice), and units touching a model input or output, or an
+  op without a rule, are frozen with the reason;
+- only shapes are read (node.meta), never weights, so meta-device models work.
+
+Example:
+    deps = am.get(DependencyGroups())
+    for group in deps.groups: print(group.describe())
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import networkx as nx
+import numpy as np
+import scipy.sparse
+import scipy.sparse.csgraph
+import torch.fx as fx
+from torch.utils import _pytree as pytree
+
+from sparsec.ir import Graph
+from sparsec.ir.ops import RULES, ChannelFlow, ParamRole, Slot
+from sparsec.pipeline import Analysis, AnalysisManager, pass_dataclass, register
+
+__all__ = ["DependencyGroups", "DependencyInfo", "DependencyGroup", "ParamSlice"]
+
+
+@dataclass(frozen=True)
+class ParamSlice:
+    """One axis of one parameter or buffer that a group slices."""
+
+    target: str
+    axis: int
+    role: ParamRole
+    layer: str
+    node: str
+
+    @property
+    def slot(self) -> Slot:
+        return self.node, self.axis
+
+
+@dataclass
+class DependencyGroup:
+    """Coupled slots and the units (channels, heads) that can be removed from all of them."""
+
+    index: int
+    slots: tuple[Slot, ...]
+    params: tuple[ParamSlice, ...]
+    units: np.ndarray
+    frozen_units: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def prunable_units(self) -> np.ndarray:
+        if not self.frozen_units:
+            return self.units
+        return self.units[~np.isin(self.units, list(self.frozen_units))]
+
+    @property
+    def layers(self) -> list[str]:
+        return sorted({p.layer for p in self.params if p.role == "producer"})
+
+    def describe(self) -> str:
+        layers = ", ".join(self.layers) or "-"
+        frozen = f", {len(self.frozen_units)} frozen" if self.frozen_units else ""
+        return f"group {self.index}: {len(self.units)} units{frozen} [{layers}]"
+
+
+@dataclass
+class DependencyInfo:
+    """The result: groups, the unit of every slot index, and why things are frozen."""
+
+    groups: list[DependencyGroup]
+    slot_units: dict[Slot, np.ndarray]
+    coupling: nx.Graph
+    frozen_reasons: dict[Slot, str]
+    unruled_ops: dict[str, list[str]]
+
+    def keep_indices(self, slot: Slot, removed: np.ndarray) -> np.ndarray:
+        """Indices of `slot` that survive when `removed` units go."""
+        return np.nonzero(~np.isin(self.slot_units[slot], removed))[0]
+
+    def group_of(self, layer: str) -> list[DependencyGroup]:
+        return [g for g in self.groups if layer in g.layers]
+
+
+def _tie_shared_parameters(graph: Graph, flow: ChannelFlow) -> None:
+    """get_attr nodes that read the same tensor (tied weights) must shrink together."""
+    by_tensor: dict[int, list[fx.Node]] = defaultdict(list)
+    for node in graph.nodes:
+        if node.op == "get_attr":
+            tensor = graph.tensor(str(node.target))
+            by_tensor[id(tensor)].append(node)
+    for nodes in by_tensor.values():
+        for other in nodes[1:]:
+            flow.identity_all(nodes[0], other)
+
+
+def _collect_flow(graph: Graph) -> tuple[ChannelFlow, dict[str, list[str]]]:
+    flow = ChannelFlow()
+    unruled: dict[str, list[str]] = defaultdict(list)
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            flow.freeze(node, "model input")
+        elif node.op == "output":
+            for leaf in pytree.tree_leaves(node.args[0]):
+                flow.freeze(leaf, "model output")
+        elif node.op == "call_function" and node.target in RULES:
+            RULES[node.target](flow, node)
+        elif node.op in ("call_function", "call_module", "call_method"):
+            op = str(node.target)
+            unruled[op].append(node.name)
+            reason = f"channels of %{node.name} flow through {op}, which has no rule"
+            for arg in node.all_input_nodes:
+                flow.freeze(arg, reason)
+            flow.freeze(node, reason)
+    _tie_shared_parameters(graph, flow)
+    return flow, dict(unruled)
+
+
+def _units(flow: ChannelFlow) -> tuple[dict[Slot, np.ndarray], int]:
+    """Label every element of every slot with its unit (connected component)."""
+    bases: dict[Slot, int] = {}
+    total = 0
+    for slot, size in flow.sizes.items():
+        bases[slot] = total
+        total += size
+    src, dst = [], []
+    for a, b, index in flow.links:
+        n = flow.sizes[a]
+        src.append(np.arange(n) + bases[a])
+        dst.append((np.arange(n) if index is None else index) + bases[b])
+    if src:
+        rows, cols = np.concatenate(src), np.concatenate(dst)
+    else:
+        rows = cols = np.zeros(0, dtype=np.int64)
+    adjacency = scipy.sparse.coo_matrix(
+        (np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(total, total)
+    )
+    _, labels = scipy.sparse.csgraph.connected_components(adjacency, directed=False)
+    return {slot: labels[base : base + flow.sizes[slot]] for slot, base in bases.items()}, total
+
+
+def _param_slices(graph: Graph, flow: ChannelFlow, slots: list[Slot]) -> list[ParamSlice]:
+    params = []
+    for name, axis in slots:
+        node = graph.node(name)
+        if node.op == "get_attr":
+            role, layer = flow.roles.get((name, axis), ("other", str(node.target).rsplit(".", 1)[0]))
+            params.append(ParamSlice(str(node.target), axis, role, layer, name))
+    return params
+
+
+@register
+@pass_dataclass
+class DependencyGroups(Analysis):
+    """Couple channels across the graph and report prunable groups (see module docstring)."""
+
+    name: ClassVar[str] = "dependency-groups"
+
+    def run(self, graph: Graph, am: AnalysisManager) -> DependencyInfo:
+        flow, unruled = _collect_flow(graph)
+        slot_units, _ = _units(flow)
+        frozen_units: dict[int, str] = {}
+        for slot, reason in flow.frozen.items():
+            for unit in np.unique(slot_units[slot]):
+                frozen_units.setdefault(int(unit), reason)
+        coupling = nx.Graph()
+        coupling.add_nodes_from(flow.sizes)
+        coupling.add_edges_from((a, b) for a, b, _ in flow.links)
+        position = {n.name: i for i, n in enumerate(graph.nodes)}
+
+        def order(slot: Slot) -> tuple[int, int]:
+            return position[slot[0]], slot[1]
+
+        groups = []
+        components = sorted(nx.connected_components(coupling), key=lambda c: min(map(order, c)))
+        for slots_set in components:
+            slots = sorted(slots_set, key=order)
+            params = _param_slices(graph, flow, slots)
+            if not any(p.role == "producer" for p in params):
+                continue
+            units = np.unique(np.concatenate([slot_units[s] for s in slots]))
+            frozen = {int(u): frozen_units[int(u)] for u in units if int(u) in frozen_units}
+            groups.append(
+                DependencyGroup(len(groups), tuple(slots), tuple(params), units, frozen)
+            )
+        return DependencyInfo(groups, slot_units, coupling, dict(flow.frozen), unruled)
