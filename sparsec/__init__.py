@@ -1,3 +1,13 @@
-"""sparsec: a compiler for sparse neural networks."""
+"""sparsec: a compiler for sparse neural networks.
+
+    compiled = sparsec.compile(model, (x,), target="cpu", pipeline="structured-50")
+    compiled.save("out/model")
+    model = sparsec.load("out/model")
+"""
+
+from sparsec.compile import CompiledModel, compile
+from sparsec.pipeline import Pipeline
 
 __version__ = "0.1.0"
+
+__all__ = ["CompiledModel", "Pipeline", "__version__", "compile"]

@@ -60,14 +60,19 @@ class PruneChannels(RewritePass):
         deps = am.get(DependencyGroups())
         scores = am.get(am.provider("channel-importance", MagnitudeImportance()))
         removed: list[np.ndarray] = []
-        summary: dict[str, list[int]] = {}
+        rows: list[dict[str, object]] = []
         for group in deps.groups:
             chosen = self.choose(group, scores[group.index])
             removed.append(chosen)
-            summary[f"group {group.index} [{', '.join(group.layers)}]"] = [
-                len(group.units),
-                len(group.units) - len(chosen),
-            ]
+            rows.append(
+                {
+                    "index": group.index,
+                    "layers": ", ".join(group.layers),
+                    "before": len(group.units),
+                    "after": len(group.units) - len(chosen),
+                    "frozen": "ignored" if self._ignored(group) else next(iter(group.frozen_units.values()), ""),
+                }
+            )
         all_removed = np.concatenate(removed) if removed else np.zeros(0, dtype=np.int64)
         remove_units(graph, deps, all_removed, self.name)
-        return PassResult(changed=len(all_removed) > 0, summary={"groups": summary})
+        return PassResult(changed=len(all_removed) > 0, summary={"groups": rows})

@@ -12,7 +12,7 @@ from sparsec.pipeline.base import (
     register,
     registry,
 )
-from sparsec.pipeline.instruments import IRDump, NumericCheck, Statistics, Timing, VerifyEach, max_abs_diff
+from sparsec.pipeline.instruments import Instrument, IRDump, NumericCheck, Statistics, Timing, VerifyEach, max_abs_diff
 from sparsec.pipeline.pass_manager import PassManager, Pipeline, PipelineRun
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "Analysis",
     "AnalysisManager",
     "IRDump",
+    "Instrument",
     "NumericCheck",
     "Pass",
     "PassManager",

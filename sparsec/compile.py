@@ -1,0 +1,271 @@
+"""`sparsec.compile()`: trace → pass pipeline → backend, with a measured report.
+
+Rules:
+- the user's model is never modified: it is traced in eval mode (restored afterwards) and
+  every rewrite replaces tensors instead of editing them;
+- without `example_inputs`, compilation happens on the first call, with that call's inputs;
+- after lowering, the backend's outputs are compared with the pruned torch graph on the
+  example inputs and the max error goes into the report.
+
+Example:
+    compiled = sparsec.compile(model, (x,), target="cpu", pipeline="structured-50")
+    y = compiled(x)
+    print(compiled.report.to_markdown())
+    compiled.save("artifacts/model")
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sparsec.backends.base import BackendOptions, Executable, default_backend, get_backend
+from sparsec.errors import SparsecError
+from sparsec.frontends import normalize_inputs, trace
+from sparsec.ir import Graph
+from sparsec.metrics import count_macs, layer_widths
+from sparsec.passes.analysis.dependency_groups import DependencyGroups
+from sparsec.pipeline import (
+    AnalysisManager,
+    Instrument,
+    IRDump,
+    NumericCheck,
+    Pass,
+    PassManager,
+    Pipeline,
+    Statistics,
+    Timing,
+    VerifyEach,
+    max_abs_diff,
+)
+from sparsec.report import ModelStats, Report
+from sparsec.resolve import PipelineSpec, resolve_pipeline
+
+__all__ = ["CompiledModel", "compile"]
+
+Progress = Callable[[str], None]
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes.items():
+            m.train(training)
+
+
+def _stats(graph: Graph) -> ModelStats:
+    return ModelStats(graph.num_parameters(), count_macs(graph), graph.num_nodes(), tuple(layer_widths(graph)))
+
+
+@dataclass
+class _Build:
+    graph: Graph
+    executable: Executable
+    report: Report
+    pipeline: Pipeline
+    backend_name: str
+
+
+def _group_rows(am: AnalysisManager, graph: Graph, results: list[tuple[Pass, Any]]) -> list[dict[str, Any]]:
+    """Group table rows: from the last structured rewrite's summary, else the analysis."""
+    for _, result in reversed(results):
+        if result is not None and "groups" in result.summary:
+            return list(result.summary["groups"])
+    if not am.is_cached(DependencyGroups()):
+        return []
+    deps = am.get(DependencyGroups())
+    return [
+        {
+            "index": g.index,
+            "layers": ", ".join(g.layers),
+            "before": len(g.units),
+            "after": len(g.units),
+            "frozen": next(iter(g.frozen_units.values()), ""),
+        }
+        for g in deps.groups
+    ]
+
+
+def _build(
+    model: torch.nn.Module,
+    example_inputs: Any,
+    pipeline: Pipeline,
+    options: BackendOptions,
+    verify_each: bool,
+    dump_ir: Path | None,
+    progress: Progress,
+) -> _Build:
+    args, kwargs = normalize_inputs(example_inputs)
+    progress(f"tracing {type(model).__name__}")
+    with _eval_mode(model), torch.no_grad():
+        graph = trace(model, kwargs or args)
+        reference = graph.module(*graph.example_args, **graph.example_kwargs)
+    before = _stats(graph)
+    timing, stats, numeric = Timing(), Statistics(), NumericCheck(reference)
+    instruments: list[Instrument] = [timing, stats, numeric]
+    if verify_each:
+        instruments.append(VerifyEach())
+    if dump_ir is not None:
+        instruments.append(IRDump(Path(dump_ir)))
+
+    def on_pass(index: int, total: int, p: Pass) -> None:
+        if index < total:
+            progress(f"pass {index + 1}/{total}: {p}")
+
+    am = AnalysisManager(graph)
+    with torch.no_grad():
+        run = PassManager(pipeline, instruments, progress=on_pass).run(graph, am)
+    backend = get_backend(pipeline.backend) if pipeline.backend else default_backend(pipeline.target)
+    reason = "named in the pipeline" if pipeline.backend else f"default for target {pipeline.target!r}"
+    progress(f"lowering to {backend.name} for {pipeline.target}")
+    problems = [d for d in backend.check(graph) if str(getattr(d.severity, "value", d.severity)) == "error"]
+    if problems:
+        raise SparsecError(
+            f"backend {backend.name} cannot lower this graph: " + "; ".join(d.message for d in problems)
+        )
+    executable = backend.lower(graph, pipeline.target, options)
+    with torch.no_grad():
+        backend_error = max_abs_diff(
+            executable(*graph.example_args, **graph.example_kwargs),
+            graph.module(*graph.example_args, **graph.example_kwargs),
+        )
+    report = Report(
+        model=type(model).__name__,
+        target=pipeline.target,
+        backend=backend.name,
+        pipeline=str(pipeline),
+        before=before,
+        after=_stats(graph),
+        pass_times=list(timing.records),
+        pass_stats=list(stats.records),
+        pass_deviation=list(numeric.records),
+        groups=_group_rows(am, graph, run.results),
+        unruled_ops=am.get(DependencyGroups()).unruled_ops if am.is_cached(DependencyGroups()) else {},
+        backend_error=backend_error,
+        backend_reason=reason,
+        notes=list(getattr(executable, "notes", [])),
+    )
+    return _Build(graph, executable, report, pipeline, backend.name)
+
+
+class CompiledModel:
+    """A compiled model: call it like the original; `.module` is the pruned, trainable graph."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        pipeline: Pipeline,
+        options: BackendOptions,
+        verify_each: bool,
+        dump_ir: Path | None,
+        progress: Progress,
+    ) -> None:
+        self._model = model
+        self._pipeline = pipeline
+        self._options = options
+        self._verify_each = verify_each
+        self._dump_ir = dump_ir
+        self._progress = progress
+        self._build: _Build | None = None
+
+    def compile_with(self, example_inputs: Any) -> CompiledModel:
+        """Compile now on `example_inputs` (done automatically at the first call)."""
+        self._build = _build(
+            self._model, example_inputs, self._pipeline, self._options,
+            self._verify_each, self._dump_ir, self._progress,
+        )
+        return self
+
+    @property
+    def compiled(self) -> bool:
+        return self._build is not None
+
+    def _built(self) -> _Build:
+        if self._build is None:
+            raise SparsecError(
+                "this model is not compiled yet: call it once on real inputs, or pass "
+                "example_inputs= to sparsec.compile()"
+            )
+        return self._build
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._build is None:
+            self.compile_with(kwargs if kwargs and not args else args)
+        return self._built().executable(*args, **kwargs)
+
+    @property
+    def graph(self) -> Graph:
+        return self._built().graph
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The pruned program as a torch module: it trains, saves and exports."""
+        return self._built().graph.module
+
+    @property
+    def report(self) -> Report:
+        return self._built().report
+
+    @property
+    def executable(self) -> Executable:
+        return self._built().executable
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self._pipeline
+
+    def save(self, directory: str | Path) -> Path:
+        """Write a deployable artifact directory (atomically); returns its path."""
+        from sparsec.artifact import write_artifact
+
+        build = self._built()
+        return write_artifact(
+            Path(directory),
+            graph=build.graph,
+            executable=build.executable,
+            backend_name=build.backend_name,
+            target=build.pipeline.target,
+            pipeline=build.pipeline.to_dict(),
+            report_markdown=build.report.to_markdown(),
+            report=build.report.to_dict(),
+        )
+
+
+def compile(  # noqa: A001 - the public name mirrors torch.compile
+    model: torch.nn.Module,
+    example_inputs: Any = None,
+    *,
+    target: str | None = None,
+    pipeline: PipelineSpec = None,
+    backend: str | None = None,
+    threads: int | None = None,
+    verify_each: bool = True,
+    dump_ir: str | Path | None = None,
+    progress: Progress | None = None,
+) -> CompiledModel:
+    """Compile `model` for `target` ("cpu" or "cuda") with `pipeline` (preset, file or object).
+
+    `example_inputs`: a tensor, a tuple of positional inputs or a dict of keyword inputs;
+    without it, compilation happens at the first call.
+    """
+    resolved = resolve_pipeline(pipeline, target=target, backend=backend)
+    compiled = CompiledModel(
+        model,
+        resolved,
+        BackendOptions(threads=threads),
+        verify_each,
+        Path(dump_ir) if dump_ir is not None else None,
+        progress or (lambda message: None),
+    )
+    if example_inputs is not None:
+        compiled.compile_with(example_inputs)
+    return compiled

@@ -1,0 +1,103 @@
+"""Model size and cost: parameters, multiply-accumulates, per-layer widths.
+
+Rules:
+- MACs are per sample: the `batch` dimension counts as 1, other dynamic dims (`seq`) take
+  their size in the example inputs;
+- counted ops: convolutions, linear layers, matrix products, attention; elementwise ops
+  are not counted (they are not where the time goes, and every peer omits them).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import sympy
+import torch
+import torch.fx as fx
+
+from sparsec.ir import Graph
+
+__all__ = ["LayerWidth", "count_macs", "layer_widths", "concrete_shape"]
+
+aten = torch.ops.aten
+
+
+@dataclass(frozen=True)
+class LayerWidth:
+    """A weight layer's input and output channels (features)."""
+
+    layer: str
+    op: str
+    in_channels: int
+    out_channels: int
+
+
+def _substitutions(graph: Graph) -> dict[sympy.Symbol, int]:
+    subs: dict[sympy.Symbol, int] = {}
+    for node in graph.nodes:
+        val = node.meta.get("val") if node.op == "placeholder" else None
+        if not isinstance(val, torch.Tensor):
+            continue
+        for size in val.shape:
+            if isinstance(size, torch.SymInt):
+                expr = size.node.expr
+                if isinstance(expr, sympy.Symbol):
+                    is_batch = graph.symbol_names.get(str(expr), "batch") == "batch"
+                    subs[expr] = 1 if is_batch else int(size.node.hint)
+    return subs
+
+
+def concrete_shape(value: torch.Tensor, subs: dict[sympy.Symbol, int]) -> list[int]:
+    """A fake tensor's shape with dynamic dims replaced by per-sample sizes."""
+    return [
+        int(s.node.expr.subs(subs)) if isinstance(s, torch.SymInt) else int(s) for s in value.shape
+    ]
+
+
+def _node_macs(node: fx.Node, subs: dict[sympy.Symbol, int]) -> int:
+    out = node.meta.get("val")
+    if not isinstance(out, torch.Tensor):
+        return 0
+    out_numel = math.prod(concrete_shape(out, subs))
+    target = node.target
+    if target in (aten.conv1d.default, aten.conv2d.default, aten.conv3d.default, aten.convolution.default):
+        weight = node.args[1].meta["val"]
+        return out_numel * math.prod(weight.shape[1:])
+    if target is aten.linear.default:
+        return out_numel * int(node.args[1].meta["val"].shape[1])
+    if target in (aten.matmul.default, aten.mm.default, aten.bmm.default, aten.addmm.default):
+        lhs = node.args[1] if target is aten.addmm.default else node.args[0]
+        return out_numel * int(concrete_shape(lhs.meta["val"], subs)[-1])
+    if target is aten.scaled_dot_product_attention.default:
+        q = concrete_shape(node.args[0].meta["val"], subs)
+        k = concrete_shape(node.args[1].meta["val"], subs)
+        return math.prod(q[:-1]) * k[-2] * q[-1] * 2
+    return 0
+
+
+def count_macs(graph: Graph) -> int:
+    """Multiply-accumulates of one sample through the graph."""
+    subs = _substitutions(graph)
+    return sum(_node_macs(n, subs) for n in graph.nodes if n.op == "call_function")
+
+
+def layer_widths(graph: Graph) -> list[LayerWidth]:
+    """Input/output channels of every conv and linear layer, in graph order."""
+    widths = []
+    for node in graph.nodes:
+        if node.op != "call_function":
+            continue
+        is_conv = node.target in (aten.conv1d.default, aten.conv2d.default, aten.conv3d.default)
+        if not (is_conv or node.target is aten.linear.default):
+            continue
+        weight = node.args[1]
+        shape = weight.meta["val"].shape
+        groups = 1
+        if is_conv:
+            groups = int(node.args[6]) if len(node.args) > 6 else int(node.kwargs.get("groups", 1))
+        layer = str(weight.target).rsplit(".", 1)[0] if weight.op == "get_attr" else weight.name
+        widths.append(
+            LayerWidth(layer, "conv" if is_conv else "linear", int(shape[1]) * groups, int(shape[0]))
+        )
+    return widths

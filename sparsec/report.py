@@ -1,0 +1,100 @@
+"""The compile report: what the model was, what each pass did, what came out.
+
+Rules:
+- everything in it is measured on this run (counts, timings, errors), never estimated;
+- it renders as Markdown for people (`report.md`) and as plain data (`report.json`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sparsec.metrics import LayerWidth
+
+__all__ = ["ModelStats", "Report"]
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """Size and cost of one version of the model."""
+
+    parameters: int
+    macs: int
+    nodes: int
+    widths: tuple[LayerWidth, ...]
+
+
+@dataclass
+class Report:
+    """Everything one compilation measured."""
+
+    model: str
+    target: str
+    backend: str
+    pipeline: str
+    before: ModelStats
+    after: ModelStats
+    pass_times: list[tuple[str, float]] = field(default_factory=list)
+    pass_stats: list[dict[str, Any]] = field(default_factory=list)
+    pass_deviation: list[tuple[str, float]] = field(default_factory=list)
+    groups: list[dict[str, Any]] = field(default_factory=list)
+    unruled_ops: dict[str, list[str]] = field(default_factory=dict)
+    backend_error: float | None = None
+    backend_reason: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def _ratio(after: int, before: int) -> str:
+        return f"{after / before:.3f}" if before else "-"
+
+    def to_markdown(self) -> str:
+        b, a = self.before, self.after
+        lines = [
+            f"# sparsec report: {self.model}",
+            "",
+            f"- target: `{self.target}`, backend: `{self.backend}`"
+            + (f" ({self.backend_reason})" if self.backend_reason else ""),
+            f"- pipeline: `{self.pipeline}`",
+            "",
+            "| | before | after | after/before |",
+            "|---|---:|---:|---:|",
+            f"| parameters | {b.parameters:,} | {a.parameters:,} | {self._ratio(a.parameters, b.parameters)} |",
+            f"| MACs per sample | {b.macs:,} | {a.macs:,} | {self._ratio(a.macs, b.macs)} |",
+            f"| ops | {b.nodes} | {a.nodes} | |",
+            "",
+        ]
+        if self.backend_error is not None:
+            lines += [f"Max |backend - torch| on the example inputs: {self.backend_error:.3g}", ""]
+        if self.pass_times:
+            lines += ["## Passes", "", "| pass | time (s) | params after | deviation from input model |", "|---|---:|---:|---:|"]
+            deviation = dict(self.pass_deviation)
+            params = {s["pass"]: s["params_after"] for s in self.pass_stats}
+            for name, seconds in self.pass_times:
+                dev = f"{deviation[name]:.3g}" if name in deviation else "-"
+                lines.append(f"| `{name}` | {seconds:.3f} | {params.get(name, '-'):,} | {dev} |")
+            lines.append("")
+        before_widths = {w.layer: w for w in b.widths}
+        if a.widths:
+            lines += ["## Layer widths", "", "| layer | op | in before → after | out before → after |", "|---|---|---:|---:|"]
+            for w in a.widths:
+                old = before_widths.get(w.layer, w)
+                lines.append(
+                    f"| {w.layer} | {w.op} | {old.in_channels} → {w.in_channels} | {old.out_channels} → {w.out_channels} |"
+                )
+            lines.append("")
+        if self.groups:
+            lines += ["## Dependency groups", "", "| group | layers | units before → after | frozen |", "|---|---|---:|---|"]
+            for g in self.groups:
+                lines.append(f"| {g['index']} | {g['layers']} | {g['before']} → {g['after']} | {g['frozen']} |")
+            lines.append("")
+        if self.unruled_ops:
+            lines += ["## Ops without a channel rule (their channels were frozen)", ""]
+            lines += [f"- `{op}`: {', '.join(nodes[:5])}" for op, nodes in self.unruled_ops.items()]
+            lines.append("")
+        if self.notes:
+            lines += ["## Notes", ""] + [f"- {n}" for n in self.notes] + [""]
+        return "\n".join(lines)
