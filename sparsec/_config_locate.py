@@ -82,7 +82,11 @@ def yaml_locator(text: str) -> Locator:
                 if pair is None:
                     return line
                 line, node = pair[0].start_mark.line + 1, pair[1]
-            elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step < len(node.value):
+            elif (
+                isinstance(node, yaml.SequenceNode)
+                and isinstance(step, int)
+                and step < len(node.value)
+            ):
                 node = node.value[step]
                 line = node.start_mark.line + 1
             else:

@@ -18,7 +18,12 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 __all__ = ["describe_option", "option_names"]
 
-_SINGULAR: dict[Any, str] = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+_SINGULAR: dict[Any, str] = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+}
 _PLURAL: dict[Any, str] = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
 _LISTS = (tuple, list, set, frozenset, Sequence)
 
@@ -56,9 +61,16 @@ def _describe(tp: Any, plural: bool = False) -> str:
 
 
 def _bounds(metadata: Iterable[Any]) -> str:
-    limits = {attr: getattr(m, attr) for m in metadata for attr in ("ge", "gt", "le", "lt") if getattr(m, attr, None) is not None}
+    limits = {
+        attr: getattr(m, attr)
+        for m in metadata
+        for attr in ("ge", "gt", "le", "lt")
+        if getattr(m, attr, None) is not None
+    }
     low = ("[", limits["ge"]) if "ge" in limits else ("(", limits["gt"]) if "gt" in limits else None
-    high = ("]", limits["le"]) if "le" in limits else (")", limits["lt"]) if "lt" in limits else None
+    high = (
+        ("]", limits["le"]) if "le" in limits else (")", limits["lt"]) if "lt" in limits else None
+    )
     if low and high:
         return f"in {low[0]}{low[1]}, {high[1]}{high[0]}"
     if low:

@@ -176,11 +176,15 @@ class _Problems:
         if len(self.messages) == 1:
             raise ConfigError(self.messages[0])
         if self.messages:
-            raise ConfigError(f"{len(self.messages)} problems in {self.source}:\n" + "\n".join(self.messages))
+            raise ConfigError(
+                f"{len(self.messages)} problems in {self.source}:\n" + "\n".join(self.messages)
+            )
 
 
 def _field_name(path: FieldPath) -> str:
-    return "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in path).lstrip(".")
+    return "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in path).lstrip(
+        "."
+    )
 
 
 def _validate(data: Any, source: str, position: _Position) -> Pipeline:
@@ -191,7 +195,9 @@ def _validate(data: Any, source: str, position: _Position) -> Pipeline:
     problems = _Problems(source, position)
     for key in data:
         if key not in _TOP_LEVEL:
-            problems.add((str(key),), f"unknown top-level key {key!r}; {did_you_mean(str(key), _TOP_LEVEL)}")
+            problems.add(
+                (str(key),), f"unknown top-level key {key!r}; {did_you_mean(str(key), _TOP_LEVEL)}"
+            )
     target = data.get("target", "cpu")
     if problem := unknown_choice("target", target, TARGETS):
         problems.add(("target",), problem)
@@ -200,7 +206,10 @@ def _validate(data: Any, source: str, position: _Position) -> Pipeline:
         problems.add(("backend",), problem)
     entries = data.get("passes", [])
     if not isinstance(entries, list):
-        problems.add(("passes",), f"must be a list of pass tables ([[passes]] in TOML, '- name: ...' in YAML), got {type(entries).__name__}")
+        problems.add(
+            ("passes",),
+            f"must be a list of pass tables ([[passes]] in TOML, '- name: ...' in YAML), got {type(entries).__name__}",
+        )
         entries = []
     passes = [_build_pass(entry, index, problems) for index, entry in enumerate(entries)]
     problems.raise_if_any()
@@ -215,7 +224,11 @@ def _build_pass(entry: Any, index: int, problems: _Problems) -> Pass | None:
         return None
     name = entry.get("name")
     if not isinstance(name, str):
-        what = "missing the pass 'name'" if name is None else f"the pass name must be a string, got {name!r}"
+        what = (
+            "missing the pass 'name'"
+            if name is None
+            else f"the pass name must be a string, got {name!r}"
+        )
         problems.add(path, f"{what}; valid passes: {', '.join(sorted(known))}")
         return None
     cls = known.get(name)
@@ -227,7 +240,10 @@ def _build_pass(entry: Any, index: int, problems: _Problems) -> Pass | None:
     unknown = [key for key in options if key not in valid]
     for key in unknown:
         hint = "; top-level keys go before the first [[passes]] table" if key in _TOP_LEVEL else ""
-        problems.add((*path, key), f"unknown option {key!r} of pass {name!r}; {did_you_mean(key, valid)}{hint}")
+        problems.add(
+            (*path, key),
+            f"unknown option {key!r} of pass {name!r}; {did_you_mean(key, valid)}{hint}",
+        )
     if unknown:
         return None
     try:
@@ -256,7 +272,9 @@ def _pass_options(p: Pass, toml: bool) -> dict[str, Any]:
         if value is None and toml:
             if defaults.get(key) is None:
                 continue  # None is the default, so leaving it out reads back the same
-            raise ConfigError(f"{p.name}.{key} is None, which TOML cannot hold; write a .yaml file instead")
+            raise ConfigError(
+                f"{p.name}.{key} is None, which TOML cannot hold; write a .yaml file instead"
+            )
         out[key] = _plain(value)
     return out
 
@@ -274,7 +292,11 @@ def _plain(value: Any) -> Any:
 def _toml_document(data: dict[str, Any]) -> str:
     lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in data.items() if k != "passes"]
     for entry in data["passes"]:
-        lines += ["", "[[passes]]", *(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in entry.items())]
+        lines += [
+            "",
+            "[[passes]]",
+            *(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in entry.items()),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -292,5 +314,9 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    raise ConfigError(f"cannot write {value!r} ({type(value).__name__}) to TOML; write a .yaml file instead")
+        return (
+            "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+        )
+    raise ConfigError(
+        f"cannot write {value!r} ({type(value).__name__}) to TOML; write a .yaml file instead"
+    )

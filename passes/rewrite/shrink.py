@@ -73,7 +73,9 @@ def _resize_ops(graph: Graph, rw: Rewriter, kept: dict[Slot, np.ndarray]) -> Non
             continue
         update = fn(node, ask)
         if update is not None:
-            rw.set_args(node, *update)
+            rw.set_args(node, update.args, update.kwargs)
+            if update.target is not None and update.target is not node.target:
+                rw.set_target(node, update.target)
 
 
 def remove_units(graph: Graph, deps: DependencyInfo, removed: np.ndarray, owner: str) -> int:

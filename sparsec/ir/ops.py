@@ -31,6 +31,7 @@ __all__ = [
     "ChannelFlow",
     "ParamRole",
     "Resize",
+    "Resized",
     "Slot",
     "rule",
     "resizer",
@@ -154,7 +155,17 @@ class Resize:
     kept: Callable[[Any, int], np.ndarray | None]
 
 
-ResizeFn = Callable[[fx.Node, Resize], tuple[tuple[Any, ...], dict[str, Any]] | None]
+@dataclass(frozen=True)
+class Resized:
+    """A resizer's answer: the node's new arguments, and a new op where the old one cannot
+    express the new sizes (an uneven `chunk` becomes `split_with_sizes`)."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    target: Any = None
+
+
+ResizeFn = Callable[[fx.Node, Resize], Resized | None]
 
 RULES: dict[Any, RuleFn] = {}
 RESIZERS: dict[Any, ResizeFn] = {}
@@ -271,15 +282,15 @@ def _conv(flow: ChannelFlow, node: fx.Node) -> None:
 
 
 @resizer(*_CONVS)
-def _resize_conv(node: fx.Node, r: Resize) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+def _resize_conv(node: fx.Node, r: Resize) -> Resized | None:
     weight = node.args[1]
     groups = _conv_groups(node)
     new_in = r.new_size(node.args[0], 1)
     if groups == 1 or new_in is None or weight.meta["val"].shape[1] != 1:
         return None
     if len(node.args) > 6:
-        return (*node.args[:6], new_in, *node.args[7:]), dict(node.kwargs)
-    return tuple(node.args), {**node.kwargs, "groups": new_in}
+        return Resized((*node.args[:6], new_in, *node.args[7:]), dict(node.kwargs))
+    return Resized(tuple(node.args), {**node.kwargs, "groups": new_in})
 
 
 @rule(aten.linear.default)
@@ -337,13 +348,13 @@ def _layer_norm(flow: ChannelFlow, node: fx.Node) -> None:
 
 
 @resizer(aten.layer_norm.default)
-def _resize_layer_norm(node: fx.Node, r: Resize) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+def _resize_layer_norm(node: fx.Node, r: Resize) -> Resized | None:
     new = r.new_size(node, -1)
     if new is None or list(node.args[1]) == [new]:
         return None
     args = list(node.args)
     args[1] = [new]
-    return tuple(args), dict(node.kwargs)
+    return Resized(tuple(args), dict(node.kwargs))
 
 
 @rule(aten.embedding.default)
@@ -527,7 +538,7 @@ def _freeze_axis(flow: ChannelFlow, node: fx.Node, axis: int, reason: str) -> No
 
 
 @resizer(aten.view.default, aten.reshape.default, aten._unsafe_view.default)
-def _resize_view(node: fx.Node, r: Resize) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+def _resize_view(node: fx.Node, r: Resize) -> Resized | None:
     shape = list(node.args[1])
     changed = False
     for axis, size in enumerate(shape):
@@ -538,7 +549,7 @@ def _resize_view(node: fx.Node, r: Resize) -> tuple[tuple[Any, ...], dict[str, A
                 changed = True
     if not changed:
         return None
-    return (node.args[0], shape, *node.args[2:]), dict(node.kwargs)
+    return Resized((node.args[0], shape, *node.args[2:]), dict(node.kwargs))
 
 
 @rule(aten.permute.default)
@@ -612,11 +623,19 @@ def _cat(flow: ChannelFlow, node: fx.Node) -> None:
         offset += n
 
 
-@rule(aten.split_with_sizes.default, aten.split.Tensor)
+_SPLITS = [aten.split_with_sizes.default, aten.split.Tensor, aten.chunk.default]
+
+
+def _split_dim(node: fx.Node) -> int:
+    rank = node.args[0].meta["val"].dim()
+    return (node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)) % rank
+
+
+@rule(*_SPLITS)
 def _split(flow: ChannelFlow, node: fx.Node) -> None:
     x = node.args[0]
     rank = flow.rank(x)
-    dim = (node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)) % rank
+    dim = _split_dim(node)
     src = flow.slot(x, dim)
     offsets = np.cumsum([0] + [t.shape[dim] for t in node.meta["val"]])
     for user in node.users:
@@ -634,11 +653,10 @@ def _split(flow: ChannelFlow, node: fx.Node) -> None:
         flow.gather(part, src, np.arange(flow.sizes[part]) + int(offsets[k]))
 
 
-@resizer(aten.split_with_sizes.default, aten.split.Tensor)
-def _resize_split(node: fx.Node, r: Resize) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+@resizer(*_SPLITS)
+def _resize_split(node: fx.Node, r: Resize) -> Resized | None:
     x = node.args[0]
-    rank = x.meta["val"].dim()
-    dim = (node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)) % rank
+    dim = _split_dim(node)
     kept = r.kept(x, dim)
     if kept is None:
         return None
@@ -647,9 +665,7 @@ def _resize_split(node: fx.Node, r: Resize) -> tuple[tuple[Any, ...], dict[str, 
     new = [int(((kept >= lo) & (kept < hi)).sum()) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
     if new == old:
         return None
-    if node.target is aten.split.Tensor and len(set(new[:-1])) > 1:
-        return (x, new, dim), {}
-    return (x, new, *node.args[2:]), dict(node.kwargs)
+    return Resized((x, new, dim), {}, target=aten.split_with_sizes.default)
 
 
 @rule(aten.slice.Tensor)
@@ -681,7 +697,7 @@ def _slice_bounds(node: fx.Node, size: int) -> tuple[int, int, int]:
 
 
 @resizer(aten.slice.Tensor)
-def _resize_slice(node: fx.Node, r: Resize) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+def _resize_slice(node: fx.Node, r: Resize) -> Resized | None:
     x = node.args[0]
     rank = x.meta["val"].dim()
     dim = (node.args[1] if len(node.args) > 1 else 0) % rank
@@ -696,7 +712,7 @@ def _resize_slice(node: fx.Node, r: Resize) -> tuple[tuple[Any, ...], dict[str, 
         return None
     args = list(node.args) + [None] * (4 - len(node.args))
     args[1], args[2], args[3] = dim, new_start, new_end
-    return tuple(args), dict(node.kwargs)
+    return Resized(tuple(args), dict(node.kwargs))
 
 
 # ---------------------------------------------------------------- plumbing

@@ -121,6 +121,12 @@ class Rewriter:
             node.kwargs = dict(kwargs)
         self._log("args", node.name, f"{before} -> {(node.args, dict(node.kwargs))}")
 
+    def set_target(self, node: fx.Node, target: Any) -> None:
+        """Swap a node's op for an equivalent one that takes its new arguments."""
+        before = node.target
+        node.target = target
+        self._log("target", node.name, f"{before} -> {target}")
+
     def insert_call(
         self,
         target: Any,

@@ -1,0 +1,167 @@
+"""The `sparsec` command line: compile, inspect, run, and list passes and presets.
+
+Example:
+    sparsec compile examples.models:small_cnn --input 1x3x32x32 --out artifacts/cnn
+    sparsec inspect artifacts/cnn
+    sparsec run artifacts/cnn --input x.npy --output y.npy
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import torch
+import typer
+from rich.console import Console
+
+from sparsec.errors import SparsecError
+
+__all__ = ["app", "parse_input_spec", "load_model_factory"]
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="sparsec: a compiler for sparse neural networks.")
+console = Console(stderr=True)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "int32": torch.int32, "bool": torch.bool}
+
+
+def parse_input_spec(spec: str) -> torch.Tensor:
+    """`1x3x32x32` (float32), `2x16:int64` (token ids in [0, 2)), `2x16:int64:1000` (ids < 1000)."""
+    shape_text, *rest = spec.split(":")
+    try:
+        shape = [int(s) for s in shape_text.lower().split("x")]
+    except ValueError:
+        raise SparsecError(f"bad --input {spec!r}: the shape must look like 1x3x32x32") from None
+    dtype_name = rest[0] if rest else "float32"
+    if dtype_name not in _DTYPES:
+        raise SparsecError(f"bad --input {spec!r}: dtype {dtype_name!r} is not one of {', '.join(_DTYPES)}")
+    dtype = _DTYPES[dtype_name]
+    generator = torch.Generator().manual_seed(0)
+    if dtype.is_floating_point:
+        return torch.randn(shape, generator=generator).to(dtype)
+    high = int(rest[1]) if len(rest) > 1 else 2
+    return torch.randint(0, high, shape, generator=generator).to(dtype)
+
+
+def load_model_factory(reference: str) -> torch.nn.Module:
+    """`package.module:factory` → the module the factory returns (or the module attribute)."""
+    if ":" not in reference:
+        raise SparsecError(f"bad model {reference!r}: use package.module:factory, e.g. examples.models:small_cnn")
+    module_name, attribute = reference.split(":", 1)
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SparsecError(f"cannot import {module_name!r} for model {reference!r}: {exc}") from exc
+    finally:
+        sys.path.pop(0)
+    if not hasattr(module, attribute):
+        raise SparsecError(f"module {module_name!r} has no attribute {attribute!r}")
+    obj = getattr(module, attribute)
+    model = obj if isinstance(obj, torch.nn.Module) else obj()
+    if not isinstance(model, torch.nn.Module):
+        raise SparsecError(f"{reference} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=1)
+
+
+@app.command("compile")
+def compile_command(
+    model: Annotated[str, typer.Argument(help="package.module:factory returning an nn.Module")],
+    input: Annotated[list[str], typer.Option("--input", "-i", help="example input: 1x3x32x32[:dtype[:high]]")],
+    out: Annotated[Path, typer.Option(help="artifact directory to write")] = Path("artifacts/model"),
+    pipeline: Annotated[str, typer.Option(help="preset name, .toml/.yaml file, or pipeline text")] = "structured-50",
+    target: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    backend: Annotated[str | None, typer.Option(help="onnxruntime or torch (default: per target)")] = None,
+    threads: Annotated[int | None, typer.Option(help="runtime threads")] = None,
+    print_ir: Annotated[bool, typer.Option("--print-ir", help="print the IR after compiling")] = False,
+    dump_ir: Annotated[Path | None, typer.Option(help="write numbered IR dumps per pass here")] = None,
+) -> None:
+    """Compile a model into an artifact directory and print its report."""
+    import sparsec
+
+    try:
+        module = load_model_factory(model)
+        examples = tuple(parse_input_spec(s) for s in input)
+        with console.status("compiling") as status:
+            compiled = sparsec.compile(
+                module, examples, target=target, pipeline=pipeline, backend=backend,
+                threads=threads, dump_ir=dump_ir, progress=lambda m: (status.update(m), console.log(m)),
+            )
+            status.update("writing artifact")
+            path = compiled.save(out)
+    except SparsecError as exc:
+        _fail(exc)
+    if print_ir:
+        typer.echo(str(compiled.graph))
+    typer.echo(compiled.report.to_markdown())
+    console.print(f"[green]artifact written to[/] {path}")
+
+
+@app.command()
+def inspect(directory: Annotated[Path, typer.Argument(help="artifact directory")]) -> None:
+    """Show an artifact's manifest summary and report."""
+    from sparsec.artifact import read_manifest
+
+    try:
+        manifest = read_manifest(directory)
+    except SparsecError as exc:
+        _fail(exc)
+    summary = {k: manifest[k] for k in ("format_version", "target", "backend", "inputs", "outputs", "versions") if k in manifest}
+    typer.echo(json.dumps(summary, indent=2))
+    report = directory / "report.md"
+    if report.exists():
+        typer.echo(report.read_text())
+
+
+@app.command()
+def run(
+    directory: Annotated[Path, typer.Argument(help="artifact directory")],
+    input: Annotated[list[Path], typer.Option("--input", "-i", help=".npy file per model input, in order")],
+    output: Annotated[Path | None, typer.Option(help="write the first output here (.npy)")] = None,
+) -> None:
+    """Run an artifact on .npy inputs."""
+    import sparsec
+
+    try:
+        loaded = sparsec.load(directory)
+        arrays = [np.load(p, allow_pickle=False) for p in input]
+        result = loaded(*[torch.from_numpy(a) for a in arrays])
+    except (SparsecError, OSError, ValueError) as exc:
+        _fail(exc)
+    leaves = [t for t in torch.utils._pytree.tree_leaves(result) if isinstance(t, torch.Tensor)]
+    for k, t in enumerate(leaves):
+        typer.echo(f"output {k}: shape {list(t.shape)} dtype {str(t.dtype).removeprefix('torch.')}")
+    if output is not None and leaves:
+        np.save(output, leaves[0].detach().numpy(), allow_pickle=False)
+        console.print(f"[green]wrote[/] {output}")
+
+
+@app.command()
+def passes() -> None:
+    """List registered passes and their options."""
+    from sparsec.config import registered_passes
+    from sparsec.pipeline import Analysis
+
+    for name, cls in sorted(registered_passes().items()):
+        fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        kind = "analysis" if issubclass(cls, Analysis) else "rewrite"
+        typer.echo(f"{name:28s} {kind:9s} {fields}")
+
+
+@app.command()
+def presets() -> None:
+    """List pipeline presets."""
+    from sparsec.presets import list_presets
+
+    for name, description in list_presets().items():
+        typer.echo(f"{name:16s} {description}")

@@ -1,0 +1,66 @@
+"""Named pipelines for the common cases, so `compile(model)` needs no config file.
+
+Rules:
+- a preset is plain data (pass names and options) validated through `pipeline_from_dict`,
+  so it resolves against the registry and never imports pass modules itself;
+- `structured-50` is the default: the output layer is kept whole by the dependency analysis,
+  not by the preset;
+- `none` is the empty pipeline: compile without pruning.
+
+Example:
+    get_preset("structured-50")  # pipeline(magnitude-importance{norm=2},prune-channels{ratio=0.5,...})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+from sparsec._suggest import did_you_mean
+from sparsec.config import pipeline_from_dict
+from sparsec.errors import ConfigError
+from sparsec.pipeline import Pipeline
+
+__all__ = ["DEFAULT_PRESET", "get_preset", "list_presets"]
+
+
+class _Preset(NamedTuple):
+    description: str
+    passes: tuple[Mapping[str, Any], ...]
+
+
+def _structured(ratio: float) -> _Preset:
+    return _Preset(
+        f"remove {ratio:.0%} of the channels of each prunable group, by L2 weight magnitude",
+        (
+            MappingProxyType({"name": "magnitude-importance", "norm": 2}),
+            MappingProxyType({"name": "prune-channels", "ratio": ratio}),
+        ),
+    )
+
+
+_PRESETS: Mapping[str, _Preset] = MappingProxyType(
+    {
+        "structured-50": _structured(0.5),
+        "structured-30": _structured(0.3),
+        "none": _Preset("no pruning: compile the model as it is", ()),
+    }
+)
+
+DEFAULT_PRESET = "structured-50"
+"""The preset used when no pipeline is given."""
+
+
+def list_presets() -> dict[str, str]:
+    """Every preset name with its one-line description, in a stable order."""
+    return {name: preset.description for name, preset in _PRESETS.items()}
+
+
+def get_preset(name: str, *, target: str = "cpu", backend: str | None = None) -> Pipeline:
+    """The Pipeline of preset `name`; an unknown name raises ConfigError with the nearest one."""
+    preset = _PRESETS.get(name)
+    if preset is None:
+        raise ConfigError(f"unknown preset {name!r}; {did_you_mean(name, _PRESETS)}")
+    data = {"target": target, "backend": backend, "passes": [dict(p) for p in preset.passes]}
+    return pipeline_from_dict(data, source=f"preset {name!r}")
