@@ -25,6 +25,7 @@ fuzz: $(STAMP)
 	SPARSEC_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q tests -k fuzz
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) benchmarks/structured.py
 
 clean:

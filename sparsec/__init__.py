@@ -5,9 +5,11 @@
     model = sparsec.load("out/model")
 """
 
+from sparsec.artifact import LoadedArtifact
+from sparsec.artifact import read_artifact as load
 from sparsec.compile import CompiledModel, compile
 from sparsec.pipeline import Pipeline
 
 __version__ = "0.1.0"
 
-__all__ = ["CompiledModel", "Pipeline", "__version__", "compile"]
+__all__ = ["CompiledModel", "LoadedArtifact", "Pipeline", "__version__", "compile", "load"]

@@ -110,10 +110,10 @@ def compile_command(
 @app.command()
 def inspect(directory: Annotated[Path, typer.Argument(help="artifact directory")]) -> None:
     """Show an artifact's manifest summary and report."""
-    from sparsec.artifact import read_manifest
+    from sparsec.artifact import verify_artifact
 
     try:
-        manifest = read_manifest(directory)
+        manifest = verify_artifact(directory)
     except SparsecError as exc:
         _fail(exc)
     summary = {k: manifest[k] for k in ("format_version", "target", "backend", "inputs", "outputs", "versions") if k in manifest}

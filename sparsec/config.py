@@ -42,10 +42,7 @@ from sparsec._suggest import did_you_mean, unknown_choice
 from sparsec.errors import ConfigError
 from sparsec.pipeline import Pass, Pipeline, registry
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10 reads TOML with the tomli backport
-    import tomli as tomllib
+import tomllib
 
 __all__ = [
     "BACKENDS",

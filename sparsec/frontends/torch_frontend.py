@@ -107,6 +107,28 @@ def _drop_guards(gm: fx.GraphModule) -> None:
     gm.recompile()
 
 
+def _own_tensors(gm: fx.GraphModule) -> None:
+    """Give the graph its own copies of parameters and buffers (ties kept).
+
+    The unlifted module shares tensors with the user's model; training the compiled graph
+    must not change the user's model.
+    """
+    copies: dict[int, torch.Tensor] = {}
+    for owner in gm.modules():
+        for store in (owner._parameters, owner._buffers):
+            for leaf, value in store.items():
+                if value is None:
+                    continue
+                if id(value) not in copies:
+                    data = value.detach().clone()
+                    copies[id(value)] = (
+                        torch.nn.Parameter(data, requires_grad=value.requires_grad)
+                        if isinstance(value, torch.nn.Parameter)
+                        else data
+                    )
+                store[leaf] = copies[id(value)]
+
+
 def _input_specs(gm: fx.GraphModule, names: dict[str, str]) -> tuple[InputSpec, ...]:
     specs = []
     for node in gm.graph.nodes:
@@ -142,6 +164,7 @@ def trace(
         ) from exc
     gm = program.module()
     _drop_guards(gm)
+    _own_tensors(gm)
     names = _symbol_names(gm)
     outputs = program.call_spec.out_spec
     output_names = tuple(f"output_{i}" for i in range(outputs.num_leaves if outputs else 1))

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +81,37 @@ class _FakePropagator(fx.Interpreter):
         if n.op != "output":
             n.meta["val"] = result
         return result
+
+
+class _Snapshot:
+    """The graph structure and references to every tensor: enough to undo a failed rewrite."""
+
+    def __init__(self, module: fx.GraphModule) -> None:
+        self.graph = copy.deepcopy(module.graph)  # node meta is copied shallowly: cheap
+        self.tensors = {
+            name: (owner, leaf, getattr(owner, leaf))
+            for name, owner, leaf in _tensor_slots(module)
+        }
+
+    def restore(self, module: fx.GraphModule) -> None:
+        for name, owner, leaf in _tensor_slots(module):
+            if name not in self.tensors:
+                delattr(owner, leaf)
+        for owner, leaf, value in self.tensors.values():
+            if isinstance(value, torch.nn.Parameter):
+                setattr(owner, leaf, value)
+            else:
+                owner._buffers[leaf] = value
+        module.graph = self.graph
+        module.recompile()
+
+
+def _tensor_slots(module: torch.nn.Module) -> list[tuple[str, torch.nn.Module, str]]:
+    slots = []
+    for prefix, owner in module.named_modules(remove_duplicate=False):
+        for leaf in [*owner._parameters, *owner._buffers]:
+            slots.append((f"{prefix}.{leaf}" if prefix else leaf, owner, leaf))
+    return slots
 
 
 @dataclass
@@ -160,12 +192,21 @@ class Graph:
     # ----- editing -----
     @contextlib.contextmanager
     def rewrite(self, owner: str) -> Iterator[Any]:
-        """Open a Rewriter; on a clean exit with edits, recompile, re-propagate and bump version."""
+        """Open a Rewriter; on a clean exit with edits, recompile, re-propagate and bump version.
+
+        If the block or the re-propagation fails, the graph and its tensors are restored, so a
+        failed pass leaves the graph exactly as it was (and cached analyses stay true).
+        """
         from sparsec.ir.rewriter import Rewriter
 
+        snapshot = _Snapshot(self.module)
         rewriter = Rewriter(self, owner)
-        yield rewriter
-        rewriter.finish()
+        try:
+            yield rewriter
+            rewriter.finish()
+        except BaseException:
+            snapshot.restore(self.module)
+            raise
 
     # ----- leaving the IR -----
     def export_program(self) -> torch.export.ExportedProgram:

@@ -12,7 +12,15 @@ from sparsec.pipeline.base import (
     register,
     registry,
 )
-from sparsec.pipeline.instruments import Instrument, IRDump, NumericCheck, Statistics, Timing, VerifyEach, max_abs_diff
+from sparsec.pipeline.instruments import (
+    Instrument,
+    IRDump,
+    NumericCheck,
+    Statistics,
+    Timing,
+    VerifyEach,
+    max_abs_diff,
+)
 from sparsec.pipeline.pass_manager import PassManager, Pipeline, PipelineRun
 
 __all__ = [

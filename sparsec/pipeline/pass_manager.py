@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sparsec.errors import NumericMismatchError, PassError, SparsecError, VerificationError
+from sparsec.errors import PassError, SparsecError
 from sparsec.ir import Graph
 from sparsec.pipeline.analysis_manager import AnalysisManager
 from sparsec.pipeline.base import Analysis, Pass, PassResult, RewritePass, format_pass
@@ -102,10 +102,8 @@ class PassManager:
                 result = self._run_one(p, graph, am)
                 for inst in self.instruments:
                     inst.after(p, graph, result)
-            except (VerificationError, NumericMismatchError) as exc:
-                raise type(exc)(f"after pass {p} (passes before it: {done or 'none'}): {exc}") from exc
-            except SparsecError:
-                raise
+            except SparsecError as exc:
+                raise type(exc)(f"in pass {p} (passes before it: {done or 'none'}): {exc}") from exc
             except Exception as exc:
                 raise PassError(
                     f"pass {p} failed (passes before it: {done or 'none'}): "

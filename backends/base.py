@@ -1,0 +1,187 @@
+"""What every backend shares: the Backend and Executable protocols, options, and the registry.
+
+Rules:
+- a backend lowers a `Graph` for a target ("cpu" or "cuda") into an `Executable` that takes
+  the user's inputs and returns the user's output structure, like `graph.module` does;
+- `check(graph)` never raises for a graph it cannot handle: it returns error diagnostics;
+- an executable saves itself into a directory (`save`) and returns JSON-safe metadata, from
+  which the backend's `load(directory, metadata)` rebuilds it; `files()` names what it writes;
+- where a backend cannot honour the target (no GPU provider), it still runs and says so in
+  `notes`; it never falls back silently.
+
+Example:
+    backend = default_backend("cpu")
+    executable = backend.lower(graph, "cpu", BackendOptions(threads=4))
+    logits = executable(x)
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from torch.utils import _pytree as pytree
+
+from sparsec.errors import BackendError, ConfigError
+
+if TYPE_CHECKING:
+    from sparsec.ir.graph import Graph
+
+__all__ = [
+    "TARGETS",
+    "Backend",
+    "BackendOptions",
+    "Diagnostic",
+    "Executable",
+    "Severity",
+    "available_backends",
+    "default_backend",
+    "flatten_inputs",
+    "get_backend",
+    "unflatten_outputs",
+]
+
+TARGETS: tuple[str, ...] = ("cpu", "cuda")
+
+# name -> "module:attribute"; imported on first use so that `import sparsec` stays light.
+_BACKENDS: dict[str, str] = {
+    "onnxruntime": "sparsec.backends.onnxruntime:OnnxRuntimeBackend",
+    "torch": "sparsec.backends.torch_backend:TorchBackend",
+}
+_DEFAULT_FOR_TARGET: dict[str, str] = {"cpu": "onnxruntime", "cuda": "onnxruntime"}
+
+
+class Severity(Enum):
+    """How much a diagnostic matters: an error means `lower` would fail."""
+
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One finding of `Backend.check`: what a backend cannot do (or does differently) and why."""
+
+    severity: Severity
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.severity.value}: {self.message}"
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """Typed lowering options shared by all backends; None means the backend's default.
+
+    Rules:
+    - `threads`: intra-op threads of the runtime (>= 1);
+    - `opset`: ONNX opset for backends that go through ONNX (>= 18, what torch.onnx emits).
+    """
+
+    threads: int | None = None
+    opset: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ConfigError(
+                f"BackendOptions.threads must be an int >= 1 or None, not {self.threads!r}"
+            )
+        if self.opset is not None and (not isinstance(self.opset, int) or self.opset < 18):
+            raise ConfigError(
+                f"BackendOptions.opset must be an int >= 18 (torch.onnx's dynamo exporter) or "
+                f"None, not {self.opset!r}"
+            )
+
+
+@runtime_checkable
+class Executable(Protocol):
+    """A lowered program: call it like the traced module; save it into an artifact directory."""
+
+    notes: list[str]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def files(self) -> tuple[str, ...]:
+        """Names of the files that `save` writes, relative to the directory."""
+        ...
+
+    def save(self, directory: Path) -> dict[str, Any]:
+        """Write `files()` into `directory`; return JSON-safe metadata that `load` needs."""
+        ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Lowers graphs for some targets into executables, and loads saved ones back."""
+
+    name: str
+
+    def supports(self, target: str) -> bool: ...
+
+    def check(self, graph: Graph) -> list[Diagnostic]: ...
+
+    def lower(self, graph: Graph, target: str, options: BackendOptions) -> Executable: ...
+
+    def load(self, directory: Path, metadata: dict[str, Any]) -> Executable: ...
+
+
+def available_backends() -> tuple[str, ...]:
+    """Names that `get_backend` accepts."""
+    return tuple(sorted(_BACKENDS))
+
+
+def get_backend(name: str) -> Backend:
+    """The backend registered under `name`; BackendError lists the valid names otherwise."""
+    if name not in _BACKENDS:
+        raise BackendError(
+            f"unknown backend {name!r}; valid backends: {', '.join(available_backends())}"
+        )
+    module_name, attribute = _BACKENDS[name].split(":")
+    backend: Backend = getattr(importlib.import_module(module_name), attribute)()
+    return backend
+
+
+def default_backend(target: str) -> Backend:
+    """The backend used for `target` when none is named ("cpu" and "cuda": onnxruntime)."""
+    if target not in _DEFAULT_FOR_TARGET:
+        raise BackendError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
+    return get_backend(_DEFAULT_FOR_TARGET[target])
+
+
+def flatten_inputs(
+    args: Sequence[Any], kwargs: dict[str, Any], in_spec: pytree.TreeSpec
+) -> list[Any]:
+    """Flatten a call's inputs in the traced program's order, as the traced module does.
+
+    Rules:
+    - inputs traced by position are passed by position, inputs traced by keyword by keyword
+      (in any order);
+    - the structure must match the traced one exactly; BackendError says what differs.
+    """
+    _, kwargs_spec = in_spec.children()
+    keys = list(kwargs_spec.context or [])
+    if sorted(kwargs) != sorted(keys):
+        raise BackendError(
+            f"keyword inputs {sorted(kwargs)} do not match the traced program's {sorted(keys)}"
+        )
+    leaves, spec = pytree.tree_flatten((tuple(args), {key: kwargs[key] for key in keys}))
+    if spec != in_spec:
+        raise BackendError(
+            f"input structure differs from the traced one:\n  traced: {in_spec}\n  given:  {spec}"
+        )
+    return leaves
+
+
+def unflatten_outputs(values: Sequence[Any], out_spec: pytree.TreeSpec) -> Any:
+    """Rebuild the traced program's output structure from flat values."""
+    if len(values) != out_spec.num_leaves:
+        raise BackendError(
+            f"the executable produced {len(values)} outputs, the traced program returns "
+            f"{out_spec.num_leaves}"
+        )
+    return pytree.tree_unflatten(list(values), out_spec)

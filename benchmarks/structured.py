@@ -1,0 +1,80 @@
+"""Dense vs structurally pruned latency through ONNX Runtime, beside the MACs ratio.
+
+Prints a table (median of repeated runs, threads fixed, batch sizes named) and writes JSON.
+Run: `.venv/bin/python benchmarks/structured.py [--threads 1] [--repeats 50] [--out benchmarks/results/structured.json]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import sparsec  # noqa: E402
+from examples.models import mlp, small_cnn, small_transformer  # noqa: E402
+
+MODELS = {
+    "small_cnn": (small_cnn, lambda b: torch.randn(b, 3, 32, 32)),
+    "mlp": (mlp, lambda b: torch.randn(b, 64)),
+    "small_transformer": (small_transformer, lambda b: torch.randint(0, 1000, (b, 16))),
+}
+
+
+def _median_ms(fn, x: torch.Tensor, repeats: int) -> float:
+    for _ in range(5):
+        fn(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(x)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/structured.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for name, (factory, make_input) in MODELS.items():
+        example = make_input(2)
+        dense = sparsec.compile(factory(), (example,), pipeline="none", threads=args.threads)
+        variants = [("dense", dense)] + [
+            (f"pruned-{r:g}", sparsec.compile(factory(), (example,), pipeline=f"magnitude-importance{{norm=2}},prune-channels{{ratio={r}}}", threads=args.threads))
+            for r in args.ratios
+        ]
+        for batch in args.batches:
+            x = make_input(batch)
+            dense_ms = _median_ms(dense, x, args.repeats)
+            for label, compiled in variants:
+                ms = dense_ms if label == "dense" else _median_ms(compiled, x, args.repeats)
+                rows.append({
+                    "model": name, "variant": label, "batch": batch, "threads": args.threads,
+                    "params": compiled.report.after.parameters, "macs": compiled.report.after.macs,
+                    "macs_ratio": compiled.report.after.macs / dense.report.after.macs,
+                    "median_ms": ms, "speedup": dense_ms / ms,
+                })
+    print(f"ONNX Runtime CPU, {args.threads} thread(s), median of {args.repeats} runs; machine: {platform.processor() or platform.machine()}")
+    print(f"{'model':18s} {'variant':12s} {'batch':>5s} {'params':>9s} {'MACs ratio':>10s} {'ms':>8s} {'speedup':>8s}")
+    for r in rows:
+        print(f"{r['model']:18s} {r['variant']:12s} {r['batch']:5d} {r['params']:9,d} {r['macs_ratio']:10.3f} {r['median_ms']:8.3f} {r['speedup']:7.2f}x")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine": platform.machine(), "torch": torch.__version__, "rows": rows}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

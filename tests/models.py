@@ -1,0 +1,305 @@
+"""Small test models shared by the test suite.
+
+Rules:
+- every `make_*()` returns `(model.eval(), example_input)` built from a fixed seed, so two
+  calls give identical weights and inputs;
+- images are 16x16 and channel counts small, so tracing and pruning take milliseconds;
+- BatchNorm running statistics and affine parameters are randomised: an identity BN would
+  hide bugs in how norm slices are pruned.
+
+Example:
+    model, x = make_cnn_chain()
+    graph = sparsec.frontends.trace(model, (x,))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "ALL_MODELS",
+    "ZERO_EQUIVALENT_MODELS",
+    "CNNChain",
+    "MLP",
+    "ResidualCNN",
+    "ConcatCNN",
+    "DepthwiseSeparable",
+    "GroupedConv",
+    "SqueezeExcite",
+    "FlattenHead",
+    "SplitCat",
+    "TinyMLP",
+    "make_cnn_chain",
+    "make_mlp",
+    "make_residual",
+    "make_concat",
+    "make_depthwise",
+    "make_grouped",
+    "make_squeeze_excite",
+    "make_flatten_head",
+    "make_split_cat",
+    "make_tiny_mlp",
+    "randomize_norms",
+]
+
+SEED = 0
+IMAGE = 16
+BATCH = 2
+
+Example = tuple[nn.Module, torch.Tensor]
+
+
+def randomize_norms(model: nn.Module, generator: torch.Generator) -> None:
+    """Give every BatchNorm non-trivial running stats and affine parameters."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=generator) * 0.5)
+                m.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=generator) * 0.5)
+
+
+def _finish(model: nn.Module, *shape: int) -> Example:
+    generator = torch.Generator().manual_seed(SEED + 1)
+    randomize_norms(model, generator)
+    x = torch.randn(*shape, generator=generator)
+    return model.eval(), x
+
+
+def _conv_bn(cin: int, cout: int, k: int = 3, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(),
+    )
+
+
+class CNNChain(nn.Module):
+    """conv -> bn -> relu -> conv -> bn -> relu -> global mean -> linear."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.b1 = nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.b2 = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.b1(self.c1(x)))
+        x = F.relu(self.b2(self.c2(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+class MLP(nn.Module):
+    """linear -> relu -> linear -> relu -> linear."""
+
+    def __init__(self, features: int = 16, hidden: int = 32, classes: int = 10) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(features, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.fc = nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+class TinyMLP(nn.Module):
+    """Two linear layers, 4 -> 4 -> 2: small enough to spell out its IR in a test."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 4)
+        self.fc2 = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+class ResidualCNN(nn.Module):
+    """stem -> [conv-bn-relu -> conv-bn] + identity -> relu -> mean -> linear."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = _conv_bn(3, 8)
+        self.c1 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.b1 = nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.b2 = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.b2(self.c2(F.relu(self.b1(self.c1(x)))))
+        x = F.relu(x + y)
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+class ConcatCNN(nn.Module):
+    """stem -> two conv branches -> cat on channels -> conv -> mean -> linear."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = _conv_bn(3, 8)
+        self.left = _conv_bn(8, 6)
+        self.right = _conv_bn(8, 10, k=1)
+        self.merge = _conv_bn(16, 12)
+        self.fc = nn.Linear(12, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = torch.cat([self.left(x), self.right(x)], dim=1)
+        return self.fc(self.merge(x).mean(dim=(2, 3)))
+
+
+class DepthwiseSeparable(nn.Module):
+    """MobileNet-like: stem -> depthwise 3x3 (x2 multiplier) -> pointwise 1x1 -> mean -> linear."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = _conv_bn(3, 8)
+        self.dw = nn.Conv2d(8, 16, 3, padding=1, groups=8, bias=False)
+        self.dw_bn = nn.BatchNorm2d(16)
+        self.pw = _conv_bn(16, 12, k=1)
+        self.fc = nn.Linear(12, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = F.relu(self.dw_bn(self.dw(x)))
+        return self.fc(self.pw(x).mean(dim=(2, 3)))
+
+
+class GroupedConv(nn.Module):
+    """stem -> grouped 3x3 conv (groups=2) -> 1x1 conv -> mean -> linear."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = _conv_bn(3, 8)
+        self.grouped = _conv_bn(8, 8, groups=2)
+        self.pw = _conv_bn(8, 8, k=1)
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.grouped(self.stem(x))
+        return self.fc(self.pw(x).mean(dim=(2, 3)))
+
+
+class SqueezeExcite(nn.Module):
+    """stem -> x * sigmoid(fc2(relu(fc1(mean(x))))) -> conv -> mean -> linear."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = _conv_bn(3, 8)
+        self.se1 = nn.Linear(8, 4)
+        self.se2 = nn.Linear(4, 8)
+        self.head = _conv_bn(8, 8, k=1)
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        s = torch.sigmoid(self.se2(F.relu(self.se1(x.mean(dim=(2, 3))))))
+        x = x * s[:, :, None, None]
+        return self.fc(self.head(x).mean(dim=(2, 3)))
+
+
+class FlattenHead(nn.Module):
+    """conv -> bn -> relu -> pool to 4x4 -> flatten (C*4*4 features) -> linear -> relu -> linear."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.features = _conv_bn(3, 8)
+        self.pool = nn.AdaptiveAvgPool2d(4)
+        self.hidden = nn.Linear(8 * 4 * 4, 16)
+        self.fc = nn.Linear(16, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(self.pool(self.features(x)), 1)
+        return self.fc(F.relu(self.hidden(x)))
+
+
+class SplitCat(nn.Module):
+    """Channel-shuffle-like: stem -> split [4, 4] -> conv on one half -> cat(other, conv) -> ..."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = _conv_bn(3, 8)
+        self.branch = _conv_bn(4, 4)
+        self.mix = _conv_bn(8, 8, k=1)
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        a, b = torch.split(x, [4, 4], dim=1)
+        x = torch.cat([b, self.branch(a)], dim=1)
+        return self.fc(self.mix(x).mean(dim=(2, 3)))
+
+
+def _seeded(build: Callable[[], nn.Module]) -> nn.Module:
+    torch.manual_seed(SEED)
+    return build()
+
+
+def make_cnn_chain() -> Example:
+    return _finish(_seeded(CNNChain), BATCH, 3, IMAGE, IMAGE)
+
+
+def make_mlp() -> Example:
+    return _finish(_seeded(MLP), BATCH, 16)
+
+
+def make_tiny_mlp() -> Example:
+    return _finish(_seeded(TinyMLP), BATCH, 4)
+
+
+def make_residual() -> Example:
+    return _finish(_seeded(ResidualCNN), BATCH, 3, IMAGE, IMAGE)
+
+
+def make_concat() -> Example:
+    return _finish(_seeded(ConcatCNN), BATCH, 3, IMAGE, IMAGE)
+
+
+def make_depthwise() -> Example:
+    return _finish(_seeded(DepthwiseSeparable), BATCH, 3, IMAGE, IMAGE)
+
+
+def make_grouped() -> Example:
+    return _finish(_seeded(GroupedConv), BATCH, 3, IMAGE, IMAGE)
+
+
+def make_squeeze_excite() -> Example:
+    return _finish(_seeded(SqueezeExcite), BATCH, 3, IMAGE, IMAGE)
+
+
+def make_flatten_head() -> Example:
+    return _finish(_seeded(FlattenHead), BATCH, 3, IMAGE, IMAGE)
+
+
+def make_split_cat() -> Example:
+    return _finish(_seeded(SplitCat), BATCH, 3, IMAGE, IMAGE)
+
+
+ALL_MODELS: dict[str, Callable[[], Example]] = {
+    "cnn_chain": make_cnn_chain,
+    "mlp": make_mlp,
+    "residual": make_residual,
+    "concat": make_concat,
+    "depthwise": make_depthwise,
+    "grouped": make_grouped,
+    "squeeze_excite": make_squeeze_excite,
+    "flatten_head": make_flatten_head,
+    "split_cat": make_split_cat,
+}
+"""Every factory by a short id (used as the pytest parameter id)."""
+
+ZERO_EQUIVALENT_MODELS: dict[str, Callable[[], Example]] = dict(ALL_MODELS)
+"""Models where zeroing a unit's producer and norm slices makes it contribute exactly nothing.
+
+Filled in below once checked; see test_prune_channels.py for the argument.
+"""

@@ -1,0 +1,247 @@
+"""Artifacts round-trip, load nothing pickled, refuse tampering, and are written atomically."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+import sparsec.artifact as artifact_module
+from sparsec.artifact import FORMAT_VERSION, MANIFEST_FILE, read_artifact, write_artifact
+from sparsec.backends.base import BackendOptions, Executable, get_backend
+from sparsec.backends.torch_backend import PROGRAM_FILE, WEIGHTS_FILE, load_program
+from sparsec.errors import ArtifactError
+from sparsec.frontends import trace
+from sparsec.ir.graph import Graph
+
+ATOL = 1e-4
+
+
+class SmallCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv2(torch.relu(self.bn(self.conv1(x)))).mean(dim=(2, 3)))
+
+
+class TiedMLP(nn.Module):
+    """An MLP whose two layers share one weight, to check tied tensors survive the round trip."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(12, 12)
+        self.fc2 = nn.Linear(12, 12)
+        self.fc2.weight = self.fc1.weight
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        hidden = torch.relu(self.fc1(x))
+        return {"out": self.fc2(hidden), "hidden": hidden}
+
+
+def _close(actual: Any, expected: Any) -> None:
+    flat_actual, spec_actual = pytree.tree_flatten(actual)
+    flat_expected, spec_expected = pytree.tree_flatten(expected)
+    assert spec_actual == spec_expected
+    for a, e in zip(flat_actual, flat_expected, strict=True):
+        torch.testing.assert_close(a, e.detach(), atol=ATOL, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def cnn() -> tuple[Graph, Executable]:
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    model.bn.running_mean.uniform_(-0.5, 0.5)
+    model.bn.running_var.uniform_(0.5, 1.5)
+    graph = trace(model, (torch.randn(2, 3, 16, 16),))
+    return graph, get_backend("onnxruntime").lower(graph, "cpu", BackendOptions())
+
+
+def _write(directory: Path, graph: Graph, executable: Executable, backend: str) -> Path:
+    return write_artifact(
+        directory,
+        graph=graph,
+        executable=executable,
+        backend_name=backend,
+        target="cpu",
+        pipeline={"passes": [{"name": "prune-channels", "amount": 0.5}]},
+        report_markdown="# report\n",
+        report={"params_before": 10, "params_after": 5},
+    )
+
+
+@pytest.fixture
+def cnn_artifact(cnn: tuple[Graph, Executable], tmp_path: Path) -> Path:
+    graph, executable = cnn
+    return _write(tmp_path / "model", graph, executable, "onnxruntime")
+
+
+def test_onnxruntime_round_trip_at_another_batch(cnn, cnn_artifact: Path) -> None:
+    graph, _ = cnn
+    loaded = read_artifact(cnn_artifact)
+    for batch in (2, 7):
+        x = torch.randn(batch, 3, 16, 16)
+        expected = graph.module(x)
+        _close(loaded(x), expected)
+        _close(loaded.program(x), expected)
+    assert sorted(p.name for p in cnn_artifact.iterdir()) == sorted(
+        [MANIFEST_FILE, "model.onnx", PROGRAM_FILE, WEIGHTS_FILE, "report.md", "report.json"]
+    )
+
+
+def test_manifest_describes_the_build(cnn_artifact: Path) -> None:
+    manifest = read_artifact(cnn_artifact).manifest
+    assert manifest["format_version"] == FORMAT_VERSION
+    assert manifest["backend"] == "onnxruntime" and manifest["target"] == "cpu"
+    assert manifest["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["batch", 3, 16, 16]}]
+    assert manifest["outputs"] == ["output_0"]
+    assert manifest["pipeline"]["passes"][0]["name"] == "prune-channels"
+    assert set(manifest["versions"]) >= {"sparsec", "torch", "onnx", "onnxruntime"}
+    assert set(manifest["files"]) == {
+        "model.onnx",
+        PROGRAM_FILE,
+        WEIGHTS_FILE,
+        "report.md",
+        "report.json",
+    }
+    assert json.loads((cnn_artifact / "report.json").read_text())["params_after"] == 5
+
+
+def test_torch_backend_round_trip_keeps_tied_weights(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    graph = trace(TiedMLP().eval(), (torch.randn(3, 12),))
+    executable = get_backend("torch").lower(graph, "cpu", BackendOptions(threads=1))
+    directory = _write(tmp_path / "mlp", graph, executable, "torch")
+    loaded = read_artifact(directory)
+    x = torch.randn(5, 12)
+    _close(loaded(x), graph.module(x))
+    _close(loaded.program(x), graph.module(x))
+    parameters = dict(loaded.program.named_parameters(remove_duplicate=False))
+    assert parameters["fc1.weight"] is parameters["fc2.weight"]
+
+
+def test_loading_unpickles_nothing(cnn, cnn_artifact: Path, monkeypatch) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("something was unpickled")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(torch._C, "_pickle_load_obj", refuse)
+    loaded = read_artifact(cnn_artifact)
+    x = torch.randn(3, 3, 16, 16)
+    _close(loaded.program(x), cnn[0].module(x))
+
+
+def test_program_archive_holds_no_weights_or_pickles(cnn_artifact: Path) -> None:
+    with zipfile.ZipFile(cnn_artifact / PROGRAM_FILE) as archive:
+        sizes = {info.filename.split("/", 1)[1]: info.file_size for info in archive.infolist()}
+    assert sizes["data/sample_inputs/model.pt"] == 0
+    assert all(size <= 8 for name, size in sizes.items() if name.startswith("data/weights/weight_"))
+
+
+def test_a_pt2_with_pickled_payloads_is_refused(cnn, tmp_path: Path) -> None:
+    graph, _ = cnn
+    torch.export.save(graph.export_program(), tmp_path / PROGRAM_FILE)  # keeps example inputs
+    with pytest.raises(ArtifactError, match="pickled example inputs"):
+        load_program(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["model.onnx", WEIGHTS_FILE, PROGRAM_FILE, "report.json"])
+def test_a_modified_file_is_named(cnn_artifact: Path, name: str) -> None:
+    path = cnn_artifact / name
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=rf"{name}.*re-export the artifact"):
+        read_artifact(cnn_artifact)
+
+
+def test_a_modified_manifest_is_refused(cnn_artifact: Path) -> None:
+    path = cnn_artifact / MANIFEST_FILE
+    text = path.read_text()
+    assert '"target": "cpu"' in text
+    path.write_text(text.replace('"target": "cpu"', '"target": "cpv"'))
+    with pytest.raises(ArtifactError, match="manifest.json was modified"):
+        read_artifact(cnn_artifact)
+
+
+def test_a_missing_file_is_named(cnn_artifact: Path) -> None:
+    (cnn_artifact / "report.md").unlink()
+    with pytest.raises(ArtifactError, match=r"report\.md is missing.*re-export"):
+        read_artifact(cnn_artifact)
+
+
+def test_a_missing_manifest_is_refused(cnn_artifact: Path) -> None:
+    (cnn_artifact / MANIFEST_FILE).unlink()
+    with pytest.raises(ArtifactError, match="manifest.json is missing"):
+        read_artifact(cnn_artifact)
+
+
+def test_unknown_format_version_is_refused(cnn_artifact: Path) -> None:
+    path = cnn_artifact / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    manifest["format_version"] = FORMAT_VERSION + 1
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="format_version 2"):
+        read_artifact(cnn_artifact)
+
+
+def _fail_midway(monkeypatch) -> None:
+    """Make hashing (after every data file is written, before the manifest) fail."""
+
+    def broken(path: Path) -> str:
+        raise OSError("disk full (injected)")
+
+    monkeypatch.setattr(artifact_module, "_sha256", broken)
+
+
+def test_a_failed_write_leaves_nothing(cnn, tmp_path: Path, monkeypatch) -> None:
+    graph, executable = cnn
+    _fail_midway(monkeypatch)
+    with pytest.raises(OSError, match="injected"):
+        _write(tmp_path / "model", graph, executable, "onnxruntime")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_rewrite_keeps_the_previous_artifact(cnn, cnn_artifact: Path, monkeypatch) -> None:
+    graph, executable = cnn
+    before = {p.name: p.read_bytes() for p in cnn_artifact.iterdir()}
+    _fail_midway(monkeypatch)
+    with pytest.raises(OSError, match="injected"):
+        _write(cnn_artifact, graph, executable, "onnxruntime")
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in cnn_artifact.iterdir()} == before
+    assert [p.name for p in cnn_artifact.parent.iterdir()] == [cnn_artifact.name]
+    read_artifact(cnn_artifact)
+
+
+def test_an_artifact_is_replaced_by_a_new_one(cnn, cnn_artifact: Path) -> None:
+    graph, executable = cnn
+    (cnn_artifact / "stale.txt").write_text("from an older build")
+    _write(cnn_artifact, graph, executable, "onnxruntime")
+    assert not (cnn_artifact / "stale.txt").exists()
+    assert [p.name for p in cnn_artifact.parent.iterdir()] == [cnn_artifact.name]
+    read_artifact(cnn_artifact)
+
+
+def test_a_foreign_directory_is_never_overwritten(cnn, tmp_path: Path) -> None:
+    graph, executable = cnn
+    target = tmp_path / "photos"
+    target.mkdir()
+    (target / "holiday.jpg").write_bytes(b"\xff\xd8")
+    with pytest.raises(ArtifactError, match="refusing to overwrite"):
+        _write(target, graph, executable, "onnxruntime")
+    assert [p.name for p in target.iterdir()] == ["holiday.jpg"]
+    assert [p.name for p in tmp_path.iterdir()] == ["photos"]
