@@ -19,7 +19,11 @@ import numpy as np
 
 from sparsec.errors import PreconditionError
 from sparsec.ir import Graph
-from sparsec.passes.analysis.dependency_groups import DependencyGroup, DependencyGroups, DependencyInfo
+from sparsec.passes.analysis.dependency_groups import (
+    DependencyGroup,
+    DependencyGroups,
+    DependencyInfo,
+)
 from sparsec.pipeline import Analysis, AnalysisManager, pass_dataclass, register
 
 __all__ = ["MagnitudeImportance"]

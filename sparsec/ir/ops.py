@@ -726,3 +726,540 @@ def _getitem(flow: ChannelFlow, node: fx.Node) -> None:
 @rule(aten.sym_size.int)
 def _no_channels(flow: ChannelFlow, node: fx.Node) -> None:
     """Reads a dynamic size only; no channel flows through."""
+
+
+# ---------------------------------------------------------------- helpers for the rules below
+def _arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
+    """Argument `name` of `node`, positional at `index` or keyword."""
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def _is_param(node: Any) -> bool:
+    return isinstance(node, fx.Node) and node.op == "get_attr"
+
+
+def _link_batch(flow: ChannelFlow, src: Any, dst: Any, src_axes: int, dst_axes: int) -> None:
+    """Right-align the first `src_axes` axes of `src` on the first `dst_axes` of `dst`
+    (broadcasting batch dimensions); size-1 source axes stay unlinked."""
+    for axis in range(src_axes):
+        out_axis = axis + dst_axes - src_axes
+        if out_axis < 0:
+            continue
+        s = flow.slot(src, axis)
+        if s is not None and flow.sizes[s] == 1:
+            continue
+        flow.identity(s, flow.slot(dst, out_axis))
+
+
+def _weight_roles(flow: ChannelFlow, weight: Any, free_axis: int, contract_axis: int) -> None:
+    """A parameter operand of a matrix product produces its free axis and consumes the
+    contraction axis, exactly as a linear layer's weight does."""
+    if _is_param(weight):
+        layer = _layer(weight)
+        flow.role(flow.slot(weight, free_axis), "producer", layer)
+        flow.role(flow.slot(weight, contract_axis), "consumer", layer)
+
+
+# ---------------------------------------------------------------- matrix products
+def _link_matmul(flow: ChannelFlow, a: Any, b: Any, out: Any) -> None:
+    """torch.matmul semantics: contraction a[-1] ~ b[-2] (b[0] if b is 1-D); the free axes
+    a[-2] and b[-1] go to the output; batch axes broadcast onto the output's batch axes."""
+    ra, rb, ro = flow.rank(a), flow.rank(b), flow.rank(out)
+    if ra < 1 or rb < 1:
+        return
+    if rb == 1:
+        flow.identity(flow.slot(a, -1), flow.slot(b, 0))
+        for axis in range(ra - 1):
+            flow.identity(flow.slot(a, axis), flow.slot(out, axis))
+        return
+    if ra == 1:
+        flow.identity(flow.slot(a, 0), flow.slot(b, -2))
+        _link_batch(flow, b, out, rb - 2, ro - 1)
+        flow.identity(flow.slot(b, -1), flow.slot(out, -1))
+        _weight_roles(flow, b, rb - 1, rb - 2)
+        return
+    flow.identity(flow.slot(a, -1), flow.slot(b, -2))
+    flow.identity(flow.slot(a, -2), flow.slot(out, -2))
+    flow.identity(flow.slot(b, -1), flow.slot(out, -1))
+    _link_batch(flow, a, out, ra - 2, ro - 2)
+    _link_batch(flow, b, out, rb - 2, ro - 2)
+    if _is_param(b) and not _is_param(a):
+        _weight_roles(flow, b, rb - 1, rb - 2)
+    elif _is_param(a) and not _is_param(b):
+        _weight_roles(flow, a, ra - 2, ra - 1)
+
+
+@rule(aten.matmul.default, aten.mm.default, aten.bmm.default)
+def _matmul(flow: ChannelFlow, node: fx.Node) -> None:
+    _link_matmul(flow, node.args[0], node.args[1], node)
+
+
+@rule(aten.addmm.default, aten.baddbmm.default)
+def _addmm(flow: ChannelFlow, node: fx.Node) -> None:
+    """`bias + m1 @ m2` (GPT-2's Conv1D: `addmm(bias, x, weight[in, out])`): the bias
+    broadcasts onto the output and, as a parameter, produces its features."""
+    bias, m1, m2 = node.args[0], node.args[1], node.args[2]
+    _link_matmul(flow, m1, m2, node)
+    if isinstance(bias, fx.Node):
+        flow.broadcast(bias, node)
+        if _is_param(bias) and flow.rank(bias) >= 1:
+            flow.role(flow.slot(bias, -1), "producer", _layer(m2 if _is_param(m2) else bias))
+
+
+# ---------------------------------------------------------------- attention
+def _sdpa_rep(flow: ChannelFlow, q: Any, k: Any) -> int | None:
+    """Query heads per key/value head (GQA), None where it is not a whole number."""
+    hq, hk = flow.slot(q, -3), flow.slot(k, -3)
+    if hq is None or hk is None:
+        return None
+    nq, nk = flow.sizes[hq], flow.sizes[hk]
+    return nq // nk if nk and nq % nk == 0 else None
+
+
+@rule(aten.scaled_dot_product_attention.default)
+def _sdpa(flow: ChannelFlow, node: fx.Node) -> None:
+    """q [..., Hq, L, E], k [..., Hkv, S, E], v [..., Hkv, S, Ev] -> out [..., Hq, L, Ev].
+
+    - batch and head axes link across q, k, v and out; with `enable_gqa` query head j
+      links to key/value head j // (Hq / Hkv), so a unit is one kv head with its queries;
+    - E links q with k (contraction), Ev links v with out, L links q with out, S links k with v;
+    - attn_mask broadcasts onto [..., Hq, L, S] (a per-head bias, as in T5, joins the heads).
+    """
+    q, k, v = node.args[0], node.args[1], node.args[2]
+    mask = _arg(node, 3, "attn_mask")
+    gqa = bool(node.kwargs.get("enable_gqa", False))
+    rank = flow.rank(q)
+    if rank < 3 or flow.rank(k) != rank or flow.rank(v) != rank:
+        for t in (q, k, v, mask, node):
+            flow.freeze(t, f"scaled_dot_product_attention %{node.name} with unusual ranks")
+        return
+    for axis in range(rank - 2):
+        flow.identity(flow.slot(q, axis), flow.slot(node, axis))
+        flow.identity(flow.slot(k, axis), flow.slot(v, axis))
+        if gqa and axis == rank - 3 and flow.rank(q) >= 3:
+            rep = _sdpa_rep(flow, q, k)
+            qs, ks = flow.slot(q, axis), flow.slot(k, axis)
+            if rep is None or qs is None or ks is None:
+                for t in (q, k, v, node):
+                    _freeze_axis(flow, t, axis, f"grouped-query attention %{node.name} with dynamic or uneven heads")
+                continue
+            flow.gather(qs, ks, np.arange(flow.sizes[qs]) // rep)
+            continue
+        ks = flow.slot(k, axis)
+        if ks is not None and flow.sizes[ks] == 1:
+            continue  # broadcast key/value batch
+        flow.identity(flow.slot(q, axis), ks)
+    flow.identity(flow.slot(q, -2), flow.slot(node, -2))
+    flow.identity(flow.slot(k, -2), flow.slot(v, -2))
+    flow.identity(flow.slot(q, -1), flow.slot(k, -1))
+    flow.identity(flow.slot(v, -1), flow.slot(node, -1))
+    if isinstance(mask, fx.Node):
+        # mask [..., L, S]: L and S are the query's and the key's sequence axes
+        m_rank = flow.rank(mask)
+        targets = [(q, a) for a in range(rank - 1)] + [(k, rank - 2)]
+        for axis in range(m_rank):
+            t_index = axis + len(targets) - m_rank
+            s = flow.slot(mask, axis)
+            if t_index < 0 or (s is not None and flow.sizes[s] == 1):
+                continue
+            target, t_axis = targets[t_index]
+            flow.identity(s, flow.slot(target, t_axis))
+
+
+@resizer(aten.scaled_dot_product_attention.default)
+def _resize_sdpa(node: fx.Node, r: Resize) -> Resized | None:
+    """The default scale is 1/sqrt(E): pin the original value when E shrinks."""
+    q = node.args[0]
+    new_e = r.new_size(q, -1)
+    if new_e is None or node.kwargs.get("scale") is not None:
+        return None
+    old_e = q.meta["val"].shape[-1]
+    return Resized(tuple(node.args), {**node.kwargs, "scale": 1.0 / float(old_e) ** 0.5})
+
+
+# ---------------------------------------------------------------- expand and repeat
+@rule(aten.expand.default)
+def _expand(flow: ChannelFlow, node: fx.Node) -> None:
+    """Axes kept from the input link with the output; broadcast (size-1 -> n) and new
+    leading axes are free: the resizer rewrites their sizes when they shrink."""
+    x = node.args[0]
+    r_in, r_out = flow.rank(x), flow.rank(node)
+    for axis in range(r_in):
+        s = flow.slot(x, axis)
+        if s is not None and flow.sizes[s] == 1 and _static_size(flow, node, axis + r_out - r_in) != 1:
+            continue
+        flow.identity(s, flow.slot(node, axis + r_out - r_in))
+
+
+@resizer(aten.expand.default)
+def _resize_expand(node: fx.Node, r: Resize) -> Resized | None:
+    sizes = list(node.args[1])
+    changed = False
+    for axis, size in enumerate(sizes):
+        if isinstance(size, int) and size != -1:
+            new = r.new_size(node, axis)
+            if new is not None and new != size:
+                sizes[axis] = new
+                changed = True
+    if not changed:
+        return None
+    return Resized((node.args[0], sizes, *node.args[2:]), dict(node.kwargs))
+
+
+@rule(aten.repeat.default)
+def _repeat(flow: ChannelFlow, node: fx.Node) -> None:
+    """Tiling: output element j of a repeated axis of size n comes from input j % n."""
+    x, repeats = node.args[0], list(node.args[1])
+    r_in, r_out = flow.rank(x), flow.rank(node)
+    for axis in range(r_in):
+        out_axis = axis + r_out - r_in
+        rep = repeats[out_axis]
+        s, o = flow.slot(x, axis), flow.slot(node, out_axis)
+        if rep == 1:
+            flow.identity(s, o)
+        elif isinstance(rep, int) and s is not None and o is not None:
+            flow.gather(o, s, np.arange(flow.sizes[o]) % flow.sizes[s])
+        else:
+            _freeze_axis(flow, x, axis, f"dynamic repeat %{node.name}")
+            _freeze_axis(flow, node, out_axis, f"dynamic repeat %{node.name}")
+
+
+@rule(aten.repeat_interleave.self_int)
+def _repeat_interleave(flow: ChannelFlow, node: fx.Node) -> None:
+    """Along `dim`, output element j comes from input j // repeats (dim=None flattens: frozen)."""
+    x, repeats = node.args[0], node.args[1]
+    dim = _arg(node, 2, "dim")
+    if dim is None or not isinstance(repeats, int):
+        flow.freeze(x, f"repeat_interleave %{node.name} flattens or repeats dynamically")
+        flow.freeze(node, f"repeat_interleave %{node.name} flattens or repeats dynamically")
+        return
+    rank = flow.rank(x)
+    dim %= rank
+    for axis in range(rank):
+        if axis != dim:
+            flow.identity(flow.slot(x, axis), flow.slot(node, axis))
+    o = flow.slot(node, dim)
+    if o is not None and flow.slot(x, dim) is not None:
+        flow.gather(o, flow.slot(x, dim), np.arange(flow.sizes[o]) // repeats)
+    else:
+        _freeze_axis(flow, x, dim, f"dynamic repeat_interleave %{node.name}")
+
+
+@resizer(aten.repeat_interleave.self_int)
+def _resize_repeat_interleave(node: fx.Node, r: Resize) -> Resized | None:
+    dim = _arg(node, 2, "dim")
+    if dim is None or node.kwargs.get("output_size") is None:
+        return None
+    new = r.new_size(node, dim)
+    if new is None:
+        return None
+    return Resized(tuple(node.args), {**node.kwargs, "output_size": new})
+
+
+# ---------------------------------------------------------------- norms
+@rule(aten.group_norm.default)
+def _group_norm(flow: ChannelFlow, node: fx.Node) -> None:
+    """GroupNorm over channel axis 1.
+
+    - one group (a channels-first LayerNorm): channels prune one by one, and the statistics
+      are taken over the channels that remain, as for layer_norm;
+    - several groups: a unit is a whole group (every channel of a group is tied to the
+      group's first channel), so the remaining groups keep their size and statistics and
+      the resizer lowers `num_groups`.
+    """
+    x, groups = node.args[0], int(node.args[1])
+    flow.identity_all(x, node)
+    channel = flow.slot(node, 1)
+    for param in (_arg(node, 2, "weight"), _arg(node, 3, "bias")):
+        if isinstance(param, fx.Node):
+            flow.identity(flow.slot(param, 0), channel)
+            flow.role(flow.slot(param, 0), "norm", _layer(param))
+    if channel is None or groups <= 1:
+        return
+    per_group = flow.sizes[channel] // groups
+    if per_group > 1:
+        index = np.arange(flow.sizes[channel])
+        flow.gather(channel, channel, index - index % per_group)
+
+
+@resizer(aten.group_norm.default)
+def _resize_group_norm(node: fx.Node, r: Resize) -> Resized | None:
+    groups = int(node.args[1])
+    new_c = r.new_size(node, 1)
+    if new_c is None or groups <= 1:
+        return None
+    per_group = node.meta["val"].shape[1] // groups
+    args = list(node.args)
+    args[1] = new_c // per_group
+    return Resized(tuple(args), dict(node.kwargs))
+
+
+@rule(aten.native_layer_norm.default)
+def _native_layer_norm(flow: ChannelFlow, node: fx.Node) -> None:
+    x = node.args[0]
+    outs = [u for u in node.users if u.target is operator.getitem and u.args[1] == 0]
+    for u in node.users:
+        if u not in outs:
+            flow.freeze(u, "layer-norm statistics outputs are not tracked")
+    normalized = list(node.args[1])
+    for out in outs:
+        flow.identity_all(x, out)
+    if len(normalized) != 1:
+        for axis in range(flow.rank(x) - len(normalized), flow.rank(x)):
+            _freeze_axis(flow, x, axis, "layer_norm over several axes")
+        return
+    for param in node.args[2:4]:
+        if isinstance(param, fx.Node):
+            flow.identity(flow.slot(param, 0), flow.slot(x, -1))
+            flow.role(flow.slot(param, 0), "norm", _layer(param))
+
+
+@resizer(aten.native_layer_norm.default)
+def _resize_native_layer_norm(node: fx.Node, r: Resize) -> Resized | None:
+    new = r.new_size(node.args[0], -1)
+    if new is None or len(node.args[1]) != 1 or list(node.args[1]) == [new]:
+        return None
+    args = list(node.args)
+    args[1] = [new]
+    return Resized(tuple(args), dict(node.kwargs))
+
+
+# ---------------------------------------------------------------- more elementwise ops
+# Unary (and tensor-with-scalar) ops: the output has the input's shape, element for element.
+_MORE_UNARY = [
+    aten.cos.default, aten.sin.default, aten.floor.default, aten.ceil.default,
+    aten.round.default, aten.sign.default, aten.logical_not.default, aten.bitwise_not.default,
+    aten.isnan.default, aten.to.device, aten.to.other, aten.lift_fresh_copy.default,
+    aten.eq.Scalar, aten.ne.Scalar, aten.lt.Scalar, aten.le.Scalar, aten.gt.Scalar,
+    aten.ge.Scalar, aten.fill.Scalar, aten.zeros_like.default, aten.ones_like.default,
+    aten.full_like.default, aten.empty_like.default, aten.masked_fill.Scalar,
+    aten.log1p.default, aten.expm1.default, aten.sigmoid_.default, aten.tanh_.default,
+    aten.gelu_.default, aten.silu_.default, aten.clamp_.default, aten.pow.Scalar,
+    aten.remainder.Scalar, aten.floor_divide.Scalar if hasattr(aten.floor_divide, "Scalar") else aten.floor_divide.default,
+]
+for _op in _MORE_UNARY:
+    RULES.setdefault(_op, _unary)
+
+# Broadcasting ops over several tensors (masks, comparisons, selects).
+_MORE_BINARY = [
+    aten.eq.Tensor, aten.ne.Tensor, aten.lt.Tensor, aten.le.Tensor, aten.gt.Tensor,
+    aten.ge.Tensor, aten.__and__.Tensor, aten.__or__.Tensor, aten.bitwise_and.Tensor,
+    aten.bitwise_or.Tensor, aten.logical_and.default, aten.logical_or.default,
+    aten.where.ScalarOther, aten.where.ScalarSelf, aten.masked_fill.Tensor,
+    aten.min.other, aten.max.other, aten.floor_divide.default, aten.remainder.Tensor,
+    aten.div.Tensor_mode, aten.atan2.default,
+]
+for _op in _MORE_BINARY:
+    RULES.setdefault(_op, _binary)
+
+# masked_fill.Scalar(x, mask, value): the mask broadcasts like a second operand.
+RULES[aten.masked_fill.Scalar] = _binary
+
+
+# ---------------------------------------------------------------- ops without channels
+@rule(
+    aten._assert_tensor_metadata.default, aten._assert_scalar.default,
+    aten._assert_async.msg, aten.sym_constrain_range_for_size.default,
+    aten.sym_constrain_range.default,
+)
+def _check_only(flow: ChannelFlow, node: fx.Node) -> None:
+    """Runtime checks: no output, no channels; the resizer drops stale size checks."""
+
+
+@resizer(aten._assert_tensor_metadata.default)
+def _resize_assert_metadata(node: fx.Node, r: Resize) -> Resized | None:
+    a = node.args[0]
+    if not isinstance(a, fx.Node) or not isinstance(a.meta.get("val"), torch.Tensor):
+        return None
+    if not any(r.new_size(a, axis) is not None for axis in range(a.meta["val"].dim())):
+        return None
+    args = list(node.args)
+    kwargs = dict(node.kwargs)
+    for index, name in ((1, "size"), (2, "stride")):
+        if len(args) > index:
+            args[index] = None
+        kwargs.pop(name, None)
+    if args[1:3] == [None, None] or len(args) <= 1:
+        pass
+    return Resized(tuple(args), kwargs)
+
+
+_CREATORS = [
+    aten.arange.default, aten.arange.start, aten.arange.start_step, aten.zeros.default,
+    aten.ones.default, aten.full.default, aten.empty.memory_format, aten.scalar_tensor.default,
+    aten.new_zeros.default, aten.new_ones.default, aten.new_full.default,
+    aten.new_empty.default, aten.rand.default, aten.randn.default, aten.tril.default,
+    aten.triu.default,
+]
+
+
+@rule(*_CREATORS)
+def _creator(flow: ChannelFlow, node: fx.Node) -> None:
+    """A tensor made from sizes (or a constant pattern): no channel flows in, and its
+    static axes keep their size, so anything they meet is frozen."""
+    if node.target in (aten.tril.default, aten.triu.default):
+        x = node.args[0]
+        flow.freeze(x, f"%{node.name} ({node.target}) keeps a fixed triangle")
+    flow.freeze(node, f"%{node.name} is created with a fixed shape by {node.target}")
+
+
+def _dim_arg(node: fx.Node, index: int, name: str, default: int, rank: int) -> int:
+    return int(_arg(node, index, name, default)) % max(rank, 1)
+
+
+def _link_except(flow: ChannelFlow, x: Any, out: Any, dim: int, reason: str) -> None:
+    """Same-rank op along `dim`: other axes link; `dim` is frozen on both sides."""
+    for axis in range(flow.rank(x)):
+        if axis == dim:
+            _freeze_axis(flow, x, axis, reason)
+            _freeze_axis(flow, out, axis, reason)
+        else:
+            flow.identity(flow.slot(x, axis), flow.slot(out, axis))
+
+
+@rule(aten.cumsum.default, aten.cumprod.default)
+def _cumulative(flow: ChannelFlow, node: fx.Node) -> None:
+    x = node.args[0]
+    dim = _dim_arg(node, 1, "dim", 0, flow.rank(x))
+    _link_except(flow, x, node, dim, f"%{node.name} accumulates along axis {dim}")
+
+
+@rule(aten.diff.default)
+def _diff(flow: ChannelFlow, node: fx.Node) -> None:
+    x = node.args[0]
+    dim = _dim_arg(node, 2, "dim", -1, flow.rank(x))
+    reason = f"%{node.name} differences along axis {dim}"
+    _link_except(flow, x, node, dim, reason)
+    for extra in (_arg(node, 3, "prepend"), _arg(node, 4, "append")):
+        if isinstance(extra, fx.Node):
+            _link_except(flow, extra, node, dim, reason)
+
+
+@rule(aten.select.int)
+def _select(flow: ChannelFlow, node: fx.Node) -> None:
+    """x[..., i, ...] (a CLS token): the selected axis is frozen, the others link."""
+    x = node.args[0]
+    rank = flow.rank(x)
+    dim = int(node.args[1]) % rank
+    _freeze_axis(flow, x, dim, f"%{node.name} selects one index of axis {dim}")
+    for axis in range(rank):
+        if axis != dim:
+            flow.identity(flow.slot(x, axis), flow.slot(node, axis if axis < dim else axis - 1))
+
+
+@rule(aten.index_select.default)
+def _index_select(flow: ChannelFlow, node: fx.Node) -> None:
+    x = node.args[0]
+    dim = int(node.args[1]) % flow.rank(x)
+    _link_except(flow, x, node, dim, f"%{node.name} gathers axis {dim} by index values")
+
+
+@rule(aten.gather.default)
+def _gather_op(flow: ChannelFlow, node: fx.Node) -> None:
+    """out = index's shape; on axes other than `dim`, out[i] reads x[i] (linked when x and
+    index agree in size); `dim` is addressed by values, so it is frozen."""
+    x, index = node.args[0], node.args[2]
+    rank = flow.rank(x)
+    dim = int(node.args[1]) % rank
+    flow.identity_all(index, node)
+    reason = f"%{node.name} gathers axis {dim} by index values"
+    _freeze_axis(flow, x, dim, reason)
+    _freeze_axis(flow, node, dim, reason)
+    for axis in range(rank):
+        if axis == dim:
+            continue
+        s, o = flow.slot(x, axis), flow.slot(node, axis)
+        if s is not None and o is not None and flow.sizes[s] != flow.sizes[o]:
+            flow.freeze_slot(s, f"%{node.name} reads part of axis {axis}")
+        else:
+            flow.identity(s, o)
+
+
+@rule(aten.index.Tensor)
+def _index(flow: ChannelFlow, node: fx.Node) -> None:
+    """Advanced indexing x[None, idx, ...]: axes before and after the indexed ones link;
+    indexed axes are addressed by values and frozen, and the index tensors broadcast onto
+    the axes they produce. Non-adjacent index tensors (result axes moved first): frozen."""
+    x, indices = node.args[0], list(node.args[1])
+    rank, r_out = flow.rank(x), flow.rank(node)
+    used = [i for i, t in enumerate(indices) if t is not None]
+    reason = f"%{node.name} indexes by tensor values"
+    if not used or used != list(range(used[0], used[-1] + 1)):
+        flow.freeze(x, reason)
+        flow.freeze(node, reason)
+        for t in indices:
+            flow.freeze(t, reason)
+        return
+    first, last = used[0], used[-1]
+    n_mid = r_out - (rank - (last - first + 1))
+    for axis in range(first):
+        flow.identity(flow.slot(x, axis), flow.slot(node, axis))
+    for axis in range(last + 1, rank):
+        flow.identity(flow.slot(x, axis), flow.slot(node, axis - (last + 1) + first + n_mid))
+    for axis in range(first, last + 1):
+        _freeze_axis(flow, x, axis, reason)
+    for axis in range(first, first + n_mid):
+        _freeze_axis(flow, node, axis, reason)
+    for t in indices:
+        if isinstance(t, fx.Node):
+            flow.freeze(t, reason)
+
+
+@rule(aten.unbind.int)
+def _unbind(flow: ChannelFlow, node: fx.Node) -> None:
+    """Each piece links with x on every axis but `dim`, which is frozen (it counts pieces)."""
+    x = node.args[0]
+    rank = flow.rank(x)
+    dim = _dim_arg(node, 1, "dim", 0, rank)
+    _freeze_axis(flow, x, dim, f"%{node.name} unbinds axis {dim} into separate tensors")
+    for user in node.users:
+        if user.target is not operator.getitem:
+            flow.freeze(x, f"unbind %{node.name} used as a whole")
+            continue
+        for axis in range(rank):
+            if axis != dim:
+                flow.identity(flow.slot(x, axis), flow.slot(user, axis if axis < dim else axis - 1))
+
+
+@rule(aten.stack.default)
+def _stack(flow: ChannelFlow, node: fx.Node) -> None:
+    """Every input links with the output on every axis but the new one, which is frozen."""
+    tensors = node.args[0]
+    rank = flow.rank(node)
+    dim = _dim_arg(node, 1, "dim", 0, rank)
+    _freeze_axis(flow, node, dim, f"%{node.name} stacks tensors along axis {dim}")
+    for t in tensors:
+        for axis in range(rank - 1):
+            flow.identity(flow.slot(t, axis), flow.slot(node, axis if axis < dim else axis + 1))
+
+
+# ---------------------------------------------------------------- padding and resampling
+@rule(aten.pad.default, aten.constant_pad_nd.default)
+def _pad(flow: ChannelFlow, node: fx.Node) -> None:
+    """Padded axes (the last len(pad) // 2) change size and are not linked; others link.
+    An axis padded by (0, 0) links too."""
+    x, pad = node.args[0], list(node.args[1])
+    rank = flow.rank(x)
+    padded = {}
+    for k in range(len(pad) // 2):
+        padded[rank - 1 - k] = (pad[2 * k], pad[2 * k + 1])
+    for axis in range(rank):
+        if padded.get(axis, (0, 0)) == (0, 0):
+            flow.identity(flow.slot(x, axis), flow.slot(node, axis))
+        else:
+            reason = f"%{node.name} pads axis {axis}"
+            _freeze_axis(flow, x, axis, reason)
+            _freeze_axis(flow, node, axis, reason)
+
+
+_UPSAMPLES = [
+    aten.upsample_nearest1d.vec, aten.upsample_nearest2d.vec, aten.upsample_nearest3d.vec,
+    aten.upsample_bilinear2d.vec, aten.upsample_bicubic2d.vec, aten.upsample_linear1d.vec,
+    aten.upsample_trilinear3d.vec, aten.upsample_nearest1d.default,
+    aten.upsample_nearest2d.default, aten.upsample_nearest3d.default,
+    aten.upsample_bilinear2d.default, aten.upsample_bicubic2d.default,
+]
+for _op in _UPSAMPLES:
+    RULES.setdefault(_op, _pool)
