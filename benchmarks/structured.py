@@ -1,7 +1,11 @@
 """Dense vs structurally pruned latency through ONNX Runtime, beside the MACs ratio.
 
-Prints a table (median of repeated runs, threads fixed, batch sizes named) and writes JSON.
-Run: `.venv/bin/python benchmarks/structured.py [--threads 1] [--repeats 50] [--out benchmarks/results/structured.json]`
+Each model is pruned by sparsec and, on the same run, by the peer tool Torch-Pruning
+(`pip install -e '.[bench]'`) with the same criterion (group L2 magnitude) and ratio; both
+pruned models are then run through the same ONNX Runtime backend. Prints a table (median of
+repeated runs, threads fixed, batch sizes named) and writes JSON.
+
+Run: `make bench`, or `.venv/bin/python benchmarks/structured.py [--threads 1] [--repeats 50]`
 """
 
 from __future__ import annotations
@@ -39,6 +43,31 @@ def _median_ms(fn, x: torch.Tensor, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _torch_pruning(model: torch.nn.Module, example: torch.Tensor, ratio: float) -> torch.nn.Module:
+    """The peer: Torch-Pruning's MagnitudePruner, classifier kept, as its README shows."""
+    import torch_pruning as tp
+
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    pruner = tp.pruner.MagnitudePruner(
+        model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=ratio, ignored_layers=[last],
+    )
+    pruner.step()
+    return model
+
+
+def _peer_variant(factory, example: torch.Tensor, ratio: float, threads: int) -> tuple[object | None, str]:
+    try:
+        import torch_pruning  # noqa: F401
+    except ImportError:
+        return None, "torch-pruning not installed"
+    try:
+        pruned = _torch_pruning(factory(), example, ratio)
+        return sparsec.compile(pruned, (example,), pipeline="none", threads=threads), ""
+    except Exception as exc:  # the peer failing on a model is a result to report
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=1)
@@ -52,25 +81,35 @@ def main() -> None:
     for name, (factory, make_input) in MODELS.items():
         example = make_input(2)
         dense = sparsec.compile(factory(), (example,), pipeline="none", threads=args.threads)
-        variants = [("dense", dense)] + [
-            (f"pruned-{r:g}", sparsec.compile(factory(), (example,), pipeline=f"magnitude-importance{{norm=2}},prune-channels{{ratio={r}}}", threads=args.threads))
-            for r in args.ratios
-        ]
+        variants: list[tuple[str, object | None, str]] = [("dense", dense, "")]
+        for r in args.ratios:
+            text = f"magnitude-importance{{norm=2}},prune-channels{{ratio={r}}}"
+            ours = sparsec.compile(factory(), (example,), pipeline=text, threads=args.threads)
+            variants.append((f"sparsec-{r:g}", ours, ""))
+            variants.append((f"torch-pruning-{r:g}", *_peer_variant(factory, example, r, args.threads)))
         for batch in args.batches:
             x = make_input(batch)
             dense_ms = _median_ms(dense, x, args.repeats)
-            for label, compiled in variants:
+            for label, compiled, failure in variants:
+                row = {"model": name, "variant": label, "batch": batch, "threads": args.threads}
+                if compiled is None:
+                    rows.append({**row, "failed": failure})
+                    continue
                 ms = dense_ms if label == "dense" else _median_ms(compiled, x, args.repeats)
                 rows.append({
-                    "model": name, "variant": label, "batch": batch, "threads": args.threads,
+                    **row,
                     "params": compiled.report.after.parameters, "macs": compiled.report.after.macs,
                     "macs_ratio": compiled.report.after.macs / dense.report.after.macs,
                     "median_ms": ms, "speedup": dense_ms / ms,
                 })
     print(f"ONNX Runtime CPU, {args.threads} thread(s), median of {args.repeats} runs; machine: {platform.processor() or platform.machine()}")
-    print(f"{'model':18s} {'variant':12s} {'batch':>5s} {'params':>9s} {'MACs ratio':>10s} {'ms':>8s} {'speedup':>8s}")
+    print(f"| {'model':18s} | {'variant':18s} | {'batch':>5s} | {'params':>9s} | {'MACs ratio':>10s} | {'ms':>8s} | {'speedup':>8s} |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"{r['model']:18s} {r['variant']:12s} {r['batch']:5d} {r['params']:9,d} {r['macs_ratio']:10.3f} {r['median_ms']:8.3f} {r['speedup']:7.2f}x")
+        if "failed" in r:
+            print(f"| {r['model']:18s} | {r['variant']:18s} | {r['batch']:5d} | failed: {r['failed']} | | | |")
+            continue
+        print(f"| {r['model']:18s} | {r['variant']:18s} | {r['batch']:5d} | {r['params']:9,d} | {r['macs_ratio']:10.3f} | {r['median_ms']:8.3f} | {r['speedup']:7.2f}x |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": platform.machine(), "torch": torch.__version__, "rows": rows}, indent=2))
     print(f"wrote {args.out}")
