@@ -17,7 +17,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from sparsec.backends.base import BackendOptions, Executable, default_backend, get_backend
+from sparsec.calibration import Calibration
 from sparsec.errors import SparsecError
 from sparsec.frontends import normalize_inputs, trace
 from sparsec.ir import Graph
@@ -103,6 +104,7 @@ def _build(
     verify_each: bool,
     dump_ir: Path | None,
     progress: Progress,
+    calibration: Calibration | None,
 ) -> _Build:
     args, kwargs = normalize_inputs(example_inputs)
     progress(f"tracing {type(model).__name__}")
@@ -121,7 +123,7 @@ def _build(
         if index < total:
             progress(f"pass {index + 1}/{total}: {p}")
 
-    am = AnalysisManager(graph)
+    am = AnalysisManager(graph, calibration)
     with torch.no_grad():
         run = PassManager(pipeline, instruments, progress=on_pass).run(graph, am)
     backend = get_backend(pipeline.backend) if pipeline.backend else default_backend(pipeline.target)
@@ -168,6 +170,7 @@ class CompiledModel:
         verify_each: bool,
         dump_ir: Path | None,
         progress: Progress,
+        calibration: Calibration | None = None,
     ) -> None:
         self._model = model
         self._pipeline = pipeline
@@ -175,13 +178,14 @@ class CompiledModel:
         self._verify_each = verify_each
         self._dump_ir = dump_ir
         self._progress = progress
+        self._calibration = calibration
         self._build: _Build | None = None
 
     def compile_with(self, example_inputs: Any) -> CompiledModel:
         """Compile now on `example_inputs` (done automatically at the first call)."""
         self._build = _build(
             self._model, example_inputs, self._pipeline, self._options,
-            self._verify_each, self._dump_ir, self._progress,
+            self._verify_each, self._dump_ir, self._progress, self._calibration,
         )
         return self
 
@@ -251,11 +255,13 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
     verify_each: bool = True,
     dump_ir: str | Path | None = None,
     progress: Progress | None = None,
+    calibration: Calibration | Iterable[Any] | None = None,
 ) -> CompiledModel:
     """Compile `model` for `target` ("cpu" or "cuda") with `pipeline` (preset, file or object).
 
     `example_inputs`: a tensor, a tuple of positional inputs or a dict of keyword inputs;
-    without it, compilation happens at the first call.
+    without it, compilation happens at the first call. `calibration`: batches (or a
+    `Calibration` with a loss) for data-aware passes.
     """
     resolved = resolve_pipeline(pipeline, target=target, backend=backend)
     compiled = CompiledModel(
@@ -265,6 +271,7 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
         verify_each,
         Path(dump_ir) if dump_ir is not None else None,
         progress or (lambda message: None),
+        calibration if isinstance(calibration, Calibration) or calibration is None else Calibration(calibration),
     )
     if example_inputs is not None:
         compiled.compile_with(example_inputs)

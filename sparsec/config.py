@@ -27,7 +27,7 @@ import enum
 import importlib
 import json
 import re
-import sys
+import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -41,8 +41,6 @@ from sparsec._pipeline_text import parse_text
 from sparsec._suggest import did_you_mean, unknown_choice
 from sparsec.errors import ConfigError
 from sparsec.pipeline import Pass, Pipeline, registry
-
-import tomllib
 
 __all__ = [
     "BACKENDS",

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sparsec.pipeline.base import PRESERVE_ALL, Analysis
 
 if TYPE_CHECKING:
+    from sparsec.calibration import Calibration
     from sparsec.ir import Graph
 
 __all__ = ["AnalysisManager"]
@@ -24,8 +25,9 @@ __all__ = ["AnalysisManager"]
 class AnalysisManager:
     """Caches analysis results for one Graph."""
 
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, calibration: Calibration | None = None) -> None:
         self.graph = graph
+        self.calibration = calibration
         self._cache: dict[Analysis, tuple[int, Any]] = {}
         self._deps: dict[Analysis, set[Analysis]] = {}
         self._stack: list[Analysis] = []
