@@ -1,0 +1,5 @@
+"""`python -m sparsec` runs the CLI."""
+
+from sparsec.cli import app
+
+app()

@@ -1,0 +1,70 @@
+"""The `sparsec` CLI end to end, in subprocesses as a user runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _sparsec(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sparsec", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "mlp"
+    result = _sparsec("compile", "examples.models:mlp", "--input", "2x64", "--out", str(out), "--print-ir")
+    assert result.returncode == 0, result.stderr
+    assert "# sparsec report" in result.stdout
+    assert "= linear(" in result.stdout  # --print-ir
+    return out
+
+
+def test_compile_writes_an_artifact(artifact: Path) -> None:
+    assert {p.name for p in artifact.iterdir()} >= {"manifest.json", "model.onnx", "report.md"}
+
+
+def test_inspect_shows_manifest_and_report(artifact: Path) -> None:
+    result = _sparsec("inspect", str(artifact))
+    assert result.returncode == 0, result.stderr
+    assert '"format_version": 1' in result.stdout and "# sparsec report" in result.stdout
+
+
+def test_run_on_npy_input(artifact: Path, tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((3, 64)).astype("float32"))
+    result = _sparsec("run", str(artifact), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy"))
+    assert result.returncode == 0, result.stderr
+    assert "output 0: shape [3, 10]" in result.stdout
+    assert np.load(tmp_path / "y.npy").shape == (3, 10)
+
+
+def test_tampered_artifact_is_refused(artifact: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in artifact.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    (copy / "model.onnx").write_bytes((copy / "model.onnx").read_bytes() + b"x")
+    result = _sparsec("inspect", str(copy))
+    assert result.returncode == 1
+    assert "model.onnx does not match its sha256" in " ".join(result.stderr.split())
+
+
+def test_bad_model_reference_and_pipeline(tmp_path: Path) -> None:
+    result = _sparsec("compile", "examples.models:nope", "--input", "2x64", "--out", str(tmp_path / "x"))
+    assert result.returncode == 1 and "has no attribute 'nope'" in result.stderr
+    result = _sparsec("compile", "examples.models:mlp", "--input", "2x64", "--pipeline", "prune-channels{ratio=2}", "--out", str(tmp_path / "y"))
+    assert result.returncode == 1 and "ratio" in result.stderr
+    assert not (tmp_path / "y").exists(), "a failed compile must not leave an artifact"
+
+
+def test_passes_and_presets_list() -> None:
+    assert "prune-channels" in _sparsec("passes").stdout
+    assert "structured-50" in _sparsec("presets").stdout
