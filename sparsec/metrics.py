@@ -15,10 +15,11 @@ from dataclasses import dataclass
 import sympy
 import torch
 import torch.fx as fx
+from torch.utils import _pytree as pytree
 
 from sparsec.ir import Graph
 
-__all__ = ["LayerWidth", "count_macs", "layer_widths", "concrete_shape"]
+__all__ = ["LayerWidth", "count_macs", "layer_widths", "concrete_shape", "macs_by_node"]
 
 aten = torch.ops.aten
 
@@ -34,17 +35,20 @@ class LayerWidth:
 
 
 def _substitutions(graph: Graph) -> dict[sympy.Symbol, int]:
+    """Every size symbol in the graph: `batch` → 1, others → their size in the example."""
     subs: dict[sympy.Symbol, int] = {}
     for node in graph.nodes:
-        val = node.meta.get("val") if node.op == "placeholder" else None
-        if not isinstance(val, torch.Tensor):
-            continue
-        for size in val.shape:
-            if isinstance(size, torch.SymInt):
-                expr = size.node.expr
-                if isinstance(expr, sympy.Symbol):
-                    is_batch = graph.symbol_names.get(str(expr), "batch") == "batch"
-                    subs[expr] = 1 if is_batch else int(size.node.hint)
+        for value in pytree.tree_leaves(node.meta.get("val")):
+            if not isinstance(value, torch.Tensor):
+                continue
+            for size in value.shape:
+                if not isinstance(size, torch.SymInt):
+                    continue
+                hints = size.node.shape_env.backed_var_to_val
+                for sym in size.node.expr.free_symbols:
+                    if sym not in subs:
+                        is_batch = graph.symbol_names.get(str(sym)) == "batch"
+                        subs[sym] = 1 if is_batch else int(hints[sym])
     return subs
 
 
@@ -61,7 +65,12 @@ def _node_macs(node: fx.Node, subs: dict[sympy.Symbol, int]) -> int:
         return 0
     out_numel = math.prod(concrete_shape(out, subs))
     target = node.target
-    if target in (aten.conv1d.default, aten.conv2d.default, aten.conv3d.default, aten.convolution.default):
+    if target in (
+        aten.conv1d.default,
+        aten.conv2d.default,
+        aten.conv3d.default,
+        aten.convolution.default,
+    ):
         weight = node.args[1].meta["val"]
         return out_numel * math.prod(weight.shape[1:])
     if target is aten.linear.default:
@@ -78,8 +87,14 @@ def _node_macs(node: fx.Node, subs: dict[sympy.Symbol, int]) -> int:
 
 def count_macs(graph: Graph) -> int:
     """Multiply-accumulates of one sample through the graph."""
+    return sum(macs_by_node(graph).values())
+
+
+def macs_by_node(graph: Graph) -> dict[str, int]:
+    """Multiply-accumulates of one sample per counted node (cost models estimate from these)."""
     subs = _substitutions(graph)
-    return sum(_node_macs(n, subs) for n in graph.nodes if n.op == "call_function")
+    macs = {n.name: _node_macs(n, subs) for n in graph.nodes if n.op == "call_function"}
+    return {name: value for name, value in macs.items() if value}
 
 
 def layer_widths(graph: Graph) -> list[LayerWidth]:
@@ -98,6 +113,8 @@ def layer_widths(graph: Graph) -> list[LayerWidth]:
             groups = int(node.args[6]) if len(node.args) > 6 else int(node.kwargs.get("groups", 1))
         layer = str(weight.target).rsplit(".", 1)[0] if weight.op == "get_attr" else weight.name
         widths.append(
-            LayerWidth(layer, "conv" if is_conv else "linear", int(shape[1]) * groups, int(shape[0]))
+            LayerWidth(
+                layer, "conv" if is_conv else "linear", int(shape[1]) * groups, int(shape[0])
+            )
         )
     return widths

@@ -11,6 +11,7 @@ Rules:
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -59,9 +60,11 @@ def _widen(tensor: torch.Tensor, dims: dict[int, Dim] | None) -> torch.Tensor:
 
 
 def _dynamic_spec(
-    args: tuple[Any, ...], kwargs: dict[str, Any]
+    args: tuple[Any, ...], kwargs: dict[str, Any], bounds: dict[str, dict[str, int]]
 ) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
-    batch, seq = Dim(_BATCH), Dim(_SEQ)
+    if args and kwargs:
+        raise TraceError("mix of positional and keyword example inputs: pass all by keyword")
+    batch, seq = Dim(_BATCH, **bounds.get(_BATCH, {})), Dim(_SEQ, **bounds.get(_SEQ, {}))
 
     def leaf_spec(x: Any) -> Any:
         return _dynamic_dims(x, batch, seq) if isinstance(x, torch.Tensor) else None
@@ -69,16 +72,56 @@ def _dynamic_spec(
     def widen(x: Any) -> Any:
         return _widen(x, _dynamic_dims(x, batch, seq)) if isinstance(x, torch.Tensor) else x
 
-    args_spec = pytree.tree_map(leaf_spec, args)
-    kwargs_spec = pytree.tree_map(leaf_spec, kwargs)
-    new_args = pytree.tree_map(widen, args)
-    new_kwargs = pytree.tree_map(widen, kwargs)
-    spec: Any = args_spec if not kwargs else {**dict(enumerate(args_spec)), **kwargs_spec}
-    if kwargs and not args:
-        spec = kwargs_spec
-    elif kwargs:
-        raise TraceError("mix of positional and keyword example inputs: pass all by keyword")
-    return spec, new_args, new_kwargs
+    spec = pytree.tree_map(leaf_spec, kwargs) if kwargs else pytree.tree_map(leaf_spec, args)
+    return spec, pytree.tree_map(widen, args), pytree.tree_map(widen, kwargs)
+
+
+_SUGGESTED_DIM = re.compile(r"^\s*(\w+) = Dim\('\w+'((?:, (?:min|max)=\d+)*)\)\s*$", re.MULTILINE)
+
+
+def _suggested_bounds(message: str) -> dict[str, dict[str, int]]:
+    """torch.export's "Suggested fixes" that only bound a dim (`seq = Dim('seq', max=512)`).
+
+    A model with a position table of 512 rows supports any sequence up to 512: the bound is
+    the truth about the model, so it is applied. Suggestions to make a dim static are not.
+    """
+    if "Suggested fixes" not in message:
+        return {}
+    bounds: dict[str, dict[str, int]] = {}
+    for name, options in _SUGGESTED_DIM.findall(message.split("Suggested fixes", 1)[1]):
+        for key, value in re.findall(r"(min|max)=(\d+)", options):
+            bounds.setdefault(name, {})[key] = int(value)
+    return bounds
+
+
+def _export(
+    model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], dynamic: bool
+) -> tuple[torch.export.ExportedProgram, Any, tuple[Any, ...], dict[str, Any]]:
+    """Export, applying torch.export's suggested dim bounds once if it asks for them."""
+    bounds: dict[str, dict[str, int]] = {}
+    while True:
+        spec, trace_args, trace_kwargs = _dynamic_spec(args, kwargs, bounds) if dynamic else (None, args, kwargs)
+        try:
+            with torch.no_grad():
+                program = torch.export.export(
+                    model, trace_args, trace_kwargs or None, dynamic_shapes=spec, strict=False
+                )
+            return program, spec, trace_args, trace_kwargs
+        except Exception as exc:  # torch.export raises many unrelated types; all mean "untraceable"
+            suggested = _suggested_bounds(str(exc)) if dynamic and not bounds else {}
+            if not suggested:
+                raise _trace_error(model, exc) from exc
+            bounds = suggested
+
+
+def _trace_error(model: torch.nn.Module, exc: Exception) -> TraceError:
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return TraceError(
+        f"torch.export could not trace {type(model).__name__}: {type(exc).__name__}: "
+        f"{first_line}\nFix: remove data-dependent Python control flow from forward() "
+        "(use torch.where / torch.cond), return tensors or tuples/dicts of tensors, or pass "
+        "dynamic=False if the model only supports fixed shapes."
+    )
 
 
 def _symbol_names(gm: fx.GraphModule) -> dict[str, str]:
@@ -148,20 +191,7 @@ def trace(
     if not isinstance(model, torch.nn.Module):
         raise TraceError(f"expected a torch.nn.Module, got {type(model).__name__}")
     args, kwargs = normalize_inputs(example_inputs)
-    spec, trace_args, trace_kwargs = _dynamic_spec(args, kwargs) if dynamic else (None, args, kwargs)
-    try:
-        with torch.no_grad():
-            program = torch.export.export(
-                model, trace_args, trace_kwargs or None, dynamic_shapes=spec, strict=False
-            )
-    except Exception as exc:  # torch.export raises many unrelated types; all mean "untraceable"
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TraceError(
-            f"torch.export could not trace {type(model).__name__}: {type(exc).__name__}: "
-            f"{first_line}\nFix: remove data-dependent Python control flow from forward() "
-            "(use torch.where / torch.cond), return tensors or tuples/dicts of tensors, or pass "
-            "dynamic=False if the model only supports fixed shapes."
-        ) from exc
+    program, spec, trace_args, trace_kwargs = _export(model, args, kwargs, dynamic)
     gm = program.module()
     _drop_guards(gm)
     _own_tensors(gm)

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch._guards import detect_fake_mode
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 
 from sparsec.errors import VerificationError
 from sparsec.ir.text import format_graph, format_value
@@ -53,9 +55,10 @@ def describe_node(node: fx.Node) -> str:
 class _FakePropagator(fx.Interpreter):
     """Runs the graph on fake tensors and stores each result in `node.meta['val']`."""
 
-    def __init__(self, module: fx.GraphModule, fake_mode: Any) -> None:
+    def __init__(self, module: fx.GraphModule, fake_mode: Any, inputs: list[Any]) -> None:
         super().__init__(module, garbage_collect_values=True)
         self.fake_mode = fake_mode
+        self.inputs = iter(inputs)
 
     def get_attr(self, target: Any, args: Any, kwargs: Any) -> Any:
         real = super().get_attr(target, args, kwargs)
@@ -65,7 +68,7 @@ class _FakePropagator(fx.Interpreter):
 
     def run_node(self, n: fx.Node) -> Any:
         if n.op == "placeholder":
-            return n.meta["val"]
+            return next(self.inputs)  # the traced placeholder meta stays as torch.export made it
         try:
             result = super().run_node(n)
         except Exception as exc:  # any failure here is a shape or type error at this node
@@ -161,17 +164,37 @@ class Graph:
 
     # ----- checking -----
     def propagate_shapes(self) -> None:
-        """Recompute `node.meta['val']` for every node from the inputs' symbolic shapes."""
+        """Recompute `node.meta['val']` for every node from the inputs' symbolic shapes.
+
+        Runs in a fresh ShapeEnv: a fake kernel that specialises a size (some pad and
+        upsample kernels do) must not change the traced program's own view of its inputs,
+        which the module checks its inputs against.
+        """
         placeholders = [n for n in self.module.graph.nodes if n.op == "placeholder"]
-        values = [n.meta.get("val") for n in placeholders]
-        fake_mode = detect_fake_mode(values)
-        if fake_mode is None:
+        traced = [n.meta.get("val") for n in placeholders]
+        if detect_fake_mode(traced) is None:
             raise VerificationError(
                 "the graph's inputs carry no fake tensors in node.meta['val']; "
                 "build graphs with sparsec.frontends.trace()"
             )
+        shape_env = ShapeEnv(duck_shape=False, prefer_deferred_runtime_asserts_over_guards=True, trace_asserts=True)
+        fake_mode = FakeTensorMode(shape_env=shape_env, export=True)
+        inputs = [self._fresh_input(value, fake_mode) for value in traced]
         with fake_mode:
-            _FakePropagator(self.module, fake_mode).run(*values)
+            _FakePropagator(self.module, fake_mode, inputs).run(*inputs)
+
+    def _fresh_input(self, value: Any, fake_mode: FakeTensorMode) -> Any:
+        """A fake input in `fake_mode` with the same dynamic dims as the traced one."""
+        if not isinstance(value, torch.Tensor):
+            return value
+        dims = [DimDynamic.DYNAMIC if isinstance(s, torch.SymInt) else DimDynamic.STATIC for s in value.shape]
+        hints = [int(s.node.hint) if isinstance(s, torch.SymInt) else int(s) for s in value.shape]
+        real = torch.empty(hints, dtype=value.dtype, device=value.device)
+        fresh = fake_mode.from_tensor(real, symbolic_context=StatelessSymbolicContext(dynamic_sizes=dims))
+        for old, new in zip(value.shape, fresh.shape, strict=True):
+            if isinstance(old, torch.SymInt) and isinstance(new, torch.SymInt):
+                self.symbol_names[str(new)] = self.symbol_names.get(str(old), str(old))
+        return fresh
 
     def verify(self) -> None:
         """Lint the graph and re-propagate shapes; raise VerificationError naming the bad node."""

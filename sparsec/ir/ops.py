@@ -1081,8 +1081,6 @@ def _resize_assert_metadata(node: fx.Node, r: Resize) -> Resized | None:
         if len(args) > index:
             args[index] = None
         kwargs.pop(name, None)
-    if args[1:3] == [None, None] or len(args) <= 1:
-        pass
     return Resized(tuple(args), kwargs)
 
 

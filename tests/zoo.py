@@ -1,0 +1,423 @@
+"""A model zoo for structural pruning: one small model of each common family, random weights.
+
+Rules:
+- Hugging Face models are built from tiny configs (`from_config`-style constructors), never
+  downloaded; `use_cache=False`, eval mode, a fixed seed;
+- CNN families are written here in a few lines each, keeping the op patterns that matter
+  (bottleneck residuals, dense concatenation, depthwise inverted residuals, channel shuffle,
+  squeeze-excitation, channels-last LayerNorm);
+- every entry says which layers hold attention heads that must be prunable
+  (`attention`: glob patterns of producer layers), so the zoo test can check that heads
+  are not frozen.
+
+Example:
+    entry = ZOO["bert"]
+    model, inputs = entry.build()
+    compiled = sparsec.compile(model, inputs, backend="torch", pipeline="structured-50")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["ZOO", "ZooEntry", "hf_available"]
+
+SEED = 0
+BATCH = 2
+SEQ = 8
+VOCAB = 100
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One model family: how to build it, and which of its layers carry attention heads."""
+
+    name: str
+    build: Callable[[], tuple[nn.Module, Any]]
+    attention: tuple[str, ...] = ()
+    needs: str | None = None  # a transformers model class name, if any
+    fixed_batch: str = ""  # why the pruned model only runs at the traced batch, if it does
+    onnx_broken: str = ""  # why ONNX export fails even before pruning, if it does
+
+
+def hf_available(cls_name: str) -> bool:
+    try:
+        import transformers
+    except ImportError:
+        return False
+    return hasattr(transformers, cls_name)
+
+
+def _ids(generator: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (BATCH, SEQ), generator=generator)
+
+
+def _positions() -> torch.Tensor:
+    return torch.arange(SEQ).expand(BATCH, SEQ).contiguous()
+
+
+def _finish(model: nn.Module) -> nn.Module:
+    model.eval()
+    if hasattr(model, "config"):
+        model.config.use_cache = False
+    return model
+
+
+# ---------------------------------------------------------------- Hugging Face
+def _bert() -> tuple[nn.Module, Any]:
+    import transformers
+
+    torch.manual_seed(SEED)
+    config = transformers.BertConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        vocab_size=VOCAB, max_position_embeddings=32, num_labels=3, attn_implementation="sdpa",
+    )
+    model = _finish(transformers.BertForSequenceClassification(config))
+    g = torch.Generator().manual_seed(SEED)
+    ids = _ids(g)
+    # Explicit token types and positions: BERT otherwise slices fixed-size buffers by the
+    # sequence length, which makes torch.export demand an upper bound on the dynamic `seq`.
+    return model, {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "token_type_ids": torch.zeros_like(ids),
+        "position_ids": _positions(),
+    }
+
+
+def _distilbert() -> tuple[nn.Module, Any]:
+    import transformers
+
+    torch.manual_seed(SEED)
+    config = transformers.DistilBertConfig(
+        dim=64, n_layers=2, n_heads=4, hidden_dim=128, vocab_size=VOCAB,
+        max_position_embeddings=32, num_labels=3, attn_implementation="sdpa",
+    )
+    model = _finish(transformers.DistilBertForSequenceClassification(config))
+    g = torch.Generator().manual_seed(SEED)
+    ids = _ids(g)
+    return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": _positions()}
+
+
+def _gpt2() -> tuple[nn.Module, Any]:
+    import transformers
+
+    torch.manual_seed(SEED)
+    config = transformers.GPT2Config(
+        n_embd=64, n_layer=2, n_head=4, n_positions=32, vocab_size=VOCAB,
+        use_cache=False, attn_implementation="sdpa",
+    )
+    model = _finish(transformers.GPT2LMHeadModel(config))
+    g = torch.Generator().manual_seed(SEED)
+    return model, {"input_ids": _ids(g)}
+
+
+def _llama() -> tuple[nn.Module, Any]:
+    import transformers
+
+    torch.manual_seed(SEED)
+    config = transformers.LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=8,
+        num_key_value_heads=2, head_dim=8, vocab_size=VOCAB, max_position_embeddings=32,
+        use_cache=False, attn_implementation="sdpa",
+    )
+    model = _finish(transformers.LlamaForCausalLM(config))
+    g = torch.Generator().manual_seed(SEED)
+    return model, {"input_ids": _ids(g)}
+
+
+def _qwen2() -> tuple[nn.Module, Any]:
+    import transformers
+
+    torch.manual_seed(SEED)
+    config = transformers.Qwen2Config(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=8,
+        num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=32,
+        use_cache=False, attn_implementation="sdpa", tie_word_embeddings=True,
+    )
+    model = _finish(transformers.Qwen2ForCausalLM(config))
+    g = torch.Generator().manual_seed(SEED)
+    return model, {"input_ids": _ids(g)}
+
+
+def _t5_encoder() -> tuple[nn.Module, Any]:
+    import transformers
+
+    torch.manual_seed(SEED)
+    config = transformers.T5Config(
+        d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, vocab_size=VOCAB,
+        relative_attention_num_buckets=8, relative_attention_max_distance=16, use_cache=False,
+    )
+    model = _finish(transformers.T5EncoderModel(config))
+    g = torch.Generator().manual_seed(SEED)
+    return model, {"input_ids": _ids(g)}
+
+
+def _vit() -> tuple[nn.Module, Any]:
+    import transformers
+
+    torch.manual_seed(SEED)
+    config = transformers.ViTConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        image_size=32, patch_size=8, num_channels=3, num_labels=5, attn_implementation="sdpa",
+    )
+    model = _finish(transformers.ViTForImageClassification(config))
+    g = torch.Generator().manual_seed(SEED)
+    return model, (torch.randn(BATCH, 3, 32, 32, generator=g),)
+
+
+# ---------------------------------------------------------------- CNN families in code
+def _bn(c: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c)
+
+
+def _randomize(model: nn.Module) -> nn.Module:
+    g = torch.Generator().manual_seed(SEED)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()
+
+
+def _image(channels: int = 3, size: int = 16) -> torch.Tensor:
+    return torch.randn(BATCH, channels, size, size, generator=torch.Generator().manual_seed(SEED))
+
+
+class Bottleneck(nn.Module):
+    """ResNet bottleneck: 1x1 reduce, 3x3 (grouped for ResNeXt), 1x1 expand, projection."""
+
+    def __init__(self, cin: int, mid: int, cout: int, stride: int = 1, groups: int = 1) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(cin, mid, 1, bias=False), _bn(mid)
+        self.conv2 = nn.Conv2d(mid, mid, 3, stride, 1, groups=groups, bias=False)
+        self.bn2 = _bn(mid)
+        self.conv3, self.bn3 = nn.Conv2d(mid, cout, 1, bias=False), _bn(cout)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _bn(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return F.relu(y + (x if self.down is None else self.down(x)))
+
+
+class ResNet(nn.Module):
+    def __init__(self, groups: int = 1, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), _bn(16), nn.ReLU())
+        self.pool = nn.MaxPool2d(2)
+        self.layer1 = nn.Sequential(Bottleneck(16, 16, 32, groups=groups), Bottleneck(32, 16, 32, groups=groups))
+        self.layer2 = nn.Sequential(Bottleneck(32, 32, 64, stride=2, groups=groups))
+        self.fc = nn.Linear(64, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer2(self.layer1(self.pool(self.stem(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class DenseLayer(nn.Module):
+    def __init__(self, cin: int, growth: int) -> None:
+        super().__init__()
+        self.bn1, self.conv1 = _bn(cin), nn.Conv2d(cin, 2 * growth, 1, bias=False)
+        self.bn2, self.conv2 = _bn(2 * growth), nn.Conv2d(2 * growth, growth, 3, 1, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv1(F.relu(self.bn1(x)))
+        return torch.cat([x, self.conv2(F.relu(self.bn2(y)))], 1)
+
+
+class DenseNet(nn.Module):
+    """DenseNet: each layer concatenates its input with new features; a transition halves."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.block1 = nn.Sequential(DenseLayer(16, 8), DenseLayer(24, 8), DenseLayer(32, 8))
+        self.trans = nn.Sequential(_bn(40), nn.ReLU(), nn.Conv2d(40, 20, 1, bias=False), nn.AvgPool2d(2))
+        self.block2 = nn.Sequential(DenseLayer(20, 8), DenseLayer(28, 8))
+        self.norm = _bn(36)
+        self.fc = nn.Linear(36, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block2(self.trans(self.block1(self.stem(x))))
+        return self.fc(F.relu(self.norm(x)).mean((2, 3)))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand, 3x3 depthwise, 1x1 project, residual when shapes allow."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.use_res = stride == 1 and cin == cout
+        self.block = nn.Sequential(
+            nn.Conv2d(cin, mid, 1, bias=False), _bn(mid), nn.ReLU6(),
+            nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False), _bn(mid), nn.ReLU6(),
+            nn.Conv2d(mid, cout, 1, bias=False), _bn(cout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x) if self.use_res else self.block(x)
+
+
+class SE(nn.Module):
+    """Squeeze-excitation: pool, reduce, expand, hardsigmoid gate multiplied into the input."""
+
+    def __init__(self, c: int, r: int = 4) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(c, c // r, 1), nn.Conv2d(c // r, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = F.adaptive_avg_pool2d(x, 1)
+        return x * F.hardsigmoid(self.fc2(F.relu(self.fc1(s))))
+
+
+class MobileNet(nn.Module):
+    """MobileNetV2 with a V3-style SE + hardswish block."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), _bn(16), nn.Hardswish())
+        self.blocks = nn.Sequential(
+            InvertedResidual(16, 16, 1, 4), InvertedResidual(16, 24, 2, 4), InvertedResidual(24, 24, 1, 4)
+        )
+        self.se = SE(24)
+        self.head = nn.Sequential(nn.Conv2d(24, 64, 1), nn.Hardswish())
+        self.fc = nn.Linear(64, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head(self.se(self.blocks(self.stem(x))))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    b, c, h, w = x.shape
+    x = x.view(b, groups, c // groups, h, w).transpose(1, 2).contiguous()
+    return x.view(b, c, h, w)
+
+
+class ShuffleUnit(nn.Module):
+    """ShuffleNetV2 unit (stride 1): split channels, transform one half, concat, shuffle."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        half = c // 2
+        self.branch = nn.Sequential(
+            nn.Conv2d(half, half, 1, bias=False), _bn(half), nn.ReLU(),
+            nn.Conv2d(half, half, 3, 1, 1, groups=half, bias=False), _bn(half),
+            nn.Conv2d(half, half, 1, bias=False), _bn(half), nn.ReLU(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = x.chunk(2, dim=1)
+        return channel_shuffle(torch.cat([a, self.branch(b)], 1), 2)
+
+
+class ShuffleNet(nn.Module):
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1, bias=False), _bn(32), nn.ReLU())
+        self.units = nn.Sequential(ShuffleUnit(32), ShuffleUnit(32))
+        self.conv = nn.Sequential(nn.Conv2d(32, 64, 1, bias=False), _bn(64), nn.ReLU())
+        self.fc = nn.Linear(64, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(self.units(self.stem(x))).mean((2, 3)))
+
+
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt: depthwise 7x7, permute to channels-last, LayerNorm, MLP, layer scale, back."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.norm = nn.LayerNorm(c, eps=1e-6)
+        self.pw1, self.pw2 = nn.Linear(c, 4 * c), nn.Linear(4 * c, c)
+        self.gamma = nn.Parameter(torch.full((c,), 0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = self.gamma * self.pw2(F.gelu(self.pw1(self.norm(y))))
+        return x + y.permute(0, 3, 1, 2)
+
+
+class ConvNeXt(nn.Module):
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 4, 4)
+        self.stem_norm = nn.GroupNorm(1, 32)  # channels-first LN as GroupNorm(1, C)
+        self.blocks = nn.Sequential(ConvNeXtBlock(32), ConvNeXtBlock(32))
+        self.norm = nn.LayerNorm(32)
+        self.fc = nn.Linear(32, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem_norm(self.stem(x)))
+        return self.fc(self.norm(x.mean((2, 3))))
+
+
+class UNetTiny(nn.Module):
+    """Encoder/decoder: pad, group norm, nearest upsampling, skip concatenation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.SiLU())
+        self.down = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.mid = nn.Sequential(nn.GroupNorm(8, 32), nn.SiLU(), nn.Conv2d(32, 32, 3))
+        self.dec = nn.Conv2d(32 + 16, 16, 3, padding=1)
+        self.out = nn.Conv2d(16, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = self.enc(x)
+        m = F.pad(self.mid(self.down(e)), (1, 1, 1, 1))
+        u = F.interpolate(m, scale_factor=2.0, mode="nearest")
+        return self.out(F.silu(self.dec(torch.cat([u, e], 1))))
+
+
+def _cnn(cls: Callable[[], nn.Module], size: int = 16) -> Callable[[], tuple[nn.Module, Any]]:
+    def build() -> tuple[nn.Module, Any]:
+        torch.manual_seed(SEED)
+        return _randomize(cls()), (_image(3, size),)
+
+    return build
+
+
+ZOO: dict[str, ZooEntry] = {
+    e.name: e
+    for e in [
+        ZooEntry("bert", _bert, ("*attention.self.query",), needs="BertForSequenceClassification"),
+        ZooEntry("distilbert", _distilbert, ("*attention.q_lin",), needs="DistilBertForSequenceClassification"),
+        ZooEntry("gpt2", _gpt2, ("*attn.c_attn",), needs="GPT2LMHeadModel"),
+        ZooEntry("llama-gqa", _llama, ("*self_attn.q_proj",), needs="LlamaForCausalLM"),
+        ZooEntry("qwen2-gqa", _qwen2, ("*self_attn.q_proj",), needs="Qwen2ForCausalLM"),
+        ZooEntry(
+            "t5-encoder", _t5_encoder, ("*SelfAttention.q",), needs="T5EncoderModel",
+            onnx_broken="torch.onnx.export of the unpruned graph fails too: the traced "
+            "aten.view after transposing the attention output is not viewable under the "
+            "exporter's fake strides",
+        ),
+        ZooEntry("vit", _vit, ("*attention.q_proj",), needs="ViTForImageClassification"),
+        ZooEntry("resnet-bottleneck", _cnn(ResNet)),
+        ZooEntry("resnext", _cnn(lambda: ResNet(groups=4))),
+        ZooEntry("densenet", _cnn(DenseNet)),
+        ZooEntry("mobilenetv2-se", _cnn(MobileNet)),
+        ZooEntry("shufflenetv2", _cnn(ShuffleNet)),
+        ZooEntry("convnext", _cnn(ConvNeXt, size=32)),
+        ZooEntry(
+            "unet-groupnorm", _cnn(UNetTiny),
+            fixed_batch="Graph.verify() propagating fake tensors through aten.pad / "
+            "upsample specialises the dynamic batch to the traced size",
+        ),
+    ]
+}
