@@ -51,6 +51,7 @@ TARGETS: tuple[str, ...] = ("cpu", "cuda")
 _BACKENDS: dict[str, str] = {
     "onnxruntime": "sparsec.backends.onnxruntime:OnnxRuntimeBackend",
     "torch": "sparsec.backends.torch_backend:TorchBackend",
+    "tvm": "sparsec.backends.tvm:TvmBackend",
 }
 _DEFAULT_FOR_TARGET: dict[str, str] = {"cpu": "onnxruntime", "cuda": "onnxruntime"}
 

@@ -37,6 +37,7 @@ import torch.fx as fx
 from torch.utils import _pytree as pytree
 
 from sparsec.errors import BackendError
+from sparsec.ops.onnx import ONNX_TRANSLATIONS
 
 from .base import (
     TARGETS,
@@ -219,6 +220,7 @@ def _export(
                 dynamo=True,
                 verbose=False,
                 optimize=True,
+                custom_translation_table=ONNX_TRANSLATIONS,
             )
             if onnx_program is None:
                 raise BackendError("torch.onnx.export returned no program")

@@ -46,6 +46,7 @@ from torch.export.pt2_archive import constants as pt2
 from torch.utils import _pytree as pytree
 
 from sparsec.errors import ArtifactError, BackendError
+from sparsec.ops import bsr_linear  # noqa: F401 - registers torch.ops.sparsec for torch.export.load
 
 from .base import TARGETS, BackendOptions, Diagnostic, Executable
 
@@ -90,7 +91,8 @@ _ALLOWED_ENTRIES = re.compile(
 
 def _placeholder(tensor: torch.Tensor) -> torch.Tensor:
     """A stride-0 tensor with `tensor`'s shape and dtype that stores a single element."""
-    stub = torch.zeros((), dtype=tensor.dtype).expand(tensor.shape)
+    # an empty tensor is its own placeholder (torch's pt2 writer rejects empty stride-0 views)
+    stub = torch.zeros((), dtype=tensor.dtype).expand(tensor.shape) if tensor.numel() else torch.empty(tensor.shape, dtype=tensor.dtype)
     if isinstance(tensor, torch.nn.Parameter):
         return torch.nn.Parameter(stub, requires_grad=tensor.requires_grad)
     return stub

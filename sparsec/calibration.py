@@ -5,10 +5,15 @@ Rules:
   batch shaped like the example inputs (a tensor, a tuple of positional inputs, or a dict);
 - `loss_fn(outputs, batch)` turns outputs into a scalar loss for gradient criteria; without
   it, gradient criteria refuse with a PreconditionError naming the fix;
+- `inputs(batch)` picks the model inputs out of a batch that carries more (labels): with
+  `(x, y)` batches, `inputs=lambda b: b[0]` feeds `x` to the model and the whole batch to
+  `loss_fn`; by default the whole batch is the model input;
 - passes stream over the batches and keep running sums, never the activations.
 
 Example:
-    sparsec.compile(model, x, pipeline="taylor-50", calibration=Calibration(loader, loss_fn))
+    loss = lambda out, batch: F.cross_entropy(out, batch[1])
+    calibration = Calibration(loader, loss_fn=loss, inputs=lambda batch: batch[0])
+    sparsec.compile(model, x, pipeline="taylor-50", calibration=calibration)
 """
 
 from __future__ import annotations
@@ -32,13 +37,20 @@ class Calibration:
     batches: Iterable[Any]
     loss_fn: LossFn | None = None
     max_batches: int | None = None
+    inputs: Callable[[Any], Any] | None = None
 
     def __iter__(self) -> Iterator[tuple[tuple[Any, ...], dict[str, Any]]]:
-        """Each batch as (args, kwargs), ready to call a module with."""
+        """Each batch's model inputs as (args, kwargs), ready to call a module with."""
+        for args, kwargs, _ in self.with_batches():
+            yield args, kwargs
+
+    def with_batches(self) -> Iterator[tuple[tuple[Any, ...], dict[str, Any], Any]]:
+        """Each batch as (args, kwargs, raw batch): the raw batch is what `loss_fn` reads."""
         for index, batch in enumerate(self.batches):
             if self.max_batches is not None and index >= self.max_batches:
                 return
-            yield normalize_inputs(batch)
+            args, kwargs = normalize_inputs(batch if self.inputs is None else self.inputs(batch))
+            yield args, kwargs, batch
 
     def require_loss(self, who: str) -> LossFn:
         if self.loss_fn is None:

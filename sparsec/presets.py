@@ -5,7 +5,9 @@ Rules:
   so it resolves against the registry and never imports pass modules itself;
 - `structured-50` is the default: the output layer is kept whole by the dependency analysis,
   not by the preset;
-- `none` is the empty pipeline: compile without pruning.
+- `none` is the empty pipeline: compile without pruning;
+- data-aware presets (`taylor-50`, `reconstruct-50`) say in their description what
+  calibration they need; without it their passes raise PreconditionError naming the fix.
 
 Example:
     get_preset("structured-50")  # pipeline(magnitude-importance{norm=2},prune-channels{ratio=0.5,...})
@@ -40,10 +42,40 @@ def _structured(ratio: float) -> _Preset:
     )
 
 
+def _macs(
+    criterion: Mapping[str, Any], description: str, *extra: Mapping[str, Any], **prune: Any
+) -> _Preset:
+    return _Preset(
+        description,
+        (
+            MappingProxyType(dict(criterion)),
+            MappingProxyType({"name": "prune-channels", "ratio": 0.5, "target": "macs", **prune}),
+            *extra,
+        ),
+    )
+
+
 _PRESETS: Mapping[str, _Preset] = MappingProxyType(
     {
         "structured-50": _structured(0.5),
         "structured-30": _structured(0.3),
+        "macs-50": _macs(
+            {"name": "magnitude-importance", "norm": 2},
+            "remove 50% of the MACs, the same fraction of every group, by L2 weight magnitude",
+        ),
+        "taylor-50": _macs(
+            {"name": "taylor-importance"},
+            "remove 50% of the MACs by first-order Taylor importance; needs "
+            "calibration=Calibration(batches, loss_fn=...)",
+        ),
+        "reconstruct-50": _macs(
+            {"name": "magnitude-importance", "norm": 2},
+            "remove 50% of the MACs by L2 magnitude, refit the next layers by least squares and "
+            "re-estimate BatchNorm statistics: for models that cannot be retrained; needs "
+            "calibration=batches",
+            MappingProxyType({"name": "recalibrate-bn"}),
+            reconstruct=True,
+        ),
         "none": _Preset("no pruning: compile the model as it is", ()),
     }
 )

@@ -498,7 +498,14 @@ def _stand_in(base: type, name: str) -> type:
 
 
 def test_presets(standard_passes: None) -> None:
-    assert list(list_presets()) == ["structured-50", "structured-30", "none"]
+    assert list(list_presets()) == [
+        "structured-50",
+        "structured-30",
+        "macs-50",
+        "taylor-50",
+        "reconstruct-50",
+        "none",
+    ]
     fifty = get_preset("structured-50")
     assert [p.name for p in fifty.passes] == ["magnitude-importance", "prune-channels"]
     assert fifty.passes[0].norm == 2  # type: ignore[attr-defined]

@@ -376,12 +376,25 @@ def test_pipeline_text_form() -> None:
         [MagnitudeImportance(norm=1), PruneChannels(ratio=0.25, ignore=("fc.*",))]
     )
     assert str(pipeline) == (
-        "pipeline(magnitude-importance{norm=1},"
-        "prune-channels{ratio=0.25,min_channels=1,ignore=[fc.*]})"
+        "pipeline(magnitude-importance{norm=1,aggregate=sum,normalize=none,scope=producers},"
+        "prune-channels{ratio=0.25,target=channels,allocation=local,max_ratio=0.9,"
+        "min_channels=1,round_to=1,overrides=[],ignore=[fc.*],reconstruct=False,ridge=0.001})"
     )
     assert str(Pipeline([DependencyGroups()])) == "pipeline(dependency-groups)"
-    assert Pipeline([PruneChannels()]).to_dict()["passes"] == [
-        {"name": "prune-channels", "ratio": 0.5, "min_channels": 1, "ignore": []}
+    assert Pipeline([PruneChannels(overrides=(("c1", 0.25),))]).to_dict()["passes"] == [
+        {
+            "name": "prune-channels",
+            "ratio": 0.5,
+            "target": "channels",
+            "allocation": "local",
+            "max_ratio": 0.9,
+            "min_channels": 1,
+            "round_to": 1,
+            "overrides": [("c1", 0.25)],
+            "ignore": [],
+            "reconstruct": False,
+            "ridge": 0.001,
+        }
     ]
 
 

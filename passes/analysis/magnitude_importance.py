@@ -1,14 +1,15 @@
-"""Magnitude importance: the L1 or L2 norm of each unit's producing weights.
+"""Magnitude importance: the L1 or L2 norm of each unit's weights.
 
 Rules:
-- a unit's score is the norm over every producer slice in its group (conv/linear output
-  rows and their biases); a unit fed by several producers (residual adds) gets the norm of
-  all of them together;
+- per coupled tensor, a unit's value is the norm of its slice (conv/linear output rows and
+  their biases; with `scope="coupled"` also norm parameters and consumers' input columns);
+- the tensors' values are combined by `aggregate` and the group's scores rescaled by
+  `normalize` (see passes/analysis/_scoring.py);
 - scores are aligned with `group.units`; frozen units are scored too (callers skip them);
 - needs real weights: meta-device tensors raise PreconditionError.
 
 Example:
-    scores = am.get(MagnitudeImportance(norm=1))[group.index]
+    scores = am.get(MagnitudeImportance(norm=1, aggregate="mean"))[group.index]
 """
 
 from __future__ import annotations
@@ -19,53 +20,78 @@ import numpy as np
 
 from sparsec.errors import PreconditionError
 from sparsec.ir import Graph
+from sparsec.passes.analysis._scoring import (
+    Aggregate,
+    Normalize,
+    Scope,
+    aggregate,
+    normalize,
+    to_units,
+)
 from sparsec.passes.analysis.dependency_groups import (
     DependencyGroup,
     DependencyGroups,
     DependencyInfo,
+    ParamSlice,
 )
 from sparsec.pipeline import Analysis, AnalysisManager, pass_dataclass, register
 
-__all__ = ["MagnitudeImportance"]
+__all__ = ["MagnitudeImportance", "per_index", "weight_slices"]
+
+_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 
-def _per_index_power(graph: Graph, target: str, axis: int, norm: int) -> np.ndarray:
+def per_index(graph: Graph, target: str, axis: int, power: int, who: str) -> np.ndarray:
+    """Sum of |w|^power over every element of each index along `axis`."""
     tensor = graph.tensor(target)
     if tensor.device.type == "meta":
         raise PreconditionError(
-            f"magnitude-importance needs weight values, but @{target} is on the meta device; "
+            f"{who} needs weight values, but @{target} is on the meta device; "
             "load real weights or use a criterion that needs none"
         )
-    moved = tensor.detach().float().movedim(axis, 0).reshape(tensor.shape[axis], -1)
-    values = moved.abs().sum(1) if norm == 1 else moved.pow(2).sum(1)
-    return values.cpu().numpy().astype(np.float64)
+    moved = tensor.detach().double().movedim(axis, 0).reshape(tensor.shape[axis], -1)
+    return moved.abs().pow(power).sum(1).cpu().numpy()
 
 
-def group_scores(graph: Graph, deps: DependencyInfo, group: DependencyGroup, norm: int) -> np.ndarray:
-    """Score each unit of `group` by the norm of its producer weights."""
-    totals = np.zeros(len(group.units))
-    for param in group.params:
-        if param.role != "producer":
-            continue
-        labels = deps.slot_units[param.slot]
-        positions = np.searchsorted(group.units, labels)
-        totals += np.bincount(
-            positions,
-            weights=_per_index_power(graph, param.target, param.axis, norm),
-            minlength=len(group.units),
-        )
-    return totals if norm == 1 else np.sqrt(totals)
+def weight_slices(group: DependencyGroup, scope: Scope) -> list[ParamSlice]:
+    """The group's learned tensors a weight criterion reads (never BN running statistics)."""
+    roles = ("producer",) if scope == "producers" else ("producer", "norm", "consumer")
+    return [p for p in group.params if p.role in roles and not p.target.endswith(_STATS)]
+
+
+def group_scores(
+    graph: Graph,
+    deps: DependencyInfo,
+    group: DependencyGroup,
+    norm: int,
+    how: Aggregate = "sum",
+    scope: Scope = "producers",
+) -> np.ndarray:
+    """Score each unit of `group` by the norm of its weights, aggregated over tensors."""
+    parts = []
+    for param in weight_slices(group, scope):
+        values = per_index(graph, param.target, param.axis, norm, "magnitude-importance")
+        parts.append(to_units(deps, group, param.slot, values if norm == 1 else np.sqrt(values)))
+    return aggregate(parts, how, len(group.units))
 
 
 @register
 @pass_dataclass
 class MagnitudeImportance(Analysis):
-    """Score every unit by the L1/L2 norm of its producing weights."""
+    """Score every unit by the L1/L2 norm of its weights (see module docstring)."""
 
     name: ClassVar[str] = "magnitude-importance"
     role: ClassVar[str | None] = "channel-importance"
     norm: Literal[1, 2] = 2
+    aggregate: Aggregate = "sum"
+    normalize: Normalize = "none"
+    scope: Scope = "producers"
 
     def run(self, graph: Graph, am: AnalysisManager) -> dict[int, np.ndarray]:
         deps = am.get(DependencyGroups())
-        return {g.index: group_scores(graph, deps, g, self.norm) for g in deps.groups}
+        return {
+            g.index: normalize(
+                group_scores(graph, deps, g, self.norm, self.aggregate, self.scope), self.normalize
+            )
+            for g in deps.groups
+        }

@@ -86,6 +86,20 @@ class Rewriter:
             new = old.detach().index_select(axis, index).clone()
         self.replace_tensor(target, new)
 
+    def remove_tensor(self, target: str) -> None:
+        """Drop a parameter or buffer that no get_attr node reads any more."""
+        readers = [n.name for n in self.graph.module.graph.nodes if n.op == "get_attr" and n.target == target]
+        if readers:
+            raise RewriteError(f"{self.owner}: cannot remove @{target}: still read by %{', %'.join(readers)}")
+        module, leaf = self._owner_module(target)
+        if leaf in module._parameters:
+            del module._parameters[leaf]
+        elif leaf in module._buffers:
+            del module._buffers[leaf]
+        else:
+            raise RewriteError(f"{self.owner}: @{target} is not a parameter or buffer")
+        self._log("remove", target, "")
+
     def share_tensor(self, alias: str, source: str) -> None:
         """Make `alias` refer to the same tensor as `source` (tied weights stay tied)."""
         module, leaf = self._owner_module(alias)

@@ -115,28 +115,39 @@ def max_abs_diff(actual: Any, expected: Any) -> float:
 
 @dataclass
 class NumericCheck(Instrument):
-    """Runs the graph on the example inputs after each rewrite and compares to the reference.
+    """Runs the graph on the example inputs after each rewrite and records its deviation.
 
-    Passes that declare `preserves_numerics` must stay within `atol + rtol*|ref|`; others are
-    only measured (pruning changes outputs by design) and the deviation is recorded.
+    Every changed graph is compared with the input model (`reference`) and the deviation is
+    recorded: pruning changes outputs by design. A pass that declares `preserves_numerics`
+    must also keep the outputs it was given (those from just before it) within
+    `atol + rtol*|before|`, so a restructuring pass after pruning is checked too.
     """
 
     reference: Any
     atol: float = 1e-4
     rtol: float = 1e-4
     records: list[tuple[str, float]] = field(default_factory=list)
+    _before: Any = None
+
+    @staticmethod
+    def _outputs(graph: Graph) -> Any:
+        with torch.no_grad():
+            return graph.module(*graph.example_args, **graph.example_kwargs)
+
+    def before(self, p: Pass, graph: Graph) -> None:
+        self._before = self._outputs(graph) if getattr(p, "preserves_numerics", False) else None
 
     def after(self, p: Pass, graph: Graph, result: PassResult | None) -> None:
         if result is None or not result.changed:
             return
-        with torch.no_grad():
-            actual = graph.module(*graph.example_args, **graph.example_kwargs)
-        err = max_abs_diff(actual, self.reference)
-        self.records.append((str(p), err))
-        if getattr(p, "preserves_numerics", False):
-            scale = max((float(t.abs().max()) for t in _flat_tensors(self.reference) if t.numel()), default=0.0)
-            if err > self.atol + self.rtol * scale:
-                raise NumericMismatchError(
-                    f"pass {p} promised to keep outputs but changed them by {err:.3g} "
-                    f"(tolerance {self.atol + self.rtol * scale:.3g}); this is a bug in that pass"
-                )
+        actual = self._outputs(graph)
+        self.records.append((str(p), max_abs_diff(actual, self.reference)))
+        if self._before is None:
+            return
+        err = max_abs_diff(actual, self._before)
+        scale = max((float(t.abs().max()) for t in _flat_tensors(self._before) if t.numel()), default=0.0)
+        if err > self.atol + self.rtol * scale:
+            raise NumericMismatchError(
+                f"pass {p} promised to keep outputs but changed them by {err:.3g} "
+                f"(tolerance {self.atol + self.rtol * scale:.3g}); this is a bug in that pass"
+            )

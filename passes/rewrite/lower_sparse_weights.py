@@ -1,0 +1,179 @@
+"""Replace sparsified linear layers by sparse ops carrying compressed weights.
+
+Rules:
+- candidates are `aten.linear` nodes whose weight has a mask recorded by `sparsify`;
+  others stay dense and the summary says why;
+- `format="auto"` follows the mask's pattern: N:M → `sparsec::nm_linear`, r×c blocks →
+  `sparsec::bsr_linear`, unstructured (or 1×1 blocks) → `sparsec::csr_linear`; an explicit
+  format must fit the pattern (CSR fits all);
+- the break-even gate (`sparsec.cost_model`, `cost_model` names the model) keeps dense
+  unless sparse is `min_speedup`× faster at `tokens` rows; `gate="off"` lowers every
+  candidate (for backends whose kernels the chosen model does not describe);
+- compressed values become parameters and indices buffers on the graph module; the dense
+  weight is released (replaced by an empty tensor until the Rewriter can remove tensors);
+  each decision, its reason and the bytes saved go in the summary.
+
+Example:
+    pipeline(sparsify{pattern=block,block=[16,1],sparsity=0.9},lower-sparse-weights{gate=off})
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+import pydantic
+import torch
+import torch.fx as fx
+from pydantic import Field
+
+from sparsec.cost_model import COST_MODELS, Decision, SparseFormat, decide
+from sparsec.ir import Graph
+from sparsec.ops import to_bsr, to_csr, to_nm
+from sparsec.ops.masks import MASKS_META, WeightMask, recorded_masks
+from sparsec.passes.analysis.layer_input_stats import linear_layers
+from sparsec.pipeline import AnalysisManager, PassResult, RewritePass, pass_dataclass, register
+
+__all__ = ["LowerSparseWeights"]
+
+_OPS = {
+    "csr": torch.ops.sparsec.csr_linear.default,
+    "bsr": torch.ops.sparsec.bsr_linear.default,
+    "nm": torch.ops.sparsec.nm_linear.default,
+}
+
+
+def _natural_format(mask: WeightMask) -> SparseFormat:
+    pattern = mask.pattern
+    if pattern.kind == "nm":
+        return "nm"
+    return "bsr" if pattern.kind == "block" and pattern.block != (1, 1) else "csr"
+
+
+@register
+@pass_dataclass
+class LowerSparseWeights(RewritePass):
+    """Carry sparsified linear weights as compressed sparse ops where that pays."""
+
+    name: ClassVar[str] = "lower-sparse-weights"
+    # it does keep outputs, but NumericCheck compares with the *input model*, which an
+    # earlier sparsify already changed; tests check lowered == masked dense instead
+    preserves_numerics: ClassVar[bool] = False
+    format: Literal["auto", "csr", "bsr", "nm"] = "auto"
+    gate: Literal["measured", "off"] = "measured"
+    cost_model: str = "reference"
+    min_speedup: Annotated[float, Field(gt=0.0)] = 1.0
+    tokens: Annotated[int, Field(ge=1)] = 128
+
+    @pydantic.field_validator("cost_model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in COST_MODELS:
+            raise ValueError(f"unknown cost model {value!r}; registered: {sorted(COST_MODELS)}")
+        return value
+
+    def choose_format(self, mask: WeightMask) -> SparseFormat | str:
+        """The format for a layer, or the reason none fits."""
+        natural = _natural_format(mask)
+        if self.format == "auto" or self.format == natural or self.format == "csr":
+            return natural if self.format == "auto" else self.format
+        return f"format {self.format} does not fit a {mask.pattern} mask (use auto or csr)"
+
+    def _compressed(
+        self, fmt: SparseFormat, weight: torch.Tensor, mask: WeightMask
+    ) -> list[torch.Tensor]:
+        if fmt == "nm":
+            return list(to_nm(weight, mask.pattern.n, mask.pattern.m, mask.mask))
+        if fmt == "bsr":
+            return list(to_bsr(weight, mask.pattern.block, mask.mask))
+        return list(to_csr(weight, mask.mask))
+
+    def run(self, graph: Graph, am: AnalysisManager) -> PassResult:
+        masks = recorded_masks(graph.module)
+        model = COST_MODELS[self.cost_model]()
+        rows: list[dict[str, Any]] = []
+        lowered: list[tuple[fx.Node, SparseFormat, WeightMask]] = []
+        for node in linear_layers(graph):
+            target = str(node.args[1].target)  # type: ignore[union-attr]
+            shape = tuple(graph.tensor(target).shape)
+            mask = masks.get(target)
+            if mask is None:
+                rows.append(
+                    {
+                        "layer": target,
+                        "format": "dense",
+                        "reason": "no sparsity mask recorded (run sparsify first)",
+                    }
+                )
+                continue
+            fmt = self.choose_format(mask)
+            if fmt not in _OPS:
+                rows.append({"layer": target, "format": "dense", "reason": fmt})
+                continue
+            if self.gate == "off":
+                decision = Decision(
+                    target, fmt, mask.pattern.target_sparsity, None, None, "gate off"
+                )  # type: ignore[arg-type]
+            else:
+                decision = decide(
+                    model,
+                    target,
+                    fmt,
+                    shape,
+                    mask.pattern,  # type: ignore[arg-type]
+                    tokens=self.tokens,
+                    min_speedup=self.min_speedup,
+                )
+            rows.append(
+                {
+                    "layer": target,
+                    "format": decision.format,
+                    "reason": decision.reason,
+                    "dense_ms": decision.dense_ms,
+                    "sparse_ms": decision.sparse_ms,
+                }
+            )
+            if decision.format != "dense":
+                lowered.append((node, fmt, mask))  # type: ignore[arg-type]
+        dense_bytes = sparse_bytes = 0
+        released: set[str] = set()
+        with graph.rewrite(self.name) as rw:
+            for node, fmt, mask in lowered:
+                weight_node = node.args[1]
+                target = str(weight_node.target)  # type: ignore[union-attr]
+                weight = graph.tensor(target).detach()
+                tensors = self._compressed(fmt, weight, mask)
+                names = [
+                    rw.add_tensor(f"{target}.{part}", t, parameter=t.is_floating_point())
+                    for part, t in zip(("values", "indices", "pointers"), tensors, strict=False)
+                ]
+                attrs = [rw.get_attr(name, before=node) for name in names]
+                x = node.args[0]
+                bias = node.args[2] if len(node.args) > 2 else None
+                out_features, in_features = weight.shape
+                args: tuple[Any, ...] = (
+                    (x, *attrs, bias, mask.pattern.n, mask.pattern.m)
+                    if fmt == "nm"
+                    else (x, *attrs, bias, out_features, in_features)
+                )
+                call = rw.insert_call(_OPS[fmt], args, before=node)
+                rw.replace_uses(node, call)
+                rw.erase(node)
+                dense_bytes += weight.numel() * weight.element_size()
+                sparse_bytes += sum(t.numel() * t.element_size() for t in tensors)
+                if not weight_node.users:  # type: ignore[union-attr]
+                    rw.erase(weight_node)  # type: ignore[arg-type]
+                    if not any(
+                        n.op == "get_attr" and n.target == target for n in graph.module.graph.nodes
+                    ):
+                        rw.replace_tensor(target, weight.new_empty(0))
+                        released.add(target)
+        stored = graph.module.meta.get(MASKS_META, {})
+        for target in released:
+            stored.pop(target, None)
+        summary = {
+            "layers": rows,
+            "lowered": len(lowered),
+            "dense_weight_bytes": dense_bytes,
+            "compressed_weight_bytes": sparse_bytes,
+        }
+        return PassResult(changed=bool(lowered), changes=tuple(rw.changes), summary=summary)

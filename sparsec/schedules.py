@@ -1,0 +1,132 @@
+"""Pruning schedules: one-shot, iterative with a recovery step, and the cubic gradual schedule.
+
+Rules:
+- a schedule prunes a `Graph` in place through a pipeline that `make_passes(ratio)` builds,
+  where `ratio` is what this step removes *of the current graph*; cumulative targets
+  T_1 < ... < T_N of the original become step ratios 1 - (1 - T_k) / (1 - T_{k-1});
+- between steps `callback(step, graph)` runs (fine-tune there: the graph's module trains);
+  every step gets a fresh AnalysisManager, since training changes weights that cached
+  scores were computed from;
+- `cubic_sparsity` is Zhu & Gupta's gradual schedule
+  s_t = s_f + (s_i - s_f) (1 - (t - t_0) / (t_1 - t_0))³, flat outside [t_0, t_1];
+- `finetune` is a plain recovery loop that leaves the module's mode alone: a traced graph
+  runs as it was traced (eval mode: BatchNorm keeps its running statistics, dropout is off;
+  exported modules refuse `.train()`); run `recalibrate-bn` after to refresh statistics.
+
+Example:
+    make = lambda r: [TaylorImportance(), PruneChannels(ratio=r, target="macs")]
+    prune_iteratively(graph, calibration, 0.5, steps=3, make_passes=make,
+                      callback=lambda step, g: finetune(g.module, loader, loss_fn, epochs=1))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
+
+import torch
+
+from sparsec.calibration import Calibration, LossFn
+from sparsec.errors import PreconditionError
+from sparsec.frontends import normalize_inputs
+from sparsec.ir import Graph
+from sparsec.pipeline import AnalysisManager, Pass, PassManager, PipelineRun
+
+__all__ = [
+    "cubic_sparsity",
+    "finetune",
+    "one_shot",
+    "prune_iteratively",
+    "step_ratios",
+    "step_targets",
+]
+
+Schedule = Literal["linear", "cubic"]
+MakePasses = Callable[[float], Sequence[Pass]]
+Callback = Callable[[int, Graph], None]
+
+
+def cubic_sparsity(step: int, *, final: float, begin: int, end: int, initial: float = 0.0) -> float:
+    """Zhu & Gupta's target sparsity at `step` (see module docstring)."""
+    if end <= begin:
+        raise PreconditionError(f"cubic_sparsity needs end > begin, got begin={begin}, end={end}")
+    progress = min(max((step - begin) / (end - begin), 0.0), 1.0)
+    return final + (initial - final) * (1.0 - progress) ** 3
+
+
+def step_targets(final: float, steps: int, schedule: Schedule = "linear") -> list[float]:
+    """Cumulative fractions removed after each of `steps` steps, ending at `final`."""
+    if steps < 1 or not 0.0 <= final < 1.0:
+        raise PreconditionError(
+            f"need steps >= 1 and 0 <= final < 1, got steps={steps}, final={final}"
+        )
+    if schedule == "linear":
+        return [final * (k + 1) / steps for k in range(steps)]
+    return [cubic_sparsity(k + 1, final=final, begin=0, end=steps) for k in range(steps)]
+
+
+def step_ratios(targets: Sequence[float]) -> list[float]:
+    """Per-step ratios of the current graph that reach the cumulative `targets`."""
+    ratios, done = [], 0.0
+    for target in targets:
+        ratios.append(1.0 - (1.0 - target) / (1.0 - done))
+        done = target
+    return ratios
+
+
+def prune_iteratively(
+    graph: Graph,
+    calibration: Calibration | None,
+    final: float,
+    *,
+    steps: int,
+    make_passes: MakePasses,
+    callback: Callback | None = None,
+    schedule: Schedule = "linear",
+) -> list[PipelineRun]:
+    """Prune `graph` to `final` in `steps` steps, calling `callback` after each."""
+    runs = []
+    for step, ratio in enumerate(step_ratios(step_targets(final, steps, schedule))):
+        am = AnalysisManager(graph, calibration)
+        with torch.no_grad():
+            runs.append(PassManager(make_passes(ratio)).run(graph, am))
+        if callback is not None:
+            callback(step, graph)
+    return runs
+
+
+def one_shot(
+    graph: Graph, calibration: Calibration | None, final: float, make_passes: MakePasses
+) -> PipelineRun:
+    """Prune `graph` to `final` in one step."""
+    (run,) = prune_iteratively(graph, calibration, final, steps=1, make_passes=make_passes)
+    return run
+
+
+def finetune(
+    module: torch.nn.Module,
+    batches: Iterable[Any],
+    loss_fn: LossFn,
+    *,
+    epochs: int = 1,
+    lr: float = 1e-3,
+    inputs: Callable[[Any], Any] | None = None,
+) -> list[float]:
+    """Train `module` with Adam; returns the mean loss of each epoch.
+
+    `loss_fn(outputs, batch)` and `inputs(batch)` work as in `Calibration`.
+    """
+    optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=lr)
+    history = []
+    with torch.enable_grad():
+        for _ in range(epochs):
+            total, count = 0.0, 0
+            for batch in batches:
+                args, kwargs = normalize_inputs(batch if inputs is None else inputs(batch))
+                loss = loss_fn(module(*args, **kwargs), batch)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total, count = total + float(loss.detach()), count + 1
+            history.append(total / max(count, 1))
+    return history

@@ -1,0 +1,163 @@
+"""lower-sparse-weights: the IR it produces, the break-even gate, numbers, ORT end to end, artifacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import sparsec
+from examples.models import SmallTransformer
+from sparsec.cost_model import register_cost_model
+from sparsec.frontends import trace
+from sparsec.ops import SparsityPattern, recorded_masks
+from sparsec.passes.rewrite import LowerSparseWeights, Sparsify
+from sparsec.pipeline import AnalysisManager, PassManager, PassResult, Pipeline, VerifyEach
+
+
+def _mlp() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(32, 64),
+        torch.nn.GELU(),
+        torch.nn.Linear(64, 64),
+        torch.nn.ReLU(),
+        torch.nn.Linear(64, 8),
+    ).eval()
+
+
+def _lower(
+    model: torch.nn.Module, sparsify: Sparsify, lower: LowerSparseWeights
+) -> tuple[sparsec.ir.Graph, PassResult]:
+    graph = trace(model, (torch.randn(2, 32),))
+    run = PassManager([sparsify, lower], instruments=[VerifyEach()]).run(
+        graph, AnalysisManager(graph)
+    )
+    result = run.results[-1][1]
+    assert result is not None
+    return graph, result
+
+
+@pytest.mark.parametrize(
+    ("options", "op"),
+    [
+        ({"pattern": "unstructured", "sparsity": 0.7}, "sparsec.csr_linear.default"),
+        ({"pattern": "nm", "n": 2, "m": 4}, "sparsec.nm_linear.default"),
+        ({"pattern": "block", "block": (4, 4), "sparsity": 0.5}, "sparsec.bsr_linear.default"),
+    ],
+    ids=["csr", "nm", "bsr"],
+)
+def test_lowered_graph_equals_masked_dense(options: dict, op: str) -> None:
+    model = _mlp()
+    dense_graph, _ = _lower(
+        model, Sparsify(**options), LowerSparseWeights(gate="off", format="csr")
+    )
+    graph, result = _lower(model, Sparsify(**options), LowerSparseWeights(gate="off"))
+    assert result.changed and result.summary["lowered"] == 3
+    targets = [str(n.target) for n in graph.module.graph.nodes if n.op == "call_function"]
+    assert targets == [op, "aten.gelu.default", op, "aten.relu.default", op]
+    assert "aten.linear" not in str(graph)
+    # the dense weights are released and their masks dropped
+    assert graph.tensor("0.weight").numel() == 0 and not recorded_masks(graph.module)
+    assert result.summary["compressed_weight_bytes"] < result.summary["dense_weight_bytes"]
+    masked = trace(model, (torch.randn(2, 32),))
+    PassManager([Sparsify(**options)]).run(masked)
+    for batch in (1, 5):
+        x = torch.randn(batch, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(graph(x), masked(x), atol=1e-5, rtol=0)
+            torch.testing.assert_close(dense_graph(x), masked(x), atol=1e-5, rtol=0)
+
+
+def test_without_masks_nothing_is_lowered() -> None:
+    graph = trace(_mlp(), (torch.randn(2, 32),))
+    ((_, result),) = PassManager([LowerSparseWeights(gate="off")]).run(graph).results
+    assert result is not None and not result.changed and graph.version == 0
+    assert {row["reason"] for row in result.summary["layers"]} == {
+        "no sparsity mask recorded (run sparsify first)"
+    }
+
+
+def test_format_must_fit_the_pattern() -> None:
+    _, result = _lower(
+        _mlp(), Sparsify(pattern="unstructured"), LowerSparseWeights(gate="off", format="nm")
+    )
+    assert not result.changed
+    assert "does not fit" in result.summary["layers"][0]["reason"]
+
+
+def test_measured_gate_keeps_dense_at_low_sparsity() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 256)).eval()
+    graph = trace(model, (torch.randn(2, 256),))
+    PassManager([Sparsify(sparsity=0.05), LowerSparseWeights(tokens=64)]).run(graph)
+    assert [str(n.target) for n in graph.module.graph.nodes if n.op == "call_function"] == [
+        "aten.linear.default"
+    ]
+
+
+class _FixedCost:
+    """Sparse time proportional to density: sparse wins above 40% sparsity."""
+
+    def dense_ms(self, out_features: int, in_features: int, tokens: int) -> float:
+        return 0.6
+
+    def sparse_ms(
+        self, fmt: str, out_features: int, in_features: int, tokens: int, pattern: SparsityPattern
+    ) -> float:
+        return 1.0 - pattern.target_sparsity
+
+
+def test_gate_follows_the_cost_model_and_says_why() -> None:
+    register_cost_model("fixed-test", _FixedCost)
+    model = _mlp()
+    _, low = _lower(model, Sparsify(sparsity=0.3), LowerSparseWeights(cost_model="fixed-test"))
+    assert not low.changed
+    assert all("dense kept" in row["reason"] for row in low.summary["layers"])
+    _, high = _lower(model, Sparsify(sparsity=0.7), LowerSparseWeights(cost_model="fixed-test"))
+    assert high.summary["lowered"] == 3
+    assert all("2.00x faster" in row["reason"] for row in high.summary["layers"])
+    with pytest.raises(ValueError, match="unknown cost model"):
+        LowerSparseWeights(cost_model="nope")
+
+
+def _pipeline(**sparsify: object) -> Pipeline:
+    return Pipeline([Sparsify(**sparsify), LowerSparseWeights(gate="off")], backend="onnxruntime")  # type: ignore[arg-type]
+
+
+def test_compile_transformer_onnxruntime_matches_torch() -> None:
+    torch.manual_seed(0)
+    model = SmallTransformer(vocab=100, dim=32, heads=2, hidden=64, layers=1).eval()
+    tokens = torch.randint(0, 100, (2, 16))
+    compiled = sparsec.compile(
+        model,
+        (tokens,),
+        pipeline=_pipeline(pattern="block", block=(16, 1), sparsity=0.8),
+        backend="onnxruntime",
+    )
+    assert compiled.report.backend == "onnxruntime"
+    ops = [str(n.target) for n in compiled.graph.module.graph.nodes if n.op == "call_function"]
+    # qkv, proj, fc1, fc2 are lowered; the 4-class head is not a multiple of 16 rows: dense
+    assert ops.count("sparsec.bsr_linear.default") == 4 and ops.count("aten.linear.default") == 1
+    for batch, seq in ((1, 16), (3, 9)):
+        x = torch.randint(0, 100, (batch, seq))
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), compiled.module(x), atol=1e-5, rtol=1e-5)
+
+
+def test_artifact_stores_compressed_weights(tmp_path: Path) -> None:
+    model, x = _mlp(), torch.randn(3, 32)
+    dense = sparsec.compile(model, (x,), pipeline=Pipeline([], backend="onnxruntime")).save(
+        tmp_path / "dense"
+    )
+    sparse = sparsec.compile(
+        model, (x,), pipeline=_pipeline(pattern="unstructured", sparsity=0.9)
+    ).save(tmp_path / "sparse")
+    assert (sparse / "weights.safetensors").stat().st_size < 0.5 * (
+        dense / "weights.safetensors"
+    ).stat().st_size
+    loaded = sparsec.load(sparse)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), loaded.program(x), atol=1e-5, rtol=0)
+    assert any("sparsec.csr_linear" in str(n.target) for n in loaded.program.graph.nodes)
