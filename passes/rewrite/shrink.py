@@ -17,11 +17,12 @@ import numpy as np
 import torch
 import torch.fx as fx
 
+from sparsec.errors import PreconditionError
 from sparsec.ir import Graph, Rewriter
 from sparsec.ir.ops import RESIZERS, Resize, Slot
 from sparsec.passes.analysis.dependency_groups import DependencyInfo
 
-__all__ = ["remove_units"]
+__all__ = ["emptied_slots", "remove_units"]
 
 
 def _changed_slots(deps: DependencyInfo, removed: np.ndarray) -> dict[Slot, np.ndarray]:
@@ -78,11 +79,27 @@ def _resize_ops(graph: Graph, rw: Rewriter, kept: dict[Slot, np.ndarray]) -> Non
                 rw.set_target(node, update.target)
 
 
+def emptied_slots(deps: DependencyInfo, removed: np.ndarray) -> list[Slot]:
+    """The slots that would lose every index if `removed` went (a layer left with no width)."""
+    return [slot for slot, keep in _changed_slots(deps, np.asarray(removed)).items() if len(keep) == 0]
+
+
 def remove_units(graph: Graph, deps: DependencyInfo, removed: np.ndarray, owner: str) -> int:
-    """Remove `removed` units everywhere; returns how many slots shrank."""
+    """Remove `removed` units everywhere; returns how many slots shrank.
+
+    Refuses (PreconditionError) a removal that would leave some tensor axis empty: a concat
+    branch or a split part can lose all its channels while its group keeps others.
+    """
     if len(removed) == 0:
         return 0
     kept = _changed_slots(deps, np.asarray(removed))
+    empty = [slot for slot, keep in kept.items() if len(keep) == 0]
+    if empty:
+        where = ", ".join(f"%{name} axis {axis}" for name, axis in empty[:5])
+        raise PreconditionError(
+            f"{owner}: removing these units would leave {where} with no channels; "
+            "choose units with emptied_slots() in mind (keep at least one per slot)"
+        )
     with graph.rewrite(owner) as rw:
         _resize_ops(graph, rw, kept)
         _slice_parameters(graph, rw, kept)

@@ -68,7 +68,7 @@ class _FakePropagator(fx.Interpreter):
 
     def run_node(self, n: fx.Node) -> Any:
         if n.op == "placeholder":
-            return next(self.inputs)  # the traced placeholder meta stays as torch.export made it
+            return next(self.inputs)
         try:
             result = super().run_node(n)
         except Exception as exc:  # any failure here is a shape or type error at this node
@@ -166,9 +166,9 @@ class Graph:
     def propagate_shapes(self) -> None:
         """Recompute `node.meta['val']` for every node from the inputs' symbolic shapes.
 
-        Runs in a fresh ShapeEnv: a fake kernel that specialises a size (some pad and
-        upsample kernels do) must not change the traced program's own view of its inputs,
-        which the module checks its inputs against.
+        Runs in a fresh ShapeEnv each time (settings as torch.export's): a fake kernel that
+        specialises a size (some pad and upsample kernels do) must not leak into the
+        program's inputs, which the module checks its inputs against.
         """
         placeholders = [n for n in self.module.graph.nodes if n.op == "placeholder"]
         traced = [n.meta.get("val") for n in placeholders]
@@ -179,12 +179,20 @@ class Graph:
             )
         shape_env = ShapeEnv(duck_shape=False, prefer_deferred_runtime_asserts_over_guards=True, trace_asserts=True)
         fake_mode = FakeTensorMode(shape_env=shape_env, export=True)
-        inputs = [self._fresh_input(value, fake_mode) for value in traced]
+        names: dict[str, str] = {}
+        inputs = [self._fresh_input(value, fake_mode, names) for value in traced]
         with fake_mode:
             _FakePropagator(self.module, fake_mode, inputs).run(*inputs)
+        for node, value in zip(placeholders, inputs, strict=True):
+            node.meta["val"] = value
+        self.symbol_names = names
 
-    def _fresh_input(self, value: Any, fake_mode: FakeTensorMode) -> Any:
-        """A fake input in `fake_mode` with the same dynamic dims as the traced one."""
+    def _fresh_input(self, value: Any, fake_mode: FakeTensorMode, names: dict[str, str]) -> Any:
+        """A fake input in `fake_mode` with the same dynamic dims as the traced one.
+
+        The new symbols get the names of the old ones in `names`; the map is rebuilt on every
+        propagation so a new symbol can never inherit the name of an unrelated old one.
+        """
         if not isinstance(value, torch.Tensor):
             return value
         dims = [DimDynamic.DYNAMIC if isinstance(s, torch.SymInt) else DimDynamic.STATIC for s in value.shape]
@@ -193,7 +201,7 @@ class Graph:
         fresh = fake_mode.from_tensor(real, symbolic_context=StatelessSymbolicContext(dynamic_sizes=dims))
         for old, new in zip(value.shape, fresh.shape, strict=True):
             if isinstance(old, torch.SymInt) and isinstance(new, torch.SymInt):
-                self.symbol_names[str(new)] = self.symbol_names.get(str(old), str(old))
+                names[str(new)] = self.symbol_names.get(str(old), str(old))
         return fresh
 
     def verify(self) -> None:
