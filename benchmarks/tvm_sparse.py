@@ -1,8 +1,11 @@
 """Block-sparse linear kernels (TVM, ours) vs dense ORT and torch at BERT-base FFN shapes.
 
 Prints a table of median times and writes JSON: for each shape, sparsity, block shape and
-thread count, TVM sparse, ORT dense and torch dense, speedup over the fastest dense, and
-the ideal 1/(1-s). Run pinned and quiet: `taskset -c 0,1 python benchmarks/tvm_sparse.py`.
+thread count, TVM sparse (the kernel call, the transpose of x into its panel included), ORT
+dense and torch dense, speedup over the fastest dense, and the ideal 1/(1-s); then the best
+block shape per (shape, threads, sparsity). The load average is printed before and after:
+on a shared machine compare only numbers taken in the same run.
+Run pinned: `taskset -c 0,1 python benchmarks/tvm_sparse.py`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +27,7 @@ import torch
 import tvm
 from onnx import TensorProto, helper, numpy_helper
 
-from sparsec.backends.tvm.kernels import BsrShape, bsr_kernel, choose_schedule
+from sparsec.backends.tvm.kernels import BsrShape, bsr_kernel, choose_schedule, compile_config
 from sparsec.backends.tvm.target import host_target, vector_lanes
 from sparsec.backends.tvm.threads import set_threads
 
@@ -50,7 +54,7 @@ def _bsr(out_f: int, in_f: int, r: int, c: int, sparsity: float, rng: np.random.
     return rng.standard_normal((len(cols), r, c)).astype(np.float32), cols, crow
 
 
-def _ort_dense(x: np.ndarray, weight: np.ndarray, threads: int) -> float:
+def _ort_dense(x: np.ndarray, weight: np.ndarray, threads: int, repeats: int) -> float:
     graph = helper.make_graph(
         [helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)],
         "dense",
@@ -67,7 +71,7 @@ def _ort_dense(x: np.ndarray, weight: np.ndarray, threads: int) -> float:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    return _median_ms(lambda: session.run(None, {"x": x}), 30)
+    return _median_ms(lambda: session.run(None, {"x": x}), repeats)
 
 
 def main() -> None:
@@ -75,11 +79,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--sparsities", type=float, nargs="+", default=SPARSITIES)
     parser.add_argument("--shapes", type=int, nargs="+", default=[0, 1], help="indices into SHAPES")
+    parser.add_argument(
+        "--blocks", nargs="+", default=[f"{r}x{c}" for r, c in BLOCKS], help="r×c, e.g. 16x1"
+    )
+    parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/tvm_sparse.json"))
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     rows = []
-    print(f"host {platform.node()} cpu {host_target().attrs['mcpu']} load {os.getloadavg()}")
+    load_before = os.getloadavg()
+    print(f"host {platform.node()} cpu {host_target().attrs['mcpu']} load {load_before}")
     print(
         f"{'shape':>16} {'thr':>3} {'s':>5} {'block':>5} {'tvm ms':>8} {'ort ms':>8} "
         f"{'torch ms':>8} {'speedup':>7} {'ideal':>5}"
@@ -94,16 +103,25 @@ def main() -> None:
             set_threads(threads)
             torch.set_num_threads(threads)
             x_t, w_t = torch.from_numpy(x), torch.from_numpy(weight)
-            torch_ms = _median_ms(lambda: torch.nn.functional.linear(x_t, w_t), 30)  # noqa: B023
-            ort_ms = _ort_dense(x, weight, threads)
+            torch_ms = _median_ms(
+                lambda: torch.nn.functional.linear(x_t, w_t),  # noqa: B023
+                args.repeats,
+            )
+            ort_ms = _ort_dense(x, weight, threads, args.repeats)
             best_dense = min(torch_ms, ort_ms)
-            for sparsity in args.sparsities:
-                for r, c in BLOCKS:
-                    shape = BsrShape(out_f, in_f, r, c)
-                    func = bsr_kernel(shape, choose_schedule(shape, lanes), lanes)
+            kernels = {}
+            for block in args.blocks:
+                r, c = (int(part) for part in block.split("x"))
+                shape = BsrShape(out_f, in_f, r, c)
+                func = bsr_kernel(shape, choose_schedule(shape, lanes), lanes)
+                with tvm.transform.PassContext(config=compile_config()):
                     library = tvm.compile(
                         tvm.IRModule({"k": func.with_attr("global_symbol", "k")}), target=target
                     )
+                kernels[(r, c)] = library["k"]
+            for sparsity in args.sparsities:
+                for (r, c), kernel in kernels.items():
+                    shape = BsrShape(out_f, in_f, r, c)
                     values, cols, crow = _bsr(out_f, in_f, r, c, sparsity, rng)
                     tensors = [
                         tvm.runtime.tensor(a)
@@ -116,8 +134,7 @@ def main() -> None:
                             np.zeros((tokens, out_f), np.float32),
                         )
                     ]
-                    kernel = library["k"]
-                    tvm_ms = _median_ms(lambda: kernel(*tensors), 30)  # noqa: B023
+                    tvm_ms = _median_ms(lambda: kernel(*tensors), args.repeats)  # noqa: B023
                     row = {
                         "tokens": tokens,
                         "in": in_f,
@@ -139,13 +156,28 @@ def main() -> None:
                         f"{row['ideal']:5.1f}",
                         flush=True,
                     )
+    load_after = os.getloadavg()
+    print(f"load after {load_after}")
+    print("best block shape per (shape, threads, sparsity):")
+    best: dict[tuple[object, ...], dict[str, object]] = {}
+    for row in rows:
+        key = (row["in"], row["out"], row["threads"], row["sparsity"])
+        if key not in best or row["speedup"] > best[key]["speedup"]:  # type: ignore[operator]
+            best[key] = row
+    for (in_f, out_f, threads, sparsity), row in best.items():
+        print(
+            f"  {in_f}->{out_f} thr {threads} s {sparsity:.2f}: {row['block']} "
+            f"{row['tvm_sparse_ms']:.3f} ms, {row['speedup']:.2f}x over fastest dense"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
             {
                 "machine": platform.platform(),
                 "mcpu": str(host_target().attrs["mcpu"]),
-                "load": os.getloadavg(),
+                "load_before": load_before,
+                "load_after": load_after,
+                "command": " ".join(["python", *sys.argv]),
                 "rows": rows,
             },
             indent=2,

@@ -33,14 +33,7 @@ from sparsec.pipeline import AnalysisManager, PassManager, VerifyEach
 
 # Features the generator can draw (or conditions on the chosen units) that these tests leave
 # out until the library handles them, each with the reason. Delete an entry to test it again.
-KNOWN_BROKEN: dict[str, str] = {
-    "layer_emptied": (
-        "prune-channels / remove_units may remove every output (or input) channel of one layer "
-        "(a concat branch, the conv on one split part) while the group as a whole keeps "
-        "min_channels; the conv is left with a [0, C, k, k] or [C, 0, k, k] weight and "
-        "verify() fails"
-    ),
-}
+KNOWN_BROKEN: dict[str, str] = {}
 CONDITIONS = frozenset({"layer_emptied"})
 """KNOWN_BROKEN names that are conditions on the chosen units rather than generator features."""
 _EXCLUDED = frozenset(KNOWN_BROKEN) - CONDITIONS

@@ -5,33 +5,58 @@ Rules:
   `crow_indices [N/r + 1]` (int64, CSR over block rows); unstructured (CSR) is r = c = 1;
 - `x` is [m, K] with m symbolic (batch × sequence) and nnz symbolic, so one compiled kernel
   serves every layer of the same (N, K, r, c);
-- two schedules, both parallel over block rows, written directly as loops:
-  `FEATURE` vectorises over the r output features of a block (x stays token-major, no
-  transpose; pays when r fills a vector), `TOKEN` vectorises over `lanes` tokens of a
-  transposed activation tile (any r×c, including 1×1; the transpose is one pass over x);
-- buffers may sit at any element offset and alignment (torch views, numpy memory):
-  aligned vector loads on a 16-byte-aligned tensor would crash;
-- token tails (m not a multiple of the tile) run as a separate scalar-tile loop, so every
-  shape is exact; an empty block row (100% sparsity) yields the bias.
+- both schedules first copy x into a token-tiled, feature-major panel `XT [tiles, K, tile]`
+  (tiles of consecutive tokens; one tile row is one or a few cache lines, so the random
+  block columns a block row reads never pile into a few L1 sets, as rows of a plain xᵀ
+  with a power-of-two stride do), then run parallel over block rows with register
+  accumulators, one tile of tokens at a time:
+  - `FEATURE` (c = 1, r a multiple of the vector width): per non-zero block, one vector load
+    of the block's r weights and one FMA per token of the tile with that token's activation
+    broadcast from the panel (`vfmadd231ps mem{1to16}`); the output rows are contiguous;
+    tokens past the last whole tile run one at a time straight from x;
+  - `TOKEN` (any r×c, 1×1 included): the vector runs over `lanes` tokens; per non-zero block
+    and block column, `vectors` panel loads, then r·vectors FMAs with the weight broadcast;
+    the r×tile result is staged on the stack and written out token-major; the last partial
+    tile runs vector by vector over the zero-padded panel;
+- accumulators and staging tiles live on the stack (`disable_lower_builtin`), which needs
+  `tirx.disable_storage_rewrite` at compile time: StorageRewrite turns them into heap
+  workspaces that LLVM cannot keep in registers (7–10× slower). `compile_config()` says so;
+- buffers may sit at any element offset and alignment (torch views, numpy memory);
+  an empty block row (100% sparsity) yields the bias.
 
 Example:
     func = bsr_kernel(BsrShape(3072, 768, 16, 1), Schedule.FEATURE, lanes=16)
-    lib = tvm.compile(tvm.IRModule({"bsr": func}), target=host_target())
+    with tvm.transform.PassContext(config=compile_config()):
+        lib = tvm.compile(tvm.IRModule({"bsr": func}), target=host_target())
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from tvm import tirx
 from tvm.script import tirx as T
 
 from sparsec.errors import BackendError
 
-__all__ = ["BsrShape", "Schedule", "bsr_kernel", "choose_schedule"]
+__all__ = [
+    "BsrShape",
+    "Schedule",
+    "bsr_kernel",
+    "choose_schedule",
+    "compile_config",
+    "token_vectors",
+]
 
-_TOKEN_TILE_ROWS = 8  # FEATURE: token rows kept in registers (8 × one vector of features)
+_FEATURE_TILE = 16  # FEATURE: tokens per tile, one accumulator register each
+_PREFETCH = 8
+_FEATURE_GROUP_FEATURES = 64  # FEATURE: output features a parallel task writes per token
+_ACC_REGISTERS = 16  # TOKEN: r × vectors accumulators; AVX-512 has 32 registers
+_MAX_VECTORS = 4  # TOKEN: at most 4 vectors of tokens per tile (64 tokens at 16 lanes)
+_MAX_SUB_ROWS = 4  # TOKEN: output features of a block per pass over its block row
+_ON_STACK = {"disable_lower_builtin": True}
 
 
 class Schedule(Enum):
@@ -64,25 +89,38 @@ class BsrShape:
         return self.out_features // self.r
 
 
-def choose_schedule(shape: BsrShape, lanes: int) -> Schedule:
-    """FEATURE when a block's output features fill a whole vector, else TOKEN.
+def compile_config() -> dict[str, Any]:
+    """PassContext config every build of these kernels needs (see the module rules)."""
+    return {"tirx.disable_storage_rewrite": True}
 
-    Measured at [128, 768] × [3072, 768] (benchmarks/tvm_sparse.py): 16×1 blocks run ~1.5×
-    faster feature-vectorised; 8×1, 4×1, 1×1 and 1×c blocks leave lanes empty that way and
-    run 1–6× faster token-vectorised.
+
+def choose_schedule(shape: BsrShape, lanes: int) -> Schedule:
+    """FEATURE when a block is one input column whose output features fill whole vectors.
+
+    Measured at [128, 768] × [3072, 768] (benchmarks/tvm_sparse.py): 16×1 blocks run
+    FMA-bound feature-vectorised; r×1 blocks with r below the vector width, 1×1 and 1×c
+    blocks leave lanes empty that way and run faster token-vectorised.
     """
-    return Schedule.FEATURE if shape.r >= lanes else Schedule.TOKEN
+    return Schedule.FEATURE if shape.c == 1 and shape.r % lanes == 0 else Schedule.TOKEN
+
+
+def token_vectors(shape: BsrShape) -> int:
+    """TOKEN: vectors of tokens per tile, so that sub-rows × vectors accumulators fit."""
+    return max(1, min(_MAX_VECTORS, _ACC_REGISTERS // _sub_rows(shape)))
 
 
 def bsr_kernel(shape: BsrShape, schedule: Schedule, lanes: int) -> tirx.PrimFunc:
     """The TIR kernel of `shape` under `schedule`; args (x, values, cols, crow, bias, y)."""
     if schedule is Schedule.FEATURE:
-        return _feature_kernel(shape, _TOKEN_TILE_ROWS)
-    return _token_kernel(shape, lanes)
+        if shape.c != 1:
+            raise BackendError(f"the FEATURE schedule needs r×1 blocks, not {shape.r}×{shape.c}")
+        return _feature_kernel(shape, _FEATURE_TILE)
+    return _token_kernel(shape, lanes, token_vectors(shape))
 
 
 def _feature_kernel(shape: BsrShape, tile: int) -> tirx.PrimFunc:
-    n, k, r, c, nb = shape.out_features, shape.in_features, shape.r, shape.c, shape.block_rows
+    n, k, r, nb = shape.out_features, shape.in_features, shape.r, shape.block_rows
+    group = _feature_group(shape)
 
     @T.prim_func(private=True)
     def kernel(x: T.handle, v: T.handle, ci: T.handle, rp: T.handle, b: T.handle, y: T.handle):
@@ -90,44 +128,78 @@ def _feature_kernel(shape: BsrShape, tile: int) -> tirx.PrimFunc:
         m = T.int64()
         nnz = T.int64()
         X = T.match_buffer(x, (m, k), "float32", align=4, offset_factor=1)
-        V = T.match_buffer(v, (nnz, r, c), "float32", align=4, offset_factor=1)
+        V = T.match_buffer(v, (nnz, r, 1), "float32", align=4, offset_factor=1)
         C = T.match_buffer(ci, (nnz,), "int64", align=4, offset_factor=1)
         P = T.match_buffer(rp, (nb + 1,), "int64", align=4, offset_factor=1)
         B = T.match_buffer(b, (n,), "float32", align=4, offset_factor=1)
         Y = T.match_buffer(y, (m, n), "float32", align=4, offset_factor=1)
-        for br in T.parallel(T.int64(nb)):
-            acc = T.alloc_buffer((tile, r), "float32", scope="local")
+        XT = T.alloc_buffer((m // tile, k, tile), "float32", align=64)
+        for mo in T.parallel(m // tile):
+            for kk in range(k):
+                for t in T.vectorized(tile):
+                    XT[mo, kk, t] = X[mo * tile + t, kk]
+        for grp in T.parallel(T.int64(nb // group)):
+            acc = T.alloc_buffer((tile, r), "float32", scope="local", annotations=_ON_STACK)
             for mo in range(m // tile):
-                for mi in T.unroll(tile):
-                    for i in T.vectorized(r):
-                        acc[mi, i] = T.float32(0)
-                for j in range(P[br], P[br + 1]):
-                    for kk in T.unroll(c):
-                        for mi in T.unroll(tile):
-                            for i in T.vectorized(r):
-                                acc[mi, i] = (
-                                    acc[mi, i] + V[j, i, kk] * X[mo * tile + mi, C[j] * c + kk]
-                                )
-                for mi in T.unroll(tile):
-                    for i in T.vectorized(r):
-                        Y[mo * tile + mi, br * r + i] = acc[mi, i] + B[br * r + i]
-            for mt in range(m % tile):
-                for i in T.vectorized(r):
-                    acc[0, i] = T.float32(0)
-                for j in range(P[br], P[br + 1]):
-                    for kk in T.unroll(c):
+                for g in range(group):
+                    for t in T.unroll(tile):
                         for i in T.vectorized(r):
-                            acc[0, i] = (
-                                acc[0, i] + V[j, i, kk] * X[m - m % tile + mt, C[j] * c + kk]
+                            acc[t, i] = T.float32(0)
+                    for j in range(P[grp * group + g], P[grp * group + g + 1]):
+                        if _PREFETCH > 0:
+                            T.evaluate(
+                                T.call_llvm_intrin(
+                                    "void",
+                                    "llvm.prefetch.p0",
+                                    T.address_of(
+                                        XT[
+                                            mo,
+                                            C[T.min(j + _PREFETCH, P[grp * group + g + 1] - 1)],
+                                            0,
+                                        ]
+                                    ),
+                                    T.int32(0),
+                                    T.int32(3),
+                                    T.int32(1),
+                                )
                             )
-                for i in T.vectorized(r):
-                    Y[m - m % tile + mt, br * r + i] = acc[0, i] + B[br * r + i]
+                        for t in T.unroll(tile):
+                            for i in T.vectorized(r):
+                                acc[t, i] = acc[t, i] + V[j, i, 0] * XT[mo, C[j], t]
+                    for t in T.unroll(tile):
+                        for i in T.vectorized(r):
+                            Y[mo * tile + t, (grp * group + g) * r + i] = (
+                                acc[t, i] + B[(grp * group + g) * r + i]
+                            )
+            for g in range(group):
+                for mt in range(m % tile):
+                    for i in T.vectorized(r):
+                        acc[0, i] = T.float32(0)
+                    for j in range(P[grp * group + g], P[grp * group + g + 1]):
+                        for i in T.vectorized(r):
+                            acc[0, i] = acc[0, i] + V[j, i, 0] * X[m - m % tile + mt, C[j]]
+                    for i in T.vectorized(r):
+                        Y[m - m % tile + mt, (grp * group + g) * r + i] = (
+                            acc[0, i] + B[(grp * group + g) * r + i]
+                        )
 
     return kernel
 
 
-def _token_kernel(shape: BsrShape, lanes: int) -> tirx.PrimFunc:
+def _feature_group(shape: BsrShape) -> int:
+    """FEATURE: block rows per parallel task, visited together for each tile of tokens."""
+    group = max(1, _FEATURE_GROUP_FEATURES // shape.r)
+    while shape.block_rows % group:
+        group -= 1
+    return group
+
+
+def _token_kernel(shape: BsrShape, lanes: int, vectors: int) -> tirx.PrimFunc:
     n, k, r, c, nb = shape.out_features, shape.in_features, shape.r, shape.c, shape.block_rows
+    tile = lanes * vectors
+    sub = _sub_rows(shape)
+    group = _row_group(shape, lanes)
+    width = group * r  # output features written per token row: a whole vector when r < lanes
 
     @T.prim_func(private=True)
     def kernel(x: T.handle, v: T.handle, ci: T.handle, rp: T.handle, b: T.handle, y: T.handle):
@@ -140,27 +212,82 @@ def _token_kernel(shape: BsrShape, lanes: int) -> tirx.PrimFunc:
         P = T.match_buffer(rp, (nb + 1,), "int64", align=4, offset_factor=1)
         B = T.match_buffer(b, (n,), "float32", align=4, offset_factor=1)
         Y = T.match_buffer(y, (m, n), "float32", align=4, offset_factor=1)
-        # x transposed to feature-major, tokens padded to whole vectors with zeros
-        XT = T.alloc_buffer((k, (m + lanes - 1) // lanes * lanes), "float32")
-        for kt in T.parallel(T.int64(k)):
-            for t in range((m + lanes - 1) // lanes * lanes):
-                XT[kt, t] = T.if_then_else(t < m, X[T.min(t, m - 1), kt], T.float32(0))
-        for br in T.parallel(T.int64(nb)):
-            acc = T.alloc_buffer((r, lanes), "float32", scope="local")
-            for mo in range((m + lanes - 1) // lanes):
-                for i in T.unroll(r):
-                    for lane in T.vectorized(lanes):
-                        acc[i, lane] = T.float32(0)
-                for j in range(P[br], P[br + 1]):
-                    for kk in T.unroll(c):
-                        for i in T.unroll(r):
+        # x feature-major in tiles of `tile` tokens, the last tile padded with zeros
+        XT = T.alloc_buffer(((m + tile - 1) // tile, k, tile), "float32", align=64)
+        for mo in T.parallel((m + tile - 1) // tile):
+            for kk in range(k):
+                for t in T.vectorized(tile):
+                    XT[mo, kk, t] = T.if_then_else(
+                        mo * tile + t < m, X[T.min(mo * tile + t, m - 1), kk], T.float32(0)
+                    )
+        for grp in T.parallel(T.int64(nb // group)):
+            acc = T.alloc_buffer((sub, tile), "float32", scope="local", annotations=_ON_STACK)
+            # token-major result of `group` block rows: each token's row is one vector store
+            stage = T.alloc_buffer((tile, width), "float32", scope="local", annotations=_ON_STACK)
+            for mo in range(m // tile):
+                for g in range(group):
+                    for q in range(r // sub):
+                        for i in T.unroll(sub):
+                            for t in T.vectorized(tile):
+                                acc[i, t] = T.float32(0)
+                        for j in range(P[grp * group + g], P[grp * group + g + 1]):
+                            for kk in T.unroll(c):
+                                for i in T.unroll(sub):
+                                    for vo in T.unroll(vectors):
+                                        for lane in T.vectorized(lanes):
+                                            acc[i, vo * lanes + lane] = (
+                                                acc[i, vo * lanes + lane]
+                                                + V[j, q * sub + i, kk]
+                                                * XT[mo, C[j] * c + kk, vo * lanes + lane]
+                                            )
+                        for i in T.unroll(sub):
+                            for t in T.vectorized(tile):
+                                stage[t, g * r + q * sub + i] = acc[i, t]
+                for t in range(tile):
+                    for f in T.vectorized(width):
+                        Y[mo * tile + t, grp * width + f] = stage[t, f] + B[grp * width + f]
+            # the last partial tile, one vector of tokens at a time
+            for g in range(group):
+                for q in range(r // sub):
+                    for vo in range((m % tile + lanes - 1) // lanes):
+                        for i in T.unroll(sub):
                             for lane in T.vectorized(lanes):
-                                acc[i, lane] = (
-                                    acc[i, lane]
-                                    + V[j, i, kk] * XT[C[j] * c + kk, mo * lanes + lane]
-                                )
-                for lane in range(T.min(lanes, m - mo * lanes)):
-                    for i in T.unroll(r):
-                        Y[mo * lanes + lane, br * r + i] = acc[i, lane] + B[br * r + i]
+                                acc[i, lane] = T.float32(0)
+                        for j in range(P[grp * group + g], P[grp * group + g + 1]):
+                            for kk in T.unroll(c):
+                                for i in T.unroll(sub):
+                                    for lane in T.vectorized(lanes):
+                                        acc[i, lane] = (
+                                            acc[i, lane]
+                                            + V[j, q * sub + i, kk]
+                                            * XT[m // tile, C[j] * c + kk, vo * lanes + lane]
+                                        )
+                        for i in T.unroll(sub):
+                            for lane in T.vectorized(lanes):
+                                stage[vo * lanes + lane, g * r + q * sub + i] = acc[i, lane]
+            for t in range(m % tile):
+                for f in T.vectorized(width):
+                    Y[m - m % tile + t, grp * width + f] = stage[t, f] + B[grp * width + f]
 
     return kernel
+
+
+def _sub_rows(shape: BsrShape) -> int:
+    """TOKEN: output features of a block computed per pass over its block row (≤ 4).
+
+    Why: 4 features × 4 token vectors is 16 FMAs per 4 activation loads and 4 weight
+    broadcasts; a whole 16-feature block in one pass fits only 1 token vector in the
+    registers, one load per FMA, and the kernel runs load-bound.
+    """
+    sub = min(shape.r, _MAX_SUB_ROWS)
+    while shape.r % sub:
+        sub -= 1
+    return sub
+
+
+def _row_group(shape: BsrShape, lanes: int) -> int:
+    """TOKEN: block rows computed together so that their outputs fill a vector per token."""
+    group = max(1, lanes // shape.r)
+    while shape.block_rows % group:
+        group -= 1
+    return group

@@ -31,6 +31,7 @@ from sparsec.errors import BackendError
 from ..base import flatten_inputs, unflatten_outputs
 from .cuda_build import DEVICE_FILE, compile_device_code
 from .importer import ImportedProgram
+from .kernels import compile_config
 from .params_io import LIBRARY_FILE, PARAMS_FILE, dump_spec, save_params
 from .target import target_record
 from .threads import set_threads
@@ -53,7 +54,10 @@ def compile_module(module: tvm.IRModule, target: Target) -> tvm.runtime.Executab
                     dlight.gpu.GeneralReduction(),
                     dlight.gpu.Fallback(),
                 )(module)
-        return tvm.compile(module, target=target)
+            return tvm.compile(module, target=target)
+        # CPU: the sparse kernels' register accumulators need StorageRewrite off (kernels.py)
+        with tvm.transform.PassContext(config=compile_config()):
+            return tvm.compile(module, target=target)
     except Exception as exc:  # TVM raises its own error types from C++
         raise BackendError(f"TVM could not compile the program for {target}: {exc}") from exc
 

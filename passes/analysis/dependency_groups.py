@@ -58,6 +58,19 @@ class DependencyGroup:
     params: tuple[ParamSlice, ...]
     units: np.ndarray
     frozen_units: dict[int, str] = field(default_factory=dict)
+    slot_unit_sets: tuple[np.ndarray, ...] = ()
+    """The distinct units of each slot: a slot must keep one of them, or a layer is emptied."""
+
+    def survivors(self, scores: np.ndarray) -> np.ndarray:
+        """Units that must stay so no slot loses all its indices: per slot with no frozen
+        unit, its best-scoring unit (`scores` aligned with `units`)."""
+        keep: set[int] = set()
+        for labels in self.slot_unit_sets:
+            if any(int(u) in self.frozen_units for u in labels) or keep.intersection(labels.tolist()):
+                continue
+            best = labels[np.argmax(scores[np.searchsorted(self.units, labels)])]
+            keep.add(int(best))
+        return np.array(sorted(keep), dtype=np.int64)
 
     @property
     def prunable_units(self) -> np.ndarray:
@@ -191,7 +204,8 @@ class DependencyGroups(Analysis):
                 continue
             units = np.unique(np.concatenate([slot_units[s] for s in slots]))
             frozen = {int(u): frozen_units[int(u)] for u in units if int(u) in frozen_units}
+            slot_sets = tuple(np.unique(slot_units[s]) for s in slots)
             groups.append(
-                DependencyGroup(len(groups), tuple(slots), tuple(params), units, frozen)
+                DependencyGroup(len(groups), tuple(slots), tuple(params), units, frozen, slot_sets)
             )
         return DependencyInfo(groups, slot_units, coupling, dict(flow.frozen), unruled)

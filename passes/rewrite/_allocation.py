@@ -76,12 +76,12 @@ def limits_for(
     fixed_ratio: float | None,
 ) -> GroupLimits:
     """The limits of one group (see module docstring)."""
-    candidates = group.prunable_units
+    prunable = group.prunable_units
+    candidates = prunable[~np.isin(prunable, group.survivors(scores))]
     candidate_scores = scores[np.searchsorted(group.units, candidates)]
     order = np.argsort(candidate_scores, kind="stable")
-    most = min(math.floor(max_ratio * len(candidates)), len(group.units) - min_channels)
-    if fixed_ratio is not None:
-        most = min(math.floor(fixed_ratio * len(candidates)), len(group.units) - min_channels)
+    ratio = max_ratio if fixed_ratio is None else fixed_ratio
+    most = min(math.floor(ratio * len(prunable)), len(candidates), len(group.units) - min_channels)
     return GroupLimits(
         group, candidates[order], candidate_scores[order], max(most, 0), fixed_ratio, round_to
     )

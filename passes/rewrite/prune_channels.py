@@ -7,9 +7,10 @@ Rules:
   requested, estimated and achieved ratios, and says why when they differ by more than 2%;
 - `allocation="local"` removes the same fraction of every group; `"global"` ranks the units
   of all groups together (use normalised scores or `lamp-importance` so groups compare);
-- per group: at most `max_ratio` of its prunable units go, `min_channels` stay, the kept
-  count is a multiple of `round_to`; `overrides` fix the ratio of the groups whose
-  *producing* layer or parameter matches a glob (`[[c1, 0.2]]`: c1 keeps 80% of its
+- per group: `min_channels` stay and the kept count is a multiple of `round_to`; where the
+  pass chooses the amount per group (global allocation, params/MACs targets) at most
+  `max_ratio` of the group's prunable units go; `overrides` fix the ratio of the groups
+  whose *producing* layer or parameter matches a glob (`[[c1, 0.2]]`: c1 keeps 80% of its
   outputs); a group any of whose parameters matches `ignore` is left whole (so ignoring
   `fc.*` also keeps the channels fc reads); frozen units stay;
 - scores come from the pipeline's chosen "channel-importance" analysis (default: L2
@@ -104,7 +105,7 @@ class PruneChannels(RewritePass):
         """What this pass may remove from `group`, given the criterion's scores."""
         fixed = self._override(group)
         if self.allocation == "local" and self.target == "channels" and fixed is None:
-            fixed = min(self.ratio, self.max_ratio)
+            fixed = self.ratio
         return limits_for(group, scores, self.max_ratio, self.min_channels, self.round_to, fixed)
 
     def choose(self, group: DependencyGroup, scores: np.ndarray) -> np.ndarray:
