@@ -151,6 +151,7 @@ def _build(
         pass_stats=list(stats.records),
         pass_deviation=list(numeric.records),
         groups=_group_rows(am, graph, run.results),
+        pass_summaries=[(str(p), dict(r.summary)) for p, r in run.results if r is not None and r.summary],
         unruled_ops=am.get(DependencyGroups()).unruled_ops if am.is_cached(DependencyGroups()) else {},
         backend_error=backend_error,
         backend_reason=reason,

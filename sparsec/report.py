@@ -39,6 +39,7 @@ class Report:
     pass_stats: list[dict[str, Any]] = field(default_factory=list)
     pass_deviation: list[tuple[str, float]] = field(default_factory=list)
     groups: list[dict[str, Any]] = field(default_factory=list)
+    pass_summaries: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     unruled_ops: dict[str, list[str]] = field(default_factory=dict)
     backend_error: float | None = None
     backend_reason: str = ""
@@ -91,6 +92,17 @@ class Report:
             for g in self.groups:
                 lines.append(f"| {g['index']} | {g['layers']} | {g['before']} → {g['after']} | {g['frozen']} |")
             lines.append("")
+        for name, summary in self.pass_summaries:
+            details = {k: v for k, v in summary.items() if k != "groups"}
+            if details:
+                lines += [f"## What `{name.split('{')[0]}` did", ""]
+                for key, value in details.items():
+                    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                        lines.append(f"- {key}:")
+                        lines += [f"  - {_compact(v)[1:-1]}" for v in value]
+                    else:
+                        lines.append(f"- {key}: {_compact(value)}")
+                lines.append("")
         if self.unruled_ops:
             lines += ["## Ops without a channel rule (their channels were frozen)", ""]
             lines += [f"- `{op}`: {', '.join(nodes[:5])}" for op, nodes in self.unruled_ops.items()]
@@ -98,3 +110,16 @@ class Report:
         if self.notes:
             lines += ["## Notes", ""] + [f"- {n}" for n in self.notes] + [""]
         return "\n".join(lines)
+
+
+def _compact(value: Any) -> str:
+    """One line per summary entry; long lists are cut with a count of what was left out."""
+    if isinstance(value, list) and len(value) > 12:
+        return ", ".join(_compact(v) for v in value[:12]) + f", ... ({len(value) - 12} more)"
+    if isinstance(value, list):
+        return ", ".join(_compact(v) for v in value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_compact(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

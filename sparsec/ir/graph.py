@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,7 +91,9 @@ class _Snapshot:
     """The graph structure and references to every tensor: enough to undo a failed rewrite."""
 
     def __init__(self, module: fx.GraphModule) -> None:
-        self.graph = copy.deepcopy(module.graph)  # node meta is copied shallowly: cheap
+        with warnings.catch_warnings():  # torch's own pytree deprecation notice on copy
+            warnings.simplefilter("ignore", FutureWarning)
+            self.graph = copy.deepcopy(module.graph)  # node meta is copied shallowly: cheap
         self.tensors = {
             name: (owner, leaf, getattr(owner, leaf))
             for name, owner, leaf in _tensor_slots(module)
