@@ -115,12 +115,32 @@ def _export(
 
 
 def _trace_error(model: torch.nn.Module, exc: Exception) -> TraceError:
-    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = str(exc).strip()
+    first_line = text.splitlines()[0] if text else type(exc).__name__
     return TraceError(
         f"torch.export could not trace {type(model).__name__}: {type(exc).__name__}: "
-        f"{first_line}\nFix: remove data-dependent Python control flow from forward() "
-        "(use torch.where / torch.cond), return tensors or tuples/dicts of tensors, or pass "
-        "dynamic=False if the model only supports fixed shapes."
+        f"{first_line}\nFix: {_fix_for(text)}"
+    )
+
+
+def _fix_for(message: str) -> str:
+    """The most likely fix for an export failure, from its message."""
+    if "not a known type" in message and "pytree" in message:
+        return (
+            "the model returns an object torch.export cannot flatten (for Hugging Face models "
+            "a KV cache: set model.config.use_cache = False); return tensors or "
+            "tuples/dicts of tensors"
+        )
+    if "Constraints violated" in message or "specialized" in message:
+        return (
+            "the model fixes the size of a dimension sparsec traces as dynamic (batch, or the "
+            "sequence of integer inputs); trace with example inputs of the real sizes and "
+            "dynamic=False, or remove the size assumption from forward()"
+        )
+    return (
+        "remove data-dependent Python control flow from forward() (use torch.where / "
+        "torch.cond), return tensors or tuples/dicts of tensors, or pass dynamic=False if the "
+        "model only supports fixed shapes"
     )
 
 
