@@ -55,6 +55,18 @@ def _macs(
     )
 
 
+def _sparse(description: str, sparsify: Mapping[str, Any], lower: Mapping[str, Any]) -> _Preset:
+    """Fine-grained sparsity: canonical weight layers, masks, then sparse ops where they pay."""
+    return _Preset(
+        description,
+        (
+            MappingProxyType({"name": "canonicalize-linear"}),
+            MappingProxyType({"name": "sparsify", **sparsify}),
+            MappingProxyType({"name": "lower-sparse-weights", **lower}),
+        ),
+    )
+
+
 _PRESETS: Mapping[str, _Preset] = MappingProxyType(
     {
         "structured-50": _structured(0.5),
@@ -75,6 +87,22 @@ _PRESETS: Mapping[str, _Preset] = MappingProxyType(
             "calibration=batches",
             MappingProxyType({"name": "recalibrate-bn"}),
             reconstruct=True,
+        ),
+        "unstructured-50": _sparse(
+            "zero 50% of every linear layer's weights by magnitude; sparse ops only where the "
+            "measured break-even gate says they are faster",
+            {"pattern": "unstructured", "sparsity": 0.5},
+            {},
+        ),
+        "nm-2-4": _sparse(
+            "2:4 sparsity (two of every four weights along the input axis) by magnitude",
+            {"pattern": "nm", "n": 2, "m": 4},
+            {},
+        ),
+        "block-90": _sparse(
+            "90% block sparsity with 16x1 blocks (the shape CPU kernels exploit) by magnitude",
+            {"pattern": "block", "block": [16, 1], "sparsity": 0.9},
+            {},
         ),
         "none": _Preset("no pruning: compile the model as it is", ()),
     }

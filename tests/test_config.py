@@ -504,6 +504,9 @@ def test_presets(standard_passes: None) -> None:
         "macs-50",
         "taylor-50",
         "reconstruct-50",
+        "unstructured-50",
+        "nm-2-4",
+        "block-90",
         "none",
     ]
     fifty = get_preset("structured-50")
