@@ -61,11 +61,13 @@ def _peer_variant(factory, example: torch.Tensor, ratio: float, threads: int) ->
         import torch_pruning  # noqa: F401
     except ImportError:
         return None, "torch-pruning not installed"
-    try:
+    stage = "pruning failed"
+    try:  # the peer failing on a model is a result to report
         pruned = _torch_pruning(factory(), example, ratio)
+        stage = "pruned model no longer runs"
         return sparsec.compile(pruned, (example,), pipeline="none", threads=threads), ""
-    except Exception as exc:  # the peer failing on a model is a result to report
-        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+    except Exception as exc:
+        return None, f"{stage}: {type(exc).__name__}: {str(exc).splitlines()[0][:70]}"
 
 
 def main() -> None:
@@ -83,9 +85,10 @@ def main() -> None:
         dense = sparsec.compile(factory(), (example,), pipeline="none", threads=args.threads)
         variants: list[tuple[str, object | None, str]] = [("dense", dense, "")]
         for r in args.ratios:
-            text = f"magnitude-importance{{norm=2}},prune-channels{{ratio={r}}}"
-            ours = sparsec.compile(factory(), (example,), pipeline=text, threads=args.threads)
-            variants.append((f"sparsec-{r:g}", ours, ""))
+            for suffix, extra in (("", ""), ("-round8", ",round_to=8")):
+                text = f"magnitude-importance{{norm=2}},prune-channels{{ratio={r}{extra}}}"
+                ours = sparsec.compile(factory(), (example,), pipeline=text, threads=args.threads)
+                variants.append((f"sparsec-{r:g}{suffix}", ours, ""))
             variants.append((f"torch-pruning-{r:g}", *_peer_variant(factory, example, r, args.threads)))
         for batch in args.batches:
             x = make_input(batch)
