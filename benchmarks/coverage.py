@@ -171,8 +171,6 @@ def _sparsec(entry: Any) -> dict[str, Any]:
     errors = [e for b in (2, 3) if (e := _check_runs(compiled.module, inputs, reference, b))]
     row["pruned_ok"] = not errors and report.after.parameters < report.before.parameters
     row["pruned_error"] = errors[0] if errors else ("" if row["pruned_ok"] else "no parameters removed")
-    if entry.fixed_batch:
-        row["known_fixed_batch"] = entry.fixed_batch
     if row["onnx_error"]:
         row["onnx_ok"], row["onnx_rel_error"] = False, None
     else:

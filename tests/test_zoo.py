@@ -1,8 +1,7 @@
 """The model zoo (tests/zoo.py) pruned end to end with `structured-50`.
 
 Rules:
-- every model compiles with the torch backend, runs at the traced batch and at batch 3
-  (only the traced batch where the entry says `fixed_batch`, with the reason),
+- every model compiles with the torch backend, runs at the traced batch and at batch 3,
   keeps every output shape, stays finite, and loses parameters;
 - attention groups of the transformer models are not frozen: heads really are pruned
   (units after < before), and GQA models keep whole key/value groups;
@@ -83,7 +82,7 @@ def test_zoo_prunes_and_runs(entry: ZooEntry) -> None:
         print(f"  frozen group {g['index']} [{g['layers']}] {g['before']} units: {g['frozen']}")
 
     assert after < before
-    for inp in (inputs,) if entry.fixed_batch else (inputs, _batch3(inputs)):
+    for inp in (inputs, _batch3(inputs)):
         expected = [t.shape for t in _tensors(reference)]
         if inp is not inputs:
             expected = [(3, *s[1:]) for s in expected]

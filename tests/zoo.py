@@ -42,7 +42,6 @@ class ZooEntry:
     build: Callable[[], tuple[nn.Module, Any]]
     attention: tuple[str, ...] = ()
     needs: str | None = None  # a transformers model class name, if any
-    fixed_batch: str = ""  # why the pruned model only runs at the traced batch, if it does
     onnx_broken: str = ""  # why ONNX export fails even before pruning, if it does
 
 
@@ -414,10 +413,6 @@ ZOO: dict[str, ZooEntry] = {
         ZooEntry("mobilenetv2-se", _cnn(MobileNet)),
         ZooEntry("shufflenetv2", _cnn(ShuffleNet)),
         ZooEntry("convnext", _cnn(ConvNeXt, size=32)),
-        ZooEntry(
-            "unet-groupnorm", _cnn(UNetTiny),
-            fixed_batch="Graph.verify() propagating fake tensors through aten.pad / "
-            "upsample specialises the dynamic batch to the traced size",
-        ),
+        ZooEntry("unet-groupnorm", _cnn(UNetTiny)),
     ]
 }
