@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ __all__ = [
     "SparseFormat",
     "ReferenceCostModel",
     "decide",
+    "get_cost_model",
+    "known_cost_models",
     "register_cost_model",
 ]
 
@@ -136,9 +139,26 @@ COST_MODELS: dict[str, Callable[[], CostModel]] = {"reference": ReferenceCostMod
 """Cost models by name; backends add theirs with `register_cost_model`."""
 
 
+_BUILT_IN_ELSEWHERE: dict[str, str] = {"tvm": "sparsec.backends.tvm"}
+"""Cost models that register themselves when their backend is imported (heavy imports)."""
+
+
 def register_cost_model(name: str, factory: Callable[[], CostModel]) -> None:
     """Make `lower-sparse-weights{cost_model=<name>}` use `factory()`."""
     COST_MODELS[name] = factory
+
+
+def known_cost_models() -> list[str]:
+    return sorted({*COST_MODELS, *_BUILT_IN_ELSEWHERE})
+
+
+def get_cost_model(name: str) -> Callable[[], CostModel]:
+    """The factory registered as `name`, importing its backend first where needed."""
+    if name not in COST_MODELS and name in _BUILT_IN_ELSEWHERE:
+        importlib.import_module(_BUILT_IN_ELSEWHERE[name])
+    if name not in COST_MODELS:
+        raise KeyError(f"unknown cost model {name!r}; known: {known_cost_models()}")
+    return COST_MODELS[name]
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ vector."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -24,6 +26,7 @@ from sparsec.backends.tvm.kernels import (  # noqa: E402
 )
 from sparsec.backends.tvm.partitioned import kernel_arrays  # noqa: E402
 from sparsec.backends.tvm.target import build_target, host_target, vector_lanes  # noqa: E402
+from sparsec.backends.tvm.threads import set_threads  # noqa: E402
 from sparsec.errors import BackendError  # noqa: E402
 
 ATOL = 1e-4
@@ -90,10 +93,12 @@ def test_feature_schedule_refuses_wide_blocks() -> None:
         bsr_kernel(BsrShape(48, 36, 4, 2), Schedule.FEATURE, 16)
 
 
-def test_token_tile_fits_the_registers() -> None:
-    assert token_vectors(BsrShape(64, 64, 1, 1)) == 4
-    assert token_vectors(BsrShape(64, 64, 8, 1)) == 2
-    assert token_vectors(BsrShape(96, 64, 48, 1)) == 1
+@pytest.mark.parametrize(("r", "c"), [*BLOCKS, (3, 1), (32, 1)])
+def test_token_tile_fits_the_registers(r: int, c: int) -> None:
+    shape = BsrShape(96, 96, r, c)
+    vectors = token_vectors(shape)
+    sub_rows = min(r, 4)
+    assert 1 <= vectors <= 4 and sub_rows * vectors <= 16
 
 
 @pytest.mark.parametrize("schedule", list(Schedule))
@@ -114,6 +119,21 @@ def test_feature_kernel_fmas_take_broadcast_operands() -> None:
         pytest.skip("the instruction pattern checked is AVX-512's")
     asm = _library(16, 1, Schedule.FEATURE, 16).mod.inspect_source("asm")
     assert asm.count("{1to16}") >= 16  # one FMA per token of a tile, activation broadcast
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity on this OS")
+def test_kernels_leave_the_callers_cpu_affinity_alone() -> None:
+    """TVM must not pin the calling thread: torch and ORT threads would inherit one core."""
+    before = os.sched_getaffinity(0)
+    for threads in (1, 2):
+        set_threads(threads)
+        values, cols, crow, _ = _random_bsr(16, 1, 0.5, seed=3)
+        v, k = kernel_arrays(torch.tensor(values), torch.tensor(cols), BsrShape(OUT, IN, 16, 1))
+        library = _library(16, 1, Schedule.FEATURE, vector_lanes(host_target()))
+        library["k"](
+            torch.randn(33, IN), v, k, torch.tensor(crow), torch.zeros(OUT), torch.empty(33, OUT)
+        )
+        assert os.sched_getaffinity(0) == before
 
 
 def test_block_shape_must_tile_the_weight() -> None:

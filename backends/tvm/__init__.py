@@ -2,11 +2,17 @@
 
 Modules: `kernels` / `cuda_kernels` (TIR), `importer` (exported program → Relax),
 `partitioned` and `relax_executable` (the two ways to run), `target` (host detection and
-load checks), `params_io` (weights beside the library), `threads`, `backend` (the Backend).
+load checks), `params_io` (weights beside the library), `threads`, `backend` (the Backend),
+`cost_model` (the break-even gate's "tvm" model, registered on import).
 """
 
 from __future__ import annotations
 
-from .backend import TvmBackend, TvmMode, TvmOptions
+from sparsec.cost_model import register_cost_model
 
-__all__ = ["TvmBackend", "TvmMode", "TvmOptions"]
+from .backend import TvmBackend, TvmMode, TvmOptions
+from .cost_model import TvmCostModel
+
+register_cost_model("tvm", TvmCostModel)
+
+__all__ = ["TvmBackend", "TvmCostModel", "TvmMode", "TvmOptions"]

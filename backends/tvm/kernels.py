@@ -6,21 +6,24 @@ Rules:
 - `x` is [m, K] with m symbolic (batch × sequence) and nnz symbolic, so one compiled kernel
   serves every layer of the same (N, K, r, c);
 - both schedules first copy x into a token-tiled, feature-major panel `XT [tiles, K, tile]`
-  (tiles of consecutive tokens; one tile row is one or a few cache lines, so the random
-  block columns a block row reads never pile into a few L1 sets, as rows of a plain xᵀ
-  with a power-of-two stride do), then run parallel over block rows with register
-  accumulators, one tile of tokens at a time:
-  - `FEATURE` (c = 1, r a multiple of the vector width): per non-zero block, one vector load
-    of the block's r weights and one FMA per token of the tile with that token's activation
-    broadcast from the panel (`vfmadd231ps mem{1to16}`); the output rows are contiguous;
-    tokens past the last whole tile run one at a time straight from x;
-  - `TOKEN` (any r×c, 1×1 included): the vector runs over `lanes` tokens; per non-zero block
-    and block column, `vectors` panel loads, then r·vectors FMAs with the weight broadcast;
-    the r×tile result is staged on the stack and written out token-major; the last partial
-    tile runs vector by vector over the zero-padded panel;
+  (one panel row is one to four cache lines, so the random block columns a block row
+  reads spread over all L1 sets, which rows of a plain xᵀ with a power-of-two stride do
+  not), then run parallel over groups of block rows with register accumulators, one
+  tile of tokens at a time, prefetching the panel line `_PREFETCH` blocks ahead:
+  - `FEATURE` (r×1 blocks, r a multiple of the vector width): per non-zero block, one
+    vector load of its r weights and one FMA per token of a 16-token tile, the token's
+    activation broadcast from the panel (`vfmadd231ps mem{1to16}`); each token's output
+    row is stored whole; tokens past the last whole tile run one at a time from x;
+  - `TOKEN` (any r×c, 1×1 included): the vector runs over tokens; a block's rows are
+    computed `_sub_rows` (≤ 4) at a time over `token_vectors` (≤ 4) vectors of tokens,
+    so each panel load and weight broadcast feeds several FMAs; the results of enough
+    block rows to fill a vector per token are staged token-major on the stack, then
+    written as whole vectors (no scattered scalar stores into y); the last partial tile
+    runs vector by vector over the zero-padded panel;
 - accumulators and staging tiles live on the stack (`disable_lower_builtin`), which needs
   `tirx.disable_storage_rewrite` at compile time: StorageRewrite turns them into heap
-  workspaces that LLVM cannot keep in registers (7–10× slower). `compile_config()` says so;
+  workspaces that LLVM cannot keep in registers (every FMA then stores its result, 3–10×
+  slower). Build with `compile_config()`;
 - buffers may sit at any element offset and alignment (torch views, numpy memory);
   an empty block row (100% sparsity) yields the bias.
 
@@ -51,9 +54,14 @@ __all__ = [
 ]
 
 _FEATURE_TILE = 16  # FEATURE: tokens per tile, one accumulator register each
-_PREFETCH = 8
-_FEATURE_GROUP_FEATURES = 64  # FEATURE: output features a parallel task writes per token
-_ACC_REGISTERS = 16  # TOKEN: r × vectors accumulators; AVX-512 has 32 registers
+# FEATURE: output features a parallel task writes per token row and tile (halves the
+# time of writing y at 768 → 3072: y's rows are 12 KiB apart, one line per visit is slow)
+_FEATURE_GROUP_FEATURES = 64
+# blocks ahead whose panel line is prefetched: at K=3072 the panel is L2-resident and the
+# random block columns defeat the hardware prefetcher (0.83 → 0.52 ms at 90%, 16×1)
+_PREFETCH = 4
+_TOKEN_PREFETCH = 4  # TOKEN: the same, for each of a block's panel lines
+_ACC_REGISTERS = 16  # TOKEN: sub-rows × vectors accumulators; AVX-512 has 32 registers
 _MAX_VECTORS = 4  # TOKEN: at most 4 vectors of tokens per tile (64 tokens at 16 lanes)
 _MAX_SUB_ROWS = 4  # TOKEN: output features of a block per pass over its block row
 _ON_STACK = {"disable_lower_builtin": True}
@@ -97,9 +105,10 @@ def compile_config() -> dict[str, Any]:
 def choose_schedule(shape: BsrShape, lanes: int) -> Schedule:
     """FEATURE when a block is one input column whose output features fill whole vectors.
 
-    Measured at [128, 768] × [3072, 768] (benchmarks/tvm_sparse.py): 16×1 blocks run
-    FMA-bound feature-vectorised; r×1 blocks with r below the vector width, 1×1 and 1×c
-    blocks leave lanes empty that way and run faster token-vectorised.
+    Measured at [128, 768] × [3072, 768], 90%, 1 thread, AVX-512 (benchmarks/tvm_sparse.py):
+    16×1 blocks 0.44–0.58 ms feature-vectorised vs 0.72 ms token-vectorised; 8×1 blocks
+    0.86 ms feature-vectorised (half-width vectors) vs 0.63 ms token-vectorised; 4×1, 1×1
+    and 1×c blocks leave most lanes empty feature-vectorised.
     """
     return Schedule.FEATURE if shape.c == 1 and shape.r % lanes == 0 else Schedule.TOKEN
 
@@ -231,6 +240,32 @@ def _token_kernel(shape: BsrShape, lanes: int, vectors: int) -> tirx.PrimFunc:
                             for t in T.vectorized(tile):
                                 acc[i, t] = T.float32(0)
                         for j in range(P[grp * group + g], P[grp * group + g + 1]):
+                            if _TOKEN_PREFETCH > 0:
+                                for kk in T.unroll(c):
+                                    for vo in T.unroll(vectors):
+                                        T.evaluate(
+                                            T.call_llvm_intrin(
+                                                "void",
+                                                "llvm.prefetch.p0",
+                                                T.address_of(
+                                                    XT[
+                                                        mo,
+                                                        C[
+                                                            T.min(
+                                                                j + _TOKEN_PREFETCH,
+                                                                P[grp * group + g + 1] - 1,
+                                                            )
+                                                        ]
+                                                        * c
+                                                        + kk,
+                                                        vo * lanes,
+                                                    ]
+                                                ),
+                                                T.int32(0),
+                                                T.int32(3),
+                                                T.int32(1),
+                                            )
+                                        )
                             for kk in T.unroll(c):
                                 for i in T.unroll(sub):
                                     for vo in T.unroll(vectors):

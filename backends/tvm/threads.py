@@ -1,12 +1,24 @@
 """The TVM runtime's CPU thread pool size, set per executable so `threads` means what it says.
 
+Rules:
+- TVM does not pin threads (`TVM_BIND_THREADS=0`, unless the environment already sets
+  it): when it does, its first parallel launch pins the *calling* thread to one core, and
+  every thread torch or ONNX Runtime starts afterwards inherits that one-core mask. In a
+  partitioned build (torch runs the dense ops) and in benchmarks that compare against
+  torch and ORT in the same process, 2 threads then ran 2–10× slower than 1 (BERT-base,
+  batch 1: 624 ms with 2 threads vs 58 ms with 1). TVM reads the variable at each launch.
+
 Example:
     set_threads(2)   # kernels run parallel loops on 2 workers from now on
 """
 
 from __future__ import annotations
 
+import os
+
 import tvm_ffi
+
+os.environ.setdefault("TVM_BIND_THREADS", "0")
 
 __all__ = ["set_threads"]
 

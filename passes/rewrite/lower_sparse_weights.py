@@ -26,7 +26,7 @@ import torch
 import torch.fx as fx
 from pydantic import Field
 
-from sparsec.cost_model import COST_MODELS, Decision, SparseFormat, decide
+from sparsec.cost_model import Decision, SparseFormat, decide, get_cost_model, known_cost_models
 from sparsec.ir import Graph
 from sparsec.ops import to_bsr, to_csr, to_nm
 from sparsec.ops.masks import MASKS_META, WeightMask, recorded_masks
@@ -67,8 +67,8 @@ class LowerSparseWeights(RewritePass):
     @pydantic.field_validator("cost_model")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        if value not in COST_MODELS:
-            raise ValueError(f"unknown cost model {value!r}; registered: {sorted(COST_MODELS)}")
+        if value not in known_cost_models():
+            raise ValueError(f"unknown cost model {value!r}; known: {known_cost_models()}")
         return value
 
     def choose_format(self, mask: WeightMask) -> SparseFormat | str:
@@ -89,7 +89,7 @@ class LowerSparseWeights(RewritePass):
 
     def run(self, graph: Graph, am: AnalysisManager) -> PassResult:
         masks = recorded_masks(graph.module)
-        model = COST_MODELS[self.cost_model]()
+        model = get_cost_model(self.cost_model)()
         rows: list[dict[str, Any]] = []
         lowered: list[tuple[fx.Node, SparseFormat, WeightMask]] = []
         for node in linear_layers(graph):

@@ -1,0 +1,152 @@
+"""The "tvm" cost model: the break-even gate measures our TVM kernels, not torch's.
+
+Why: a layer lowered to a sparse op runs, in a TVM build, as our TIR kernel; torch's
+reference CSR/BSR kernels (the "reference" model) are slower than dense up to ~95%
+sparsity here, while ours beat the fastest dense at 70–90% for r×1 blocks and at 90% for
+unstructured (benchmarks/tvm_sparse.py). Gating a TVM build with the reference model
+keeps layers dense that TVM runs faster sparse.
+
+Rules:
+- `sparse_ms`: the kernel `kernel_for` picks for this host's CPU and (out, in, r, c) (N:M is
+  CSR with n/m of each row, 1×1), called as a partitioned build calls it, on random
+  weights of the pattern; kernels are compiled once per shape and cached;
+- `dense_ms`: the faster of torch's dense linear and ONNX Runtime's Gemm on the same shape
+  (the dense work a TVM build would otherwise leave to torch, or a dense ORT build runs);
+- both are the fastest of `repeats` runs with `threads` threads (default 1: on a shared
+  machine the minimum is the stable estimate, and the ratio is what decides);
+- decision rule (`sparsec.cost_model.decide`): keep the sparse format when
+  `dense_ms / sparse_ms >= min_speedup` of `lower-sparse-weights`.
+
+Example:
+    import sparsec.backends.tvm   # registers "tvm"
+    pipeline("sparsify{pattern=block,block=[16,1],sparsity=0.7},"
+             "lower-sparse-weights{cost_model=tvm,min_speedup=1.2}")
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import tvm
+
+from sparsec.cost_model import SparseFormat
+from sparsec.ops import to_bsr, to_csr, to_nm
+from sparsec.ops.masks import SparsityPattern, mask_from_scores
+
+from .importer import kernel_for
+from .kernels import BsrShape, compile_config
+from .partitioned import _SparseLinear
+from .target import host_target
+from .threads import set_threads
+
+__all__ = ["TvmCostModel"]
+
+
+def _fastest_ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times) * 1e3
+
+
+def _ort_gemm(weight: np.ndarray, threads: int) -> Any:
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)],
+        "dense",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["tokens", weight.shape[1]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, ir_version=9, opset_imports=[helper.make_opsetid("", 18)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "dense.onnx")
+        onnx.save(model, path)
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+@dataclass
+class TvmCostModel:
+    """Measures our TVM kernels against torch and ORT dense on this machine (cached)."""
+
+    repeats: int = 10
+    threads: int = 1
+    seed: int = 0
+    _cache: dict[tuple[object, ...], float] = field(default_factory=dict)
+    _kernels: dict[BsrShape, Any] = field(default_factory=dict)
+
+    def dense_ms(self, out_features: int, in_features: int, tokens: int) -> float:
+        key = ("dense", out_features, in_features, tokens)
+        if key not in self._cache:
+            gen = torch.Generator().manual_seed(self.seed)
+            x = torch.randn(tokens, in_features, generator=gen)
+            w = torch.randn(out_features, in_features, generator=gen)
+            previous = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
+            try:
+                with torch.no_grad():
+                    torch_ms = _fastest_ms(lambda: torch.nn.functional.linear(x, w), self.repeats)
+            finally:
+                torch.set_num_threads(previous)
+            session = _ort_gemm(w.numpy(), self.threads)
+            feed = {"x": x.numpy()}
+            ort_ms = _fastest_ms(lambda: session.run(None, feed), self.repeats)
+            self._cache[key] = min(torch_ms, ort_ms)
+        return self._cache[key]
+
+    def sparse_ms(
+        self,
+        fmt: SparseFormat,
+        out_features: int,
+        in_features: int,
+        tokens: int,
+        pattern: SparsityPattern,
+    ) -> float:
+        key = (fmt, out_features, in_features, tokens, str(pattern))
+        if key in self._cache:
+            return self._cache[key]
+        gen = torch.Generator().manual_seed(self.seed)
+        x = torch.randn(tokens, in_features, generator=gen)
+        w = torch.randn(out_features, in_features, generator=gen)
+        mask = mask_from_scores(torch.rand(w.shape, generator=gen), pattern)
+        nm: tuple[int, int] | None = None
+        if fmt == "nm":
+            values, indices = to_nm(w, pattern.n, pattern.m, mask)
+            shape = BsrShape(out_features, in_features, 1, 1)
+            nm = (pattern.n, pattern.m)
+            args: tuple[Any, ...] = (x, values, indices, None)
+        else:
+            r, c = pattern.block if fmt == "bsr" else (1, 1)
+            values, cols, crow = to_bsr(w, (r, c), mask) if fmt == "bsr" else to_csr(w, mask)
+            shape = BsrShape(out_features, in_features, r, c)
+            args = (x, values, cols, crow, None)
+        linear = _SparseLinear(self._kernel(shape), shape, nm)
+        set_threads(self.threads)
+        self._cache[key] = _fastest_ms(lambda: linear(*args), self.repeats)
+        return self._cache[key]
+
+    def _kernel(self, shape: BsrShape) -> Any:
+        if shape not in self._kernels:
+            target = host_target(self.threads)
+            name, func = kernel_for(shape, target)
+            with tvm.transform.PassContext(config=compile_config()):
+                library = tvm.compile(
+                    tvm.IRModule({name: func.with_attr("global_symbol", name)}), target=target
+                )
+            self._kernels[shape] = library[name]
+        return self._kernels[shape]

@@ -1,0 +1,70 @@
+"""The "tvm" cost model: registered with the break-even gate, measures every sparse format
+through the kernels a TVM build runs, and drives `lower-sparse-weights{cost_model=tvm}`.
+
+Timings are never asserted (the machine is shared); the structure of the answers is."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("tvm")
+
+from sparsec.backends.tvm import TvmCostModel  # noqa: E402
+from sparsec.cost_model import COST_MODELS, decide  # noqa: E402
+from sparsec.frontends import trace  # noqa: E402
+from sparsec.ops.masks import SparsityPattern  # noqa: E402
+from sparsec.passes.rewrite import LowerSparseWeights, Sparsify  # noqa: E402
+from sparsec.pipeline import AnalysisManager, PassManager  # noqa: E402
+
+PATTERNS = [
+    ("bsr", SparsityPattern("block", 0.9, block=(16, 1))),
+    ("bsr", SparsityPattern("block", 0.5, block=(4, 1))),
+    ("csr", SparsityPattern("unstructured", 0.9)),
+    ("nm", SparsityPattern("nm", n=2, m=4)),
+]
+
+
+@pytest.fixture(scope="module")
+def model() -> TvmCostModel:
+    return TvmCostModel(repeats=2)
+
+
+def test_registered_on_import() -> None:
+    assert COST_MODELS["tvm"] is TvmCostModel
+
+
+@pytest.mark.parametrize(("fmt", "pattern"), PATTERNS, ids=[str(p) for _, p in PATTERNS])
+def test_measures_each_format(model: TvmCostModel, fmt: str, pattern: SparsityPattern) -> None:
+    sparse = model.sparse_ms(fmt, 64, 32, 16, pattern)  # type: ignore[arg-type]
+    assert 0 < sparse < 1e3
+    assert model.sparse_ms(fmt, 64, 32, 16, pattern) == sparse  # type: ignore[arg-type]  # cached
+
+
+def test_decision_says_why(model: TvmCostModel) -> None:
+    decision = decide(
+        model, "fc.weight", "bsr", (64, 32), SparsityPattern("block", 0.9, block=(16, 1)), tokens=16
+    )
+    assert decision.dense_ms is not None and decision.dense_ms > 0
+    assert "at 90% sparsity, 16 tokens" in decision.reason
+    assert decision.reason.endswith(("faster", "dense kept"))
+
+
+def test_lower_sparse_weights_gates_with_it() -> None:
+    """Each layer's decision names the measured TVM and dense times; whichever way it goes."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 64))
+    graph = trace(model.eval(), (torch.randn(2, 64),))
+    passes = [
+        Sparsify(pattern="block", block=(16, 1), sparsity=0.9),
+        LowerSparseWeights(cost_model="tvm", tokens=32),
+    ]
+    run = PassManager(passes).run(graph, AnalysisManager(graph))
+    result = run.results[-1][1]
+    assert result is not None
+    rows = result.summary["layers"]
+    assert len(rows) == 2
+    for row in rows:
+        assert row["format"] in ("bsr", "dense")
+        assert "bsr " in row["reason"] and "ms vs dense" in row["reason"], row
+        assert row["sparse_ms"] > 0 and row["dense_ms"] > 0
