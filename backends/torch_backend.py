@@ -7,7 +7,7 @@ _package.py, torch/_export/serde/serialize.py), and so why the saved form looks 
 - but the load path unpickles in four places: the example inputs (`data/sample_inputs/
   model.pt`: `torch.load(weights_only=True)`, then on failure *falls back to
   weights_only=False*), tensor-subclass weights and constants (`use_pickle: true`,
-  `torch.load(weights_only=False)`), torchbind objects (`torch._C._pickle_load_obj`) and
+  a torch.load that allows arbitrary pickles), torchbind objects (`torch._C._pickle_load_obj`) and
   opaque objects (`pickle.loads`); legacy archives (`data/weights/model.pt`) likewise;
 - so a .pt2 from an untrusted source can run code on `torch.export.load`.
 
