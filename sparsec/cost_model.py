@@ -38,8 +38,10 @@ __all__ = [
     "SparseFormat",
     "ReferenceCostModel",
     "decide",
+    "fastest_ms",
     "get_cost_model",
     "known_cost_models",
+    "random_layer",
     "register_cost_model",
 ]
 
@@ -61,8 +63,9 @@ class CostModel(Protocol):
     ) -> float: ...
 
 
-def _best_ms(fn: Callable[[], object], repeats: int, threads: int) -> float:
-    """Fastest of `repeats` runs: on a shared machine the minimum is the stable estimate."""
+def fastest_ms(fn: Callable[[], object], repeats: int, threads: int) -> float:
+    """Fastest of `repeats` runs with torch on `threads` threads: on a shared machine the
+    minimum is the stable estimate."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -77,6 +80,16 @@ def _best_ms(fn: Callable[[], object], repeats: int, threads: int) -> float:
     return min(times) * 1e3
 
 
+def random_layer(
+    out_features: int, in_features: int, tokens: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
+    """Seeded activations [tokens, in] and weights [out, in] (and the generator, for masks)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, in_features, generator=gen)
+    w = torch.randn(out_features, in_features, generator=gen)
+    return x, w, gen
+
+
 @dataclass
 class ReferenceCostModel:
     """Measures torch dense and sparsec's reference kernels on this machine (cached)."""
@@ -89,11 +102,9 @@ class ReferenceCostModel:
     def dense_ms(self, out_features: int, in_features: int, tokens: int) -> float:
         key = ("dense", out_features, in_features, tokens)
         if key not in self._cache:
-            gen = torch.Generator().manual_seed(self.seed)
-            x = torch.randn(tokens, in_features, generator=gen)
-            w = torch.randn(out_features, in_features, generator=gen)
+            x, w, _ = random_layer(out_features, in_features, tokens, self.seed)
             with torch.no_grad():
-                self._cache[key] = _best_ms(
+                self._cache[key] = fastest_ms(
                     lambda: torch.nn.functional.linear(x, w), self.repeats, self.threads
                 )
         return self._cache[key]
@@ -117,9 +128,7 @@ class ReferenceCostModel:
         )
         if key in self._cache:
             return self._cache[key]
-        gen = torch.Generator().manual_seed(self.seed)
-        x = torch.randn(tokens, in_features, generator=gen)
-        w = torch.randn(out_features, in_features, generator=gen)
+        x, w, gen = random_layer(out_features, in_features, tokens, self.seed)
         mask = mask_from_scores(torch.rand(w.shape, generator=gen), pattern)
         if fmt == "nm":
             v, i = to_nm(w, pattern.n, pattern.m, mask)
@@ -131,7 +140,7 @@ class ReferenceCostModel:
             v, c, r = to_csr(w, mask)
             call = lambda: csr_linear(x, v, c, r, None, out_features, in_features)  # noqa: E731
         with torch.no_grad():
-            self._cache[key] = _best_ms(call, self.repeats, self.threads)
+            self._cache[key] = fastest_ms(call, self.repeats, self.threads)
         return self._cache[key]
 
 

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +34,7 @@ import numpy as np
 import torch
 import tvm
 
-from sparsec.cost_model import SparseFormat
+from sparsec.cost_model import SparseFormat, fastest_ms, random_layer
 from sparsec.ops import to_bsr, to_csr, to_nm
 from sparsec.ops.masks import SparsityPattern, mask_from_scores
 
@@ -47,16 +45,6 @@ from .target import host_target
 from .threads import set_threads
 
 __all__ = ["TvmCostModel"]
-
-
-def _fastest_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times) * 1e3
 
 
 def _ort_gemm(weight: np.ndarray, threads: int) -> Any:
@@ -93,19 +81,12 @@ class TvmCostModel:
     def dense_ms(self, out_features: int, in_features: int, tokens: int) -> float:
         key = ("dense", out_features, in_features, tokens)
         if key not in self._cache:
-            gen = torch.Generator().manual_seed(self.seed)
-            x = torch.randn(tokens, in_features, generator=gen)
-            w = torch.randn(out_features, in_features, generator=gen)
-            previous = torch.get_num_threads()
-            torch.set_num_threads(self.threads)
-            try:
-                with torch.no_grad():
-                    torch_ms = _fastest_ms(lambda: torch.nn.functional.linear(x, w), self.repeats)
-            finally:
-                torch.set_num_threads(previous)
+            x, w, _ = random_layer(out_features, in_features, tokens, self.seed)
+            with torch.no_grad():
+                torch_ms = fastest_ms(lambda: torch.nn.functional.linear(x, w), self.repeats, self.threads)
             session = _ort_gemm(w.numpy(), self.threads)
             feed = {"x": x.numpy()}
-            ort_ms = _fastest_ms(lambda: session.run(None, feed), self.repeats)
+            ort_ms = fastest_ms(lambda: session.run(None, feed), self.repeats, self.threads)
             self._cache[key] = min(torch_ms, ort_ms)
         return self._cache[key]
 
@@ -120,9 +101,7 @@ class TvmCostModel:
         key = (fmt, out_features, in_features, tokens, str(pattern))
         if key in self._cache:
             return self._cache[key]
-        gen = torch.Generator().manual_seed(self.seed)
-        x = torch.randn(tokens, in_features, generator=gen)
-        w = torch.randn(out_features, in_features, generator=gen)
+        x, w, gen = random_layer(out_features, in_features, tokens, self.seed)
         mask = mask_from_scores(torch.rand(w.shape, generator=gen), pattern)
         nm: tuple[int, int] | None = None
         if fmt == "nm":
@@ -137,7 +116,7 @@ class TvmCostModel:
             args = (x, values, cols, crow, None)
         linear = _SparseLinear(self._kernel(shape), shape, nm)
         set_threads(self.threads)
-        self._cache[key] = _fastest_ms(lambda: linear(*args), self.repeats)
+        self._cache[key] = fastest_ms(lambda: linear(*args), self.repeats, self.threads)
         return self._cache[key]
 
     def _kernel(self, shape: BsrShape) -> Any:
