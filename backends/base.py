@@ -40,8 +40,10 @@ __all__ = [
     "Severity",
     "available_backends",
     "default_backend",
+    "dump_spec",
     "flatten_inputs",
     "get_backend",
+    "load_spec",
     "unflatten_outputs",
 ]
 
@@ -186,3 +188,25 @@ def unflatten_outputs(values: Sequence[Any], out_spec: pytree.TreeSpec) -> Any:
             f"{out_spec.num_leaves}"
         )
     return pytree.tree_unflatten(list(values), out_spec)
+
+
+def dump_spec(spec: pytree.TreeSpec) -> str:
+    """A call structure (inputs or outputs) as text for an artifact's manifest."""
+    try:
+        return pytree.treespec_dumps(spec)
+    except Exception as exc:  # pytree raises bare errors for unregistered container types
+        raise BackendError(
+            f"cannot save the call structure {spec}: {exc}. Fix: register the container type "
+            "with torch.utils._pytree.register_pytree_node(..., serialized_type_name=...)."
+        ) from exc
+
+
+def load_spec(text: str) -> pytree.TreeSpec:
+    """The call structure saved by `dump_spec`."""
+    try:
+        return pytree.treespec_loads(text)
+    except Exception as exc:  # an unregistered container type, or a tampered spec
+        raise BackendError(
+            f"cannot rebuild the saved call structure: {exc}. Fix: import the module that "
+            "registers the model's output types before loading."
+        ) from exc

@@ -45,7 +45,9 @@ from .base import (
     Diagnostic,
     Executable,
     Severity,
+    dump_spec,
     flatten_inputs,
+    load_spec,
     unflatten_outputs,
 )
 
@@ -158,29 +160,9 @@ class OnnxRuntimeExecutable:
             "target": self._target,
             "threads": self._threads,
             "files": list(self._files),
-            "in_spec": _dump_spec(self._in_spec),
-            "out_spec": _dump_spec(self._out_spec),
+            "in_spec": dump_spec(self._in_spec),
+            "out_spec": dump_spec(self._out_spec),
         }
-
-
-def _dump_spec(spec: pytree.TreeSpec) -> str:
-    try:
-        return pytree.treespec_dumps(spec)
-    except Exception as exc:  # pytree raises bare errors for unregistered container types
-        raise BackendError(
-            f"cannot save the call structure {spec}: {exc}. Fix: register the container type "
-            "with torch.utils._pytree.register_pytree_node(..., serialized_type_name=...)."
-        ) from exc
-
-
-def _load_spec(text: str) -> pytree.TreeSpec:
-    try:
-        return pytree.treespec_loads(text)
-    except Exception as exc:  # an unregistered container type, or a tampered spec
-        raise BackendError(
-            f"cannot rebuild the saved call structure: {exc}. Fix: import the module that "
-            "registers the model's output types before loading."
-        ) from exc
 
 
 def _output_leaves(graph: Graph) -> list[Any]:
@@ -328,8 +310,8 @@ class OnnxRuntimeBackend:
         return OnnxRuntimeExecutable(
             directory,
             tuple(metadata["files"]),
-            _load_spec(metadata["in_spec"]),
-            _load_spec(metadata["out_spec"]),
+            load_spec(metadata["in_spec"]),
+            load_spec(metadata["out_spec"]),
             str(metadata["target"]),
             metadata.get("threads"),
         )

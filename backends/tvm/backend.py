@@ -30,10 +30,10 @@ from torch.utils import _pytree as pytree
 
 from sparsec.errors import ArtifactError, BackendError
 
-from ..base import TARGETS, BackendOptions, Diagnostic, Executable, Severity
+from ..base import TARGETS, BackendOptions, Diagnostic, Executable, Severity, load_spec
 from ..torch_backend import load_program
 from .importer import import_graph
-from .params_io import LIBRARY_FILE, load_params, load_spec
+from .params_io import LIBRARY_FILE, load_params
 from .partitioned import KERNELS_FILE, PartitionedExecutable, sparse_nodes
 from .relax_executable import RelaxExecutable
 from .target import DEFAULT_CUDA_ARCH, build_target, check_loadable

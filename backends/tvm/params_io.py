@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
-from torch.utils import _pytree as pytree
 
 from sparsec.errors import ArtifactError
 
-__all__ = ["LIBRARY_FILE", "PARAMS_FILE", "dump_spec", "load_params", "load_spec", "save_params"]
+__all__ = ["LIBRARY_FILE", "PARAMS_FILE", "load_params", "save_params"]
 
 LIBRARY_FILE = "tvm_model.so"
 PARAMS_FILE = "tvm_params.safetensors"
@@ -51,17 +50,3 @@ def load_params(directory: Path, count: int) -> list[np.ndarray]:
     return [tensors[f"param_{i}"] for i in range(count)]
 
 
-def dump_spec(spec: pytree.TreeSpec) -> str:
-    """A call structure as text for the manifest."""
-    return pytree.treespec_dumps(spec)
-
-
-def load_spec(text: str) -> pytree.TreeSpec:
-    """The call structure saved by `dump_spec`."""
-    try:
-        return pytree.treespec_loads(text)
-    except Exception as exc:  # pytree raises bare errors for unknown container types
-        raise ArtifactError(
-            f"cannot rebuild the saved call structure: {exc}. Fix: import the module that "
-            "registers the model's output types before loading."
-        ) from exc

@@ -28,11 +28,11 @@ from tvm.target import Target
 
 from sparsec.errors import BackendError
 
-from ..base import flatten_inputs, unflatten_outputs
+from ..base import dump_spec, flatten_inputs, unflatten_outputs
 from .cuda_build import DEVICE_FILE, compile_device_code
 from .importer import ImportedProgram
 from .kernels import compile_config
-from .params_io import LIBRARY_FILE, PARAMS_FILE, dump_spec, save_params
+from .params_io import LIBRARY_FILE, PARAMS_FILE, save_params
 from .target import target_record
 from .threads import set_threads
 
