@@ -33,7 +33,7 @@ from sparsec.calibration import Calibration  # noqa: E402
 from sparsec.cost_model import ReferenceCostModel  # noqa: E402
 from sparsec.frontends import trace  # noqa: E402
 from sparsec.ops import SparsityPattern  # noqa: E402
-from sparsec.passes.rewrite import LowerSparseWeights, Sparsify  # noqa: E402
+from sparsec.passes.rewrite import CanonicalizeLinear, LowerSparseWeights, Sparsify  # noqa: E402
 from sparsec.pipeline import AnalysisManager, PassManager, Pipeline  # noqa: E402
 
 PATTERNS: dict[str, dict[str, Any]] = {
@@ -48,7 +48,8 @@ def _sparsify(
     model: torch.nn.Module, example: Any, calibration: Calibration, **options: Any
 ) -> tuple[Any, dict[str, Any]]:
     graph = trace(model, example)
-    run = PassManager([Sparsify(**options)]).run(graph, AnalysisManager(graph, calibration))
+    passes = [CanonicalizeLinear(), Sparsify(**options)]  # GPT-2's Conv1D becomes linear first
+    run = PassManager(passes).run(graph, AnalysisManager(graph, calibration))
     result = run.results[-1][1]
     return graph, (result.summary if result else {})
 
