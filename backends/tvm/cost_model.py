@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import tvm
 
-from sparsec.cost_model import SparseFormat, fastest_ms, random_layer
+from sparsec.cost_model import ReferenceCostModel, SparseFormat, fastest_ms, random_layer
 from sparsec.ops import to_bsr, to_csr, to_nm
 from sparsec.ops.masks import SparsityPattern, mask_from_scores
 
@@ -81,9 +81,10 @@ class TvmCostModel:
     def dense_ms(self, out_features: int, in_features: int, tokens: int) -> float:
         key = ("dense", out_features, in_features, tokens)
         if key not in self._cache:
+            torch_ms = ReferenceCostModel(self.repeats, self.threads, self.seed).dense_ms(
+                out_features, in_features, tokens
+            )
             x, w, _ = random_layer(out_features, in_features, tokens, self.seed)
-            with torch.no_grad():
-                torch_ms = fastest_ms(lambda: torch.nn.functional.linear(x, w), self.repeats, self.threads)
             session = _ort_gemm(w.numpy(), self.threads)
             feed = {"x": x.numpy()}
             ort_ms = fastest_ms(lambda: session.run(None, feed), self.repeats, self.threads)
