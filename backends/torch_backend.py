@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.fx as fx
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.export import ExportedProgram
@@ -49,6 +50,7 @@ from sparsec.errors import ArtifactError, BackendError
 from sparsec.ops import bsr_linear  # noqa: F401 - registers torch.ops.sparsec for torch.export.load
 
 from .base import TARGETS, BackendOptions, Diagnostic, Executable
+from .semi_structured import accelerate_2_4
 
 if TYPE_CHECKING:
     from sparsec.ir.graph import Graph
@@ -251,7 +253,11 @@ def load_program(directory: Path) -> ExportedProgram:
 
 
 class TorchExecutable:
-    """Runs a torch module eagerly; on "cuda" with a GPU it runs a CUDA copy of it."""
+    """Runs a torch module eagerly; on "cuda" with a GPU it runs a CUDA copy of it.
+
+    On "cuda", 2:4 layers run on sparse tensor cores where the GPU and the layer allow it
+    (`semi_structured`); the notes say which did and why the others did not.
+    """
 
     def __init__(
         self,
@@ -271,6 +277,9 @@ class TorchExecutable:
                 module = copy.deepcopy(module).to(self._device)
             else:
                 self.notes.append("torch has no CUDA device here; ran on CPU")
+            if isinstance(module, fx.GraphModule):
+                module, notes = accelerate_2_4(module, self._device)
+                self.notes.extend(notes)
         self._module = module
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -1,0 +1,75 @@
+"""2:4 on sparse tensor cores: which layers qualify, the rewrite, and the notes without a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparsec.backends.base import BackendOptions
+from sparsec.backends.semi_structured import (
+    accelerate_2_4,
+    device_reason,
+    layer_reason,
+    two_four_nodes,
+)
+from sparsec.backends.torch_backend import TorchBackend
+from sparsec.frontends import trace
+from sparsec.passes.rewrite import LowerSparseWeights, Sparsify
+from sparsec.pipeline import AnalysisManager, PassManager
+
+
+def _lowered(n: int = 2, m: int = 4, hidden: int = 64) -> tuple[torch.nn.Module, object]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 8)
+    ).eval()
+    graph = trace(model, (torch.randn(2, 64),))
+    passes = [Sparsify(pattern="nm", n=n, m=m), LowerSparseWeights(gate="off")]
+    PassManager(passes).run(graph, AnalysisManager(graph))
+    return model, graph
+
+
+def test_layer_reason_names_dtype_and_shape_limits() -> None:
+    assert layer_reason(64, 64, torch.float32) is None
+    assert layer_reason(128, 256, torch.float16) is None
+    assert "multiple of the 32×32" in str(layer_reason(8, 64, torch.float32))
+    assert "no semi-structured kernel" in str(layer_reason(64, 64, torch.float64))
+
+
+def test_cpu_device_is_refused_with_reason() -> None:
+    assert "CUDA-only" in str(device_reason(torch.device("cpu")))
+
+
+def test_rewrite_replaces_eligible_layers_and_keeps_numbers() -> None:
+    """With a stand-in conversion (the real one needs a GPU) the rewired graph is exact."""
+    _, graph = _lowered()
+    module = graph.module
+    assert len(two_four_nodes(module)) == 2
+    converted: list[torch.Size] = []
+
+    def dense_stand_in(weight: torch.Tensor) -> torch.Tensor:
+        converted.append(weight.shape)
+        return weight.clone()
+
+    rewired, notes = accelerate_2_4(module, torch.device("cpu"), convert=dense_stand_in)
+    assert converted == [torch.Size([64, 64])]  # the [8, 64] layer is below the 32-row block
+    assert any("sparse tensor cores" in n for n in notes)
+    assert any("reference kernel" in n and "32×32" in n for n in notes)
+    assert len(two_four_nodes(rewired)) == 1 and len(two_four_nodes(module)) == 2
+    x = torch.randn(5, 64)
+    torch.testing.assert_close(rewired(x), module(x), atol=1e-5, rtol=1e-5)
+
+
+def test_other_nm_patterns_are_not_touched() -> None:
+    _, graph = _lowered(n=4, m=8)
+    rewired, notes = accelerate_2_4(graph.module, torch.device("cpu"), convert=torch.clone)
+    assert rewired is graph.module and notes == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU note")
+def test_torch_backend_on_cuda_without_gpu_says_2_4_ran_reference_kernel() -> None:
+    model, graph = _lowered()
+    executable = TorchBackend().lower(graph, "cuda", BackendOptions())
+    x = torch.randn(3, 64)
+    assert executable(x).shape == (3, 8)
+    assert any("2 2:4 layers ran the reference kernel" in n for n in executable.notes)
