@@ -10,7 +10,7 @@ Rules:
   `notes`; it never falls back silently.
 
 Example:
-    backend = default_backend("cpu")
+    backend, why = default_backend("cpu", graph)
     executable = backend.lower(graph, "cpu", BackendOptions(threads=4))
     logits = executable(x)
 """
@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -55,7 +56,6 @@ _BACKENDS: dict[str, str] = {
     "torch": "sparsec.backends.torch_backend:TorchBackend",
     "tvm": "sparsec.backends.tvm:TvmBackend",
 }
-_DEFAULT_FOR_TARGET: dict[str, str] = {"cpu": "onnxruntime", "cuda": "onnxruntime"}
 
 
 class Severity(Enum):
@@ -149,11 +149,49 @@ def get_backend(name: str) -> Backend:
     return backend
 
 
-def default_backend(target: str) -> Backend:
-    """The backend used for `target` when none is named ("cpu" and "cuda": onnxruntime)."""
-    if target not in _DEFAULT_FOR_TARGET:
+def default_backend(target: str, graph: Graph | None = None) -> tuple[Backend, str]:
+    """The backend used for `target` when the pipeline names none, and why.
+
+    Rules (the measurements behind them are in README.md):
+    - "cpu" with sparse linear ops in the graph: "tvm" when apache-tvm is installed: ONNX
+      Runtime densifies sparse weights, our TVM kernels skip the zeros
+      (benchmarks/tvm_e2e.py: BERT-base, 90% 16×1 blocks, 2.5–5.9× over dense ORT);
+    - "cpu" otherwise: "onnxruntime" (benchmarks/structured.py: faster than torch eager;
+      untuned TVM dense code is 25–110× slower);
+    - "cuda" with 2:4 ops: "torch", whose semi-structured kernels use sparse tensor cores;
+      otherwise "onnxruntime" (its CUDA provider where installed). Neither was measured
+      here: no GPU.
+    """
+    if target not in TARGETS:
         raise BackendError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
-    return get_backend(_DEFAULT_FOR_TARGET[target])
+    sparse = _sparse_op_names(graph)
+    if target == "cpu" and sparse:
+        if importlib.util.find_spec("tvm") is None:
+            return get_backend("onnxruntime"), (
+                f"default for 'cpu'; the graph has {len(sparse)} sparse ops, which tvm runs "
+                "faster, but apache-tvm is not installed (pip install 'sparsec[tvm]')"
+            )
+        return get_backend("tvm"), (
+            f"default for 'cpu' with {len(sparse)} sparse ops: onnxruntime densifies them, "
+            "tvm's kernels skip the zeros (benchmarks/tvm_e2e.py)"
+        )
+    if target == "cuda" and "nm_linear" in sparse:
+        return get_backend("torch"), (
+            "default for 'cuda' with 2:4 ops: torch runs them on sparse tensor cores"
+        )
+    why = "dense graph" if not sparse else f"{len(sparse)} sparse ops"
+    return get_backend("onnxruntime"), f"default for {target!r} ({why})"
+
+
+def _sparse_op_names(graph: Graph | None) -> list[str]:
+    """Op names (`bsr_linear`, ...) of the sparsec sparse-op calls in `graph`."""
+    if graph is None:
+        return []
+    return [
+        node.target._opname  # type: ignore[union-attr]
+        for node in graph.module.graph.nodes
+        if node.op == "call_function" and getattr(node.target, "namespace", "") == "sparsec"
+    ]
 
 
 def flatten_inputs(

@@ -126,8 +126,10 @@ def _build(
     am = AnalysisManager(graph, calibration)
     with torch.no_grad():
         run = PassManager(pipeline, instruments, progress=on_pass).run(graph, am)
-    backend = get_backend(pipeline.backend) if pipeline.backend else default_backend(pipeline.target)
-    reason = "named in the pipeline" if pipeline.backend else f"default for target {pipeline.target!r}"
+    if pipeline.backend:
+        backend, reason = get_backend(pipeline.backend), "named in the pipeline"
+    else:
+        backend, reason = default_backend(pipeline.target, graph)
     progress(f"lowering to {backend.name} for {pipeline.target}")
     problems = [d for d in backend.check(graph) if str(getattr(d.severity, "value", d.severity)) == "error"]
     if problems:

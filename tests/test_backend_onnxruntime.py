@@ -171,8 +171,8 @@ def test_clean_graph_has_no_diagnostics(cnn_graph: Graph) -> None:
 
 def test_registry() -> None:
     assert set(available_backends()) >= {"onnxruntime", "torch"}
-    assert default_backend("cpu").name == "onnxruntime"
-    assert default_backend("cuda").name == "onnxruntime"
+    assert default_backend("cpu")[0].name == "onnxruntime"
+    assert default_backend("cuda")[0].name == "onnxruntime"
     assert get_backend("torch").name == "torch"
     with pytest.raises(BackendError, match="onnxruntime, torch"):
         get_backend("tensorrt")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparsec.backends.base import BackendOptions
+from sparsec.backends.base import BackendOptions, default_backend
 from sparsec.backends.semi_structured import (
     accelerate_2_4,
     device_reason,
@@ -73,3 +73,13 @@ def test_torch_backend_on_cuda_without_gpu_says_2_4_ran_reference_kernel() -> No
     x = torch.randn(3, 64)
     assert executable(x).shape == (3, 8)
     assert any("2 2:4 layers ran the reference kernel" in n for n in executable.notes)
+
+
+def test_default_backend_follows_the_graph() -> None:
+    _, graph = _lowered()
+    cpu, why = default_backend("cpu", graph)
+    assert cpu.name == "tvm" and "2 sparse ops" in why
+    cuda, why = default_backend("cuda", graph)
+    assert cuda.name == "torch" and "sparse tensor cores" in why
+    dense = trace(torch.nn.Linear(4, 4), (torch.randn(1, 4),))
+    assert default_backend("cpu", dense)[0].name == "onnxruntime"
