@@ -2,6 +2,10 @@
 
 - digits (sklearn's bundled 8×8 digits): an MLP trained here, then 50% unstructured, 2:4 and
   4:8 by magnitude, Wanda and SparseGPT (calibration: training batches); test accuracy;
+- with `--sections cnn` (opt-in): the residual digits CNN of `benchmarks/criteria.py`
+  (trained `--cnn-epochs` epochs), its convs and head sparsified the same ways
+  (`layers=[linear,conv]`; the 1-channel stem takes no N:M), test accuracy and the share of
+  zero conv/linear weights;
 - a BERT-base-sized and a GPT-2-small-sized model from config (random weights; `--size
   small` shrinks them to 4 layers × 256 wide for a quick run): relative deviation of the
   last hidden state from dense on held-out inputs, and SparseGPT's streamed peak;
@@ -9,8 +13,8 @@
   sparsec's reference kernels (fastest of N runs, 1 and 2 threads);
 - artifact sizes: weights.safetensors and model.onnx, dense vs lowered sparse.
 
-Run: `python benchmarks/sparsity.py [--size small|full] [--repeats 20]`; writes
-benchmarks/results/sparsity.json.
+Run: `python benchmarks/sparsity.py [--size small|full] [--repeats 20] [--sections ...]`;
+writes benchmarks/results/sparsity.json (sparsity_<sections>.json for other sections).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +47,10 @@ PATTERNS: dict[str, dict[str, Any]] = {
     "4:8": {"pattern": "nm", "n": 4, "m": 8},
 }
 METHODS = ("magnitude", "wanda", "sparsegpt")
+
+
+SECTIONS = ("digits", "cnn", "kernels", "artifacts", "transformers")
+DEFAULT_SECTIONS = ("digits", "kernels", "artifacts", "transformers")
 
 
 def _sparsify(
@@ -99,6 +108,50 @@ def digits(rows: list[dict[str, Any]]) -> None:
                     "accuracy": accuracy(graph),
                 }
             )
+
+
+def digits_cnn(rows: list[dict[str, Any]], epochs: int) -> None:
+    # the model, data split and training recipe of the criteria benchmark (benchmarks/ is
+    # on sys.path when this file runs as a script)
+    import criteria
+
+    train, (x_test, y_test) = criteria._data()
+    model = criteria._train(train, epochs)
+    label = f"digits ResNet ({epochs} ep)"
+
+    def measure(module: Any) -> dict[str, Any]:
+        with torch.no_grad():
+            accuracy = float((module(x_test).argmax(1) == y_test).float().mean())
+        weights = [
+            p for name, p in module.named_parameters() if name.endswith("weight") and p.dim() > 1
+        ]
+        zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+        return {"accuracy": round(accuracy, 4), "zero_weights": round(zeros, 3)}
+
+    dense = {"model": label, "pattern": "dense", "method": "-", **measure(model)}
+    rows.append({**dense, "layers_sparsified": "-"})
+    calibration = Calibration([x for x, _ in train[:8]])
+    for pattern, options in PATTERNS.items():
+        for method in METHODS:
+            graph, summary = _sparsify(
+                model,
+                (x_test[:2],),
+                calibration,
+                method=method,
+                layers=("linear", "conv"),
+                **options,
+            )
+            sparsified = sum(1 for r in summary["layers"] if not r["note"].startswith("skipped"))
+            rows.append(
+                {
+                    "model": label,
+                    "pattern": pattern,
+                    "method": method,
+                    **measure(graph.module),
+                    "layers_sparsified": f"{sparsified}/{len(summary['layers'])}",
+                }
+            )
+            print(rows[-1], flush=True)
 
 
 def _hf(kind: str, size: str) -> tuple[torch.nn.Module, int]:
@@ -248,10 +301,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=("small", "full"), default="full")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument(
-        "--out", type=Path, default=Path(__file__).parent / "results" / "sparsity.json"
-    )
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=DEFAULT_SECTIONS)
+    parser.add_argument("--cnn-epochs", type=int, default=12)  # as benchmarks/criteria.py
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    sections = tuple(s for s in SECTIONS if s in args.sections)
+    if args.out is None:
+        stem = "sparsity" if sections == DEFAULT_SECTIONS else "sparsity_" + "_".join(sections)
+        args.out = Path(__file__).parent / "results" / f"{stem}.json"
     results: dict[str, Any] = {
         "machine": {
             "platform": platform.platform(),
@@ -259,17 +316,19 @@ def main() -> None:
             "cpus": torch.get_num_threads(),
             "torch": torch.__version__,
         },
-        "digits": [],
-        "transformers": [],
-        "kernels": [],
-        "artifacts": [],
+        **{name: [] for name in sections},
     }
-    digits(results["digits"])
-    kernels(results["kernels"], args.repeats)
-    artifacts(results["artifacts"])
-    transformers_deviation(results["transformers"], args.size)
+    run: dict[str, Callable[[list[dict[str, Any]]], None]] = {
+        "digits": digits,
+        "cnn": lambda rows: digits_cnn(rows, args.cnn_epochs),
+        "kernels": lambda rows: kernels(rows, args.repeats),
+        "artifacts": artifacts,
+        "transformers": lambda rows: transformers_deviation(rows, args.size),
+    }
+    for name in sections:
+        run[name](results[name])
     print(f"machine: {results['machine']}")
-    for name in ("digits", "transformers", "kernels", "artifacts"):
+    for name in sections:
         print(f"\n## {name}\n{_table(results[name])}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))

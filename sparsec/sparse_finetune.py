@@ -1,7 +1,9 @@
 """Mask-preserving fine-tuning: train a sparsified module without regrowing pruned weights.
 
 Rules:
-- the masks are the ones `sparsify` recorded on the graph module (`sparsec.ops.masks`);
+- the masks are the ones `sparsify` recorded on the graph module (`sparsec.ops.masks`), linear
+  and conv weights alike (a mask has its weight's shape); layers that `lower-sparse-weights`
+  replaced by sparse ops have no dense weight left and drop out;
 - while active, each masked parameter's gradient is multiplied by its mask (a tensor hook),
   so optimizers without weight decay never move a pruned weight; `reapply()` after each
   optimizer step zeroes them again, which covers weight decay and momentum;

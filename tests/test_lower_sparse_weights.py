@@ -1,11 +1,14 @@
-"""lower-sparse-weights: the IR it produces, the break-even gate, numbers, ORT end to end, artifacts."""
+"""lower-sparse-weights: the IR it produces, the break-even gate, numbers, ORT end to end, artifacts;
+1×1 convs as sparse linears over channels, other convs dense with their mask."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from models import make_depthwise
 
 import sparsec
 from examples.models import SmallTransformer
@@ -161,3 +164,105 @@ def test_artifact_stores_compressed_weights(tmp_path: Path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), loaded.program(x), atol=1e-5, rtol=0)
     assert any("sparsec.csr_linear" in str(n.target) for n in loaded.program.graph.nodes)
+
+
+# ---------------------------------------------------------------- conv layers
+_CONV = ("linear", "conv")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"pattern": "unstructured", "sparsity": 0.7},
+        {"pattern": "nm", "n": 2, "m": 4},
+        {"pattern": "block", "block": (4, 4), "sparsity": 0.5},
+    ],
+    ids=["csr", "nm", "bsr"],
+)
+@pytest.mark.parametrize(
+    ("conv", "shape"),
+    [
+        (lambda: torch.nn.Conv2d(16, 8, 1), (7, 5)),
+        (lambda: torch.nn.Conv2d(16, 8, 1, bias=False), (1, 3)),
+        (lambda: torch.nn.Conv1d(16, 8, 1), (9,)),
+    ],
+    ids=["conv2d 7x5", "conv2d 1x3 no bias", "conv1d 9"],
+)
+def test_pointwise_conv_lowered_equals_masked_dense(
+    options: dict, conv: Callable[[], torch.nn.Module], shape: tuple[int, ...]
+) -> None:
+    torch.manual_seed(0)
+    second = torch.nn.Conv2d(8, 8, 1) if len(shape) == 2 else torch.nn.Conv1d(8, 8, 1)
+    model = torch.nn.Sequential(conv(), second).eval()  # back to back: permute → permute
+    example = (torch.randn(2, 16, *shape),)
+    graph = trace(model, example)
+    PassManager(
+        [Sparsify(layers=_CONV, **options), LowerSparseWeights(gate="off")],
+        instruments=[VerifyEach()],
+    ).run(graph)
+    ops = [str(n.target) for n in graph.module.graph.nodes if n.op == "call_function"]
+    assert len(ops) == 6 and ops[0::3] == ops[2::3] == ["aten.permute.default"] * 2
+    assert ops[1].startswith("sparsec.") and "conv" not in str(graph)
+    masked = trace(model, example)
+    PassManager([Sparsify(layers=_CONV, **options)]).run(masked)
+    for batch in (1, 3):
+        x = torch.randn(batch, 16, *shape)
+        with torch.no_grad():
+            y = graph(x)
+            assert y.shape == model(x).shape
+            torch.testing.assert_close(y, masked(x), atol=1e-5, rtol=0)
+
+
+def test_other_convs_stay_dense_with_their_mask_and_say_why() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(8, 8, 3, padding=1),
+        torch.nn.Conv2d(8, 8, 1, stride=2),
+        torch.nn.Conv2d(8, 8, 1, padding=1),
+        torch.nn.Conv2d(8, 8, 1, groups=2),
+    ).eval()
+    graph = trace(model, (torch.randn(2, 8, 6, 6),))
+    PassManager([Sparsify(layers=_CONV)]).run(graph)
+    masks = recorded_masks(graph.module)
+    # pruned weights that came back (trained without preserve_masks) are zeroed again
+    with graph.rewrite("test") as rw:
+        rw.replace_tensor("0.weight", graph.tensor("0.weight") + 1.0)
+    ((_, result),) = PassManager([LowerSparseWeights(gate="off")]).run(graph).results
+    assert result is not None and result.changed and not result.summary["lowered"]
+    assert [row["reason"] for row in result.summary["layers"]] == [
+        "3×3 conv: no sparse conv kernel; kept dense with its mask",
+        "1×1 conv with stride [2, 2], padding [(0, 0), (0, 0)]: not a linear over channels; "
+        "kept dense with its mask",
+        "1×1 conv with stride [1, 1], padding [(1, 1), (1, 1)]: not a linear over channels; "
+        "kept dense with its mask",
+        "grouped 1×1 conv (groups=2): no grouped sparse kernel; kept dense with its mask",
+    ]
+    assert torch.all(graph.tensor("0.weight")[~masks["0.weight"].mask] == 0)
+    assert sorted(recorded_masks(graph.module)) == sorted(masks)  # kept for fine-tuning
+    assert "conv2d" in str(graph) and "sparsec" not in str(graph)
+
+
+def test_compile_cnn_onnxruntime_and_artifact_match_torch(tmp_path: Path) -> None:
+    model, x = make_depthwise()  # stem 3×3 (3 channels), depthwise 3×3, pointwise 1×1, fc
+    compiled = sparsec.compile(
+        model,
+        (x,),
+        pipeline=Pipeline(
+            [Sparsify(pattern="nm", layers=_CONV), LowerSparseWeights(gate="off")],
+            backend="onnxruntime",
+        ),
+    )
+    ops = [str(n.target) for n in compiled.graph.module.graph.nodes if n.op == "call_function"]
+    # the pointwise conv and fc are lowered; the stem (3 channels) and depthwise (1 channel
+    # per group) do not divide into groups of 4 channels and stay dense
+    assert ops.count("sparsec.nm_linear.default") == 2 and ops.count("aten.conv2d.default") == 2
+    for batch in (1, 3):
+        inputs = torch.randn(batch, *x.shape[1:])
+        with torch.no_grad():
+            expected = compiled.module(inputs)
+            assert expected.shape == model(inputs).shape
+            torch.testing.assert_close(compiled(inputs), expected, atol=1e-5, rtol=1e-5)
+    loaded = sparsec.load(compiled.save(tmp_path / "cnn"))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), loaded.program(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(loaded.program(x), compiled.module(x), atol=1e-5, rtol=0)

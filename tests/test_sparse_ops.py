@@ -15,10 +15,12 @@ from sparsec.ops import (
     check_mask,
     from_bsr,
     from_nm,
+    from_weight_matrix,
     mask_from_scores,
     to_bsr,
     to_csr,
     to_nm,
+    weight_matrix,
 )
 from sparsec.ops.onnx import ONNX_TRANSLATIONS
 
@@ -109,6 +111,27 @@ def test_ragged_shapes_are_refused_with_the_reason(
     assert "multiple" in str(pattern.refusal(shape))
     with pytest.raises(ValueError, match="multiple"):
         mask_from_scores(torch.rand(shape), pattern)
+
+
+def test_conv_weight_matrix_puts_input_channels_innermost() -> None:
+    weight = torch.arange(2 * 3 * 2 * 2).reshape(2, 3, 2, 2)  # [out, in, kh, kw]
+    matrix = weight_matrix(weight)
+    # column (i·kw + j)·in + c holds weight[:, c, i, j]
+    assert matrix.shape == (2, 12) and matrix[1, (1 * 2 + 0) * 3 + 2] == weight[1, 2, 1, 0]
+    assert torch.equal(from_weight_matrix(matrix, weight.shape), weight)
+    assert weight_matrix(matrix) is matrix  # a linear weight is its own matrix
+
+
+def test_conv_masks_group_input_channels_of_one_kernel_position() -> None:
+    pattern = SparsityPattern("nm", n=2, m=4)
+    mask = mask_from_scores(torch.rand(6, 8, 3, 3), pattern)
+    assert mask.shape == (6, 8, 3, 3) and check_mask(mask, pattern) is None
+    assert torch.all(mask.permute(0, 2, 3, 1).reshape(6, 3, 3, 2, 4).sum(-1) == 2)
+    # 12 columns divide by 4, but a group of 4 would span two kernel positions
+    assert "2 input channels is not a multiple of m=4" in str(pattern.refusal((6, 2, 3, 2)))
+    block = SparsityPattern("block", block=(4, 2))
+    assert "3 output channels per group" in str(block.refusal((6, 4, 3, 3), groups=2))
+    assert block.refusal((8, 4, 3, 3), groups=2) is None
 
 
 # ---------------------------------------------------------------- ops equal masked dense

@@ -1,4 +1,5 @@
-"""sparsify: IR and changed flag, masks meet patterns, ignore/overrides, SparseGPT beats magnitude."""
+"""sparsify: IR and changed flag, masks meet patterns (linear and conv), ignore/overrides, grouped
+convs, SparseGPT beats magnitude."""
 
 from __future__ import annotations
 
@@ -149,3 +150,153 @@ def test_sparsegpt_streams_stage_by_stage() -> None:
     # three stages; the largest boundary held: 3 batches × 64 rows × 64 GELU outputs (or 48) in fp32
     assert result.summary["stages"] == 3
     assert result.summary["peak_calibration_bytes"] == 3 * 64 * 64 * 4
+
+
+# ---------------------------------------------------------------- conv layers
+def _cnn(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(8, 16, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 3, stride=2, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 8, 1),
+    ).eval()
+
+
+def _image_calibration(seed: int = 1, batches: int = 3) -> Calibration:
+    gen = torch.Generator().manual_seed(seed)
+    mix = torch.randn(8, 8, generator=gen)  # correlated channels
+    return Calibration(
+        [
+            torch.einsum("dc,bchw->bdhw", mix, torch.randn(4, 8, 9, 7, generator=gen))
+            for _ in range(batches)
+        ]
+    )
+
+
+def _conv_groups(mask: torch.Tensor, size: int) -> torch.Tensor:
+    """A conv mask as [out, *kernel, in / size, size]: `size` consecutive input channels of
+    one kernel position (written out here, not through weight_matrix)."""
+    out_channels, channels, kh, kw = mask.shape
+    return mask.permute(0, 2, 3, 1).reshape(out_channels, kh, kw, channels // size, size)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"pattern": "unstructured", "sparsity": 0.6},
+        {"pattern": "nm", "n": 2, "m": 4},
+        {"pattern": "nm", "n": 4, "m": 8},
+        {"pattern": "block", "block": (4, 4), "sparsity": 0.5},
+    ],
+    ids=["unstructured", "2:4", "4:8", "block4x4"],
+)
+def test_conv_masks_meet_the_pattern(method: str, options: dict) -> None:
+    graph = trace(_cnn(), (torch.randn(2, 8, 9, 7),))
+    p = Sparsify(method=method, layers=("linear", "conv"), **options)  # type: ignore[arg-type]
+    result = _run(graph, p, _image_calibration())
+    masks = recorded_masks(graph.module)
+    assert sorted(masks) == ["0.weight", "2.weight", "4.weight"]
+    for target, recorded in masks.items():
+        mask, weight = recorded.mask, graph.tensor(target)
+        assert mask.shape == weight.shape and torch.all(weight[~mask] == 0)
+        assert check_mask(mask, recorded.pattern) is None
+        out_channels, columns = mask.shape[0], mask[0].numel()
+        if recorded.pattern.kind == "nm":
+            n, m = recorded.pattern.n, recorded.pattern.m
+            assert torch.all(_conv_groups(mask, m).sum(-1) <= n)
+        elif recorded.pattern.kind == "block":
+            blocks = _conv_groups(mask, 4).reshape(out_channels // 4, 4, -1, 4).sum((1, 3))
+            assert torch.all((blocks == 0) | (blocks == 16))
+            assert int((blocks == 0).sum()) == round(0.5 * blocks.numel())
+        elif method == "magnitude":
+            assert int((~mask).sum()) == round(0.6 * mask.numel())
+        elif method == "wanda":  # exact per output channel
+            assert torch.all((~mask).reshape(out_channels, -1).sum(1) == round(0.6 * columns))
+        else:  # exact per column block of 128
+            widths = [min(128, columns - s) for s in range(0, columns, 128)]
+            assert int((~mask).sum()) == sum(round(0.6 * out_channels * w) for w in widths)
+    assert [row["note"] for row in result.summary["layers"]] == [method] * 3
+
+
+def test_convs_are_opt_in_and_other_convs_are_reported() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(4, 8, 1),
+        torch.nn.ConvTranspose2d(8, 8, 2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8 * 6 * 6, 8),
+    )
+    graph = trace(model, (torch.randn(2, 4, 5, 5),))
+    _run(graph, Sparsify())
+    assert sorted(recorded_masks(graph.module)) == ["3.weight"]
+    graph = trace(model, (torch.randn(2, 4, 5, 5),))
+    result = _run(graph, Sparsify(layers=("conv",)))
+    assert sorted(recorded_masks(graph.module)) == ["0.weight"]
+    notes = [row["note"] for row in result.summary["layers"]]
+    assert (
+        "skipped: aten.conv_transpose2d.input is not sparsified (conv1d and conv2d only)" in notes
+    )
+
+
+def test_grouped_and_depthwise_convs_are_sparsified_per_group() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(8, 16, 3, padding=1, groups=2),  # 4 input channels per group
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 3, padding=1, groups=16),  # depthwise
+    ).eval()
+    example, calibration = (torch.randn(2, 8, 9, 7),), _image_calibration()
+    layers = ("conv",)
+    graph = trace(model, example)
+    result = _run(graph, Sparsify(pattern="nm", method="sparsegpt", layers=layers), calibration)
+    rows = {row["layer"]: row for row in result.summary["layers"]}
+    assert rows["0.weight"]["note"] == "sparsegpt, per group (2 groups)"
+    assert torch.all(_conv_groups(graph.tensor("0.weight") != 0, 4).sum(-1) <= 2)
+    assert rows["2.weight"]["note"] == (
+        "skipped: 1 input channels per group is not a multiple of m=4 "
+        "(an N:M group is m input channels of one kernel position)"
+    )
+    # a block may not span two groups: 8 output channels per group, blocks of 16 rows
+    result = _run(trace(model, example), Sparsify(pattern="block", block=(16, 4), layers=layers))
+    assert "8 output channels per group" in result.summary["layers"][0]["note"]
+    graph = trace(model, example)
+    result = _run(graph, Sparsify(method="wanda", sparsity=0.5, layers=layers), calibration)
+    # Wanda prunes per output channel: round(0.5 · 9) = 4 of a depthwise 3×3 channel's 9
+    sparsity = [row["sparsity"] for row in result.summary["layers"]]
+    assert sparsity == pytest.approx([0.5, 4 / 9], abs=1e-4)
+
+
+def _conv_layer_error(
+    model: torch.nn.Module, graph: Graph, calibration: Calibration, index: int
+) -> float:
+    """‖conv(X, W) − conv(X, Ŵ)‖² of conv `index` on the dense model's inputs to it."""
+    conv, error = model[index], 0.0
+    sparse = graph.tensor(f"{index}.weight")
+    with torch.no_grad():
+        for (x,), _ in calibration:
+            x = model[:index](x)
+            delta = conv.weight - sparse
+            error += float(
+                torch.nn.functional.conv2d(x, delta, None, conv.stride, conv.padding).pow(2).sum()
+            )
+    return error
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"pattern": "unstructured", "sparsity": 0.5}, {"pattern": "nm", "n": 2, "m": 4}],
+    ids=["unstructured", "2:4"],
+)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sparsegpt_reconstructs_conv_better_than_magnitude(options: dict, seed: int) -> None:
+    model, calibration = _cnn(seed), _image_calibration(seed + 10)
+    errors = {}
+    for method in ("magnitude", "sparsegpt"):
+        graph = trace(model, (torch.randn(2, 8, 9, 7),))
+        p = Sparsify(method=method, layers=("conv",), **options)  # type: ignore[arg-type]
+        _run(graph, p, calibration)
+        errors[method] = _conv_layer_error(model, graph, calibration, 0)  # sees dense inputs
+    assert errors["sparsegpt"] < errors["magnitude"], errors

@@ -1,20 +1,27 @@
-"""Replace sparsified linear layers by sparse ops carrying compressed weights.
+"""Replace sparsified linear (and 1×1 conv) layers by sparse ops carrying compressed weights.
 
 Rules:
-- candidates are `aten.linear` nodes whose weight has a mask recorded by `sparsify`;
-  others stay dense and the summary says why;
+- candidates are `aten.linear` and `aten.conv1d`/`conv2d` nodes whose weight has a mask
+  recorded by `sparsify`; others stay dense and the summary says why;
+- a 1×1 conv with stride 1, no padding and groups 1 is a linear over channels: it becomes
+  permute (channels last) → the sparse linear op on `weight_matrix(W)` → permute back,
+  so the ONNX and `.pt2` paths are the linear ones; every other conv (k×k, strided,
+  padded, grouped) has no sparse kernel: it stays dense with its mask applied (pruned
+  weights zeroed again) and the summary says which rule kept it;
 - `format="auto"` follows the mask's pattern: N:M → `sparsec::nm_linear`, r×c blocks →
   `sparsec::bsr_linear`, unstructured (or 1×1 blocks) → `sparsec::csr_linear`; an explicit
   format must fit the pattern (CSR fits all);
 - the break-even gate (`sparsec.cost_model`, `cost_model` names the model) keeps dense
-  unless sparse is `min_speedup`× faster at `tokens` rows; `gate="off"` lowers every
-  candidate (for backends whose kernels the chosen model does not describe);
+  unless sparse is `min_speedup`× faster at `tokens` rows (a 1×1 conv's rows are its batch ×
+  spatial positions); `gate="off"` lowers every candidate (for backends whose kernels the
+  chosen model does not describe);
 - compressed values become parameters and indices buffers on the graph module; the dense
   weight is released (replaced by an empty tensor until the Rewriter can remove tensors);
   each decision, its reason and the bytes saved go in the summary.
 
 Example:
     pipeline(sparsify{pattern=block,block=[16,1],sparsity=0.9},lower-sparse-weights{gate=off})
+    pipeline(sparsify{pattern=nm,layers=[linear,conv]},lower-sparse-weights{gate=off})
 """
 
 from __future__ import annotations
@@ -29,8 +36,8 @@ from pydantic import Field
 from sparsec.cost_model import Decision, SparseFormat, decide, get_cost_model, known_cost_models
 from sparsec.ir import Graph
 from sparsec.ops import to_bsr, to_csr, to_nm
-from sparsec.ops.masks import MASKS_META, WeightMask, recorded_masks
-from sparsec.passes.analysis.layer_input_stats import linear_layers
+from sparsec.ops.masks import MASKS_META, SparsityPattern, WeightMask, recorded_masks, weight_matrix
+from sparsec.passes.analysis.layer_input_stats import conv_spec, weight_layers
 from sparsec.pipeline import AnalysisManager, PassResult, RewritePass, pass_dataclass, register
 
 __all__ = ["LowerSparseWeights"]
@@ -40,6 +47,28 @@ _OPS = {
     "bsr": torch.ops.sparsec.bsr_linear.default,
     "nm": torch.ops.sparsec.nm_linear.default,
 }
+
+
+def _dense_conv_reason(node: fx.Node, shape: tuple[int, ...]) -> str | None:
+    """Why a conv cannot become a sparse linear over channels, or None if it can."""
+    spec = conv_spec(node, shape)
+    if not all(k == 1 for k in spec.kernel):
+        return f"{'×'.join(map(str, spec.kernel))} conv: no sparse conv kernel"
+    if spec.groups > 1:
+        return f"grouped 1×1 conv (groups={spec.groups}): no grouped sparse kernel"
+    if not spec.is_pointwise:
+        return (
+            f"1×1 conv with stride {list(spec.stride)}, padding {list(spec.padding)}: "
+            "not a linear over channels"
+        )
+    return None
+
+
+def _channels_last(rank: int, spatial: int) -> tuple[list[int], list[int]]:
+    """The permutation moving a conv input's channel axis last, and its inverse."""
+    channels = rank - spatial - 1  # an unbatched input has no batch axis
+    order = [*(i for i in range(rank) if i != channels), channels]
+    return order, [order.index(i) for i in range(rank)]
 
 
 def _natural_format(mask: WeightMask) -> SparseFormat:
@@ -52,7 +81,7 @@ def _natural_format(mask: WeightMask) -> SparseFormat:
 @register
 @pass_dataclass
 class LowerSparseWeights(RewritePass):
-    """Carry sparsified linear weights as compressed sparse ops where that pays."""
+    """Carry sparsified linear and 1×1 conv weights as compressed sparse ops where that pays."""
 
     name: ClassVar[str] = "lower-sparse-weights"
     # it does keep outputs, but NumericCheck compares with the *input model*, which an
@@ -79,20 +108,21 @@ class LowerSparseWeights(RewritePass):
         return f"format {self.format} does not fit a {mask.pattern} mask (use auto or csr)"
 
     def _compressed(
-        self, fmt: SparseFormat, weight: torch.Tensor, mask: WeightMask
+        self, fmt: SparseFormat, weight: torch.Tensor, mask: torch.Tensor, pattern: SparsityPattern
     ) -> list[torch.Tensor]:
         if fmt == "nm":
-            return list(to_nm(weight, mask.pattern.n, mask.pattern.m, mask.mask))
+            return list(to_nm(weight, pattern.n, pattern.m, mask))
         if fmt == "bsr":
-            return list(to_bsr(weight, mask.pattern.block, mask.mask))
-        return list(to_csr(weight, mask.mask))
+            return list(to_bsr(weight, pattern.block, mask))
+        return list(to_csr(weight, mask))
 
     def run(self, graph: Graph, am: AnalysisManager) -> PassResult:
         masks = recorded_masks(graph.module)
         model = get_cost_model(self.cost_model)()
         rows: list[dict[str, Any]] = []
         lowered: list[tuple[fx.Node, SparseFormat, WeightMask]] = []
-        for node in linear_layers(graph):
+        kept_dense: dict[str, WeightMask] = {}
+        for node in weight_layers(graph, ("linear", "conv")):
             target = str(node.args[1].target)  # type: ignore[union-attr]
             shape = tuple(graph.tensor(target).shape)
             mask = masks.get(target)
@@ -105,6 +135,18 @@ class LowerSparseWeights(RewritePass):
                     }
                 )
                 continue
+            conv_reason = _dense_conv_reason(node, shape) if len(shape) > 2 else None
+            if conv_reason is not None:
+                kept_dense[target] = mask
+                rows.append(
+                    {
+                        "layer": target,
+                        "format": "dense",
+                        "reason": f"{conv_reason}; kept dense with its mask",
+                    }
+                )
+                continue
+            shape = tuple(weight_matrix(graph.tensor(target)).shape)
             fmt = self.choose_format(mask)
             if fmt not in _OPS:
                 rows.append({"layer": target, "format": "dense", "reason": fmt})
@@ -136,26 +178,38 @@ class LowerSparseWeights(RewritePass):
                 lowered.append((node, fmt, mask))  # type: ignore[arg-type]
         dense_bytes = sparse_bytes = 0
         released: set[str] = set()
+        # read before rewriting: an input may become a new node (an earlier 1×1 conv's permute)
+        ranks = {node: node.args[0].meta["val"].dim() for node, _, _ in lowered}  # type: ignore[union-attr]
         with graph.rewrite(self.name) as rw:
+            for target, mask in kept_dense.items():
+                weight = graph.tensor(target).detach()
+                if bool(weight[~mask.mask].any()):  # e.g. trained without preserve_masks
+                    rw.replace_tensor(target, weight * mask.mask)
             for node, fmt, mask in lowered:
                 weight_node = node.args[1]
                 target = str(weight_node.target)  # type: ignore[union-attr]
                 weight = graph.tensor(target).detach()
-                tensors = self._compressed(fmt, weight, mask)
+                matrix = weight_matrix(weight)
+                tensors = self._compressed(fmt, matrix, weight_matrix(mask.mask), mask.pattern)
                 names = [
                     rw.add_tensor(f"{target}.{part}", t, parameter=t.is_floating_point())
                     for part, t in zip(("values", "indices", "pointers"), tensors, strict=False)
                 ]
                 attrs = [rw.get_attr(name, before=node) for name in names]
                 x = node.args[0]
+                if weight.dim() > 2:  # a 1×1 conv: the same linear over channels-last x
+                    to_last, back = _channels_last(ranks[node], weight.dim() - 2)
+                    x = rw.insert_call(torch.ops.aten.permute.default, (x, to_last), before=node)
                 bias = node.args[2] if len(node.args) > 2 else None
-                out_features, in_features = weight.shape
+                out_features, in_features = matrix.shape
                 args: tuple[Any, ...] = (
                     (x, *attrs, bias, mask.pattern.n, mask.pattern.m)
                     if fmt == "nm"
                     else (x, *attrs, bias, out_features, in_features)
                 )
                 call = rw.insert_call(_OPS[fmt], args, before=node)
+                if weight.dim() > 2:
+                    call = rw.insert_call(torch.ops.aten.permute.default, (call, back), before=node)
                 rw.replace_uses(node, call)
                 rw.erase(node)
                 dense_bytes += weight.numel() * weight.element_size()
@@ -176,4 +230,4 @@ class LowerSparseWeights(RewritePass):
             "dense_weight_bytes": dense_bytes,
             "compressed_weight_bytes": sparse_bytes,
         }
-        return PassResult(changed=bool(lowered), changes=tuple(rw.changes), summary=summary)
+        return PassResult(changed=bool(rw.changes), changes=tuple(rw.changes), summary=summary)

@@ -1,9 +1,19 @@
-"""Fine-grained sparsity: zero weights of linear layers in a pattern, and record the masks.
+"""Fine-grained sparsity: zero weights of linear and conv layers in a pattern, record the masks.
 
 Rules:
-- layers are `aten.linear` nodes with a 2-D weight; patterns: `unstructured` (exactly
-  round(sparsity · weights) zeros per layer), `nm` (n kept of every m consecutive input
-  features; sparsity is 1 − n/m), `block` (whole r×c blocks, r along outputs, c inputs);
+- `layers` picks the kinds: `aten.linear` nodes with a 2-D weight, and with "conv"
+  `aten.conv1d`/`conv2d` nodes (opt-in, so the presets and existing pipelines keep their
+  meaning); patterns: `unstructured` (exactly round(sparsity · weights) zeros per layer),
+  `nm` (n kept of every m consecutive input features; sparsity is 1 − n/m), `block` (whole
+  r×c blocks, r along outputs, c inputs);
+- a conv is sparsified as its implicit-GEMM matrix `[out, kernel · in/groups]`, input
+  channels innermost (`sparsec.ops.weight_matrix`): an N:M group is m consecutive input
+  channels of one kernel position, a block r output channels × c such channels, so
+  `in/groups` must divide by m (or c); the data of Wanda and SparseGPT is the unfolded
+  input (im2col) in that column order; a grouped or depthwise conv is sparsified per group
+  (each group's rows are scored and reconstructed with its own input channels' statistics;
+  no block spans two groups; a depthwise conv, one channel per group, takes unstructured
+  only); conv3d and transposed convs are listed as skipped; the mask has the weight's shape;
 - selection: `magnitude` (|W|, no data), `wanda` (|W_ij|·‖X_j‖, compared per output row for
   unstructured; one streamed pass of calibration through the dense graph, from the
   `layer-input-stats` analysis), `sparsegpt` (OBS reconstruction that updates the surviving
@@ -17,6 +27,7 @@ Rules:
 
 Example:
     pipeline(sparsify{pattern=nm,n=2,m=4,method=sparsegpt},lower-sparse-weights)
+    pipeline(sparsify{pattern=nm,n=2,m=4,layers=[linear,conv]},lower-sparse-weights)
 """
 
 from __future__ import annotations
@@ -29,23 +40,52 @@ import torch
 from pydantic import Field
 
 from sparsec.calibration import require_calibration
+from sparsec.errors import PreconditionError
 from sparsec.ir import Graph
-from sparsec.ops.masks import MASKS_META, SparsityPattern, WeightMask, mask_from_scores
+from sparsec.ops.masks import (
+    MASKS_META,
+    SparsityPattern,
+    WeightMask,
+    from_weight_matrix,
+    mask_from_scores,
+    weight_matrix,
+)
 from sparsec.passes.analysis.layer_input_stats import (
+    InputStats,
     LayerInputStats,
+    LayerKind,
     StagedCalibration,
-    linear_layers,
+    conv_spec,
+    weight_layers,
 )
 from sparsec.passes.rewrite._sparsegpt import sparsegpt
 from sparsec.pipeline import AnalysisManager, PassResult, RewritePass, pass_dataclass, register
 
 __all__ = ["Sparsify"]
 
+aten = torch.ops.aten
+_OTHER_CONVS = (
+    aten.conv3d.default,
+    aten.conv3d.padding,
+    aten.conv_transpose1d.default,
+    aten.conv_transpose2d.input,
+    aten.conv_transpose3d.input,
+)
+
+
+def _wanda_scores(weight: torch.Tensor, stats: InputStats) -> torch.Tensor:
+    """|W_ij|·‖X_j‖ on the weight's matrix view; a grouped conv's rows use their group's norms."""
+    matrix = weight_matrix(weight.detach()).abs().float()
+    norms = stats.column_norms()
+    if norms.dim() == 2:  # [groups, in per group]
+        norms = norms.repeat_interleave(matrix.shape[0] // norms.shape[0], 0)
+    return matrix * norms
+
 
 @register
 @pass_dataclass
 class Sparsify(RewritePass):
-    """Zero weights of every linear layer in an unstructured, N:M or block pattern."""
+    """Zero weights of every linear (and conv) layer in an unstructured, N:M or block pattern."""
 
     name: ClassVar[str] = "sparsify"
     pattern: Literal["unstructured", "nm", "block"] = "unstructured"
@@ -59,6 +99,7 @@ class Sparsify(RewritePass):
     layers_per_stage: Annotated[int, Field(ge=1)] = 1
     blocksize: Annotated[int, Field(ge=1)] = 128
     damp: Annotated[float, Field(gt=0.0)] = 0.01
+    layers: Annotated[tuple[LayerKind, ...], Field(min_length=1)] = ("linear",)
 
     @pydantic.model_validator(mode="after")
     def _n_below_m(self) -> Sparsify:
@@ -81,17 +122,22 @@ class Sparsify(RewritePass):
         )
         return SparsityPattern(self.pattern, sparsity, self.n, self.m, tuple(self.block))
 
-    def _plan(self, graph: Graph) -> tuple[dict[str, SparsityPattern], list[dict[str, Any]]]:
-        """Which weights get which pattern; a row for every layer that does not."""
+    def _plan(
+        self, graph: Graph
+    ) -> tuple[dict[str, SparsityPattern], dict[str, int], list[dict[str, Any]]]:
+        """Which weights get which pattern, each layer's groups; a row for every layer that
+        does not get one."""
         plan: dict[str, SparsityPattern] = {}
+        groups: dict[str, int] = {}
         rows: list[dict[str, Any]] = []
-        for node in linear_layers(graph):
+        for node in weight_layers(graph, self.layers):
             target = str(node.args[1].target)  # type: ignore[union-attr]
             if target in plan:
                 continue
             shape = tuple(graph.tensor(target).shape)
+            groups[target] = conv_spec(node, shape).groups if len(shape) > 2 else 1
             pattern = self.layer_pattern(target)
-            reason = "ignored" if pattern is None else pattern.refusal(shape)
+            reason = "ignored" if pattern is None else pattern.refusal(shape, groups[target])
             if reason is not None or pattern is None:
                 rows.append(
                     {
@@ -104,26 +150,45 @@ class Sparsify(RewritePass):
                 )
             else:
                 plan[target] = pattern
-        return plan, rows
+        if "conv" in self.layers:
+            rows += [
+                {
+                    "layer": n.name,
+                    "shape": (),
+                    "pattern": "dense",
+                    "sparsity": 0.0,
+                    "note": f"skipped: {n.target} is not sparsified (conv1d and conv2d only)",
+                }
+                for n in graph.module.graph.nodes
+                if n.op == "call_function" and n.target in _OTHER_CONVS
+            ]
+        return plan, groups, rows
 
     def run(self, graph: Graph, am: AnalysisManager) -> PassResult:
-        plan, rows = self._plan(graph)
+        plan, groups, rows = self._plan(graph)
         summary: dict[str, Any] = {"pattern": self.pattern, "method": self.method}
         if self.method == "sparsegpt":
-            results = self._sparsegpt(graph, am, plan, summary)
+            results = self._sparsegpt(graph, am, plan, groups, summary)
         else:
-            stats = am.get(LayerInputStats(gram=False)) if self.method == "wanda" else {}
+            stats = (
+                am.get(LayerInputStats(gram=False, layers=self.layers))
+                if self.method == "wanda"
+                else {}
+            )
             results = {}
             for target, pattern in plan.items():
                 weight = graph.tensor(target).detach()
-                scores = weight.abs().float()
-                if self.method == "wanda":
-                    scores = scores * stats[target].column_norms().unsqueeze(0)
+                scores = (
+                    _wanda_scores(weight, stats[target])
+                    if self.method == "wanda"
+                    else weight_matrix(weight).abs().float()
+                )
                 mask = mask_from_scores(
                     scores,
                     pattern,
                     per_row=self.method == "wanda" and pattern.kind == "unstructured",
                 )
+                mask = from_weight_matrix(mask, weight.shape)
                 results[target] = (weight * mask, mask)
         with graph.rewrite(self.name) as rw:
             for target, (weight, _) in results.items():
@@ -137,7 +202,9 @@ class Sparsify(RewritePass):
                     "shape": tuple(weight.shape),
                     "pattern": str(plan[target]),
                     "sparsity": round(1.0 - float(mask.float().mean()), 4),
-                    "note": self.method,
+                    "note": self.method
+                    if groups[target] == 1
+                    else f"{self.method}, per group ({groups[target]} groups)",
                 }
             )
         summary["layers"] = rows
@@ -148,11 +215,14 @@ class Sparsify(RewritePass):
         graph: Graph,
         am: AnalysisManager,
         plan: dict[str, SparsityPattern],
+        groups: dict[str, int],
         summary: dict[str, Any],
     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Sparsify layer stage by stage; later stages see earlier stages' new weights."""
         calibration = require_calibration(am.calibration, f"{self.name}{{method=sparsegpt}}")
-        runner = StagedCalibration(graph, calibration, layers_per_stage=self.layers_per_stage)
+        runner = StagedCalibration(
+            graph, calibration, layers_per_stage=self.layers_per_stage, kinds=self.layers
+        )
         results: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         stages = list(runner)
         for stage in stages:
@@ -161,14 +231,30 @@ class Sparsify(RewritePass):
             if targets:
                 stats = runner.stats(stage, gram=True)
                 for target in targets:
+                    weight = graph.tensor(target)
                     gram = stats[target].gram
-                    weight, mask = sparsegpt(
-                        graph.tensor(target),
-                        gram,
-                        plan[target],
-                        blocksize=self.blocksize,
-                        damp=self.damp,  # type: ignore[arg-type]
-                    )
+                    if gram is None:
+                        raise PreconditionError(
+                            f"{self.name}: no calibration rows reached the layer of @{target}; "
+                            "give calibration batches that run through the whole model"
+                        )
+                    # a grouped conv: each group's rows are reconstructed on its own inputs
+                    parts = [
+                        sparsegpt(
+                            rows,
+                            group_gram,
+                            plan[target],
+                            blocksize=self.blocksize,
+                            damp=self.damp,  # type: ignore[arg-type]
+                        )
+                        for rows, group_gram in zip(
+                            weight_matrix(weight).chunk(groups[target]),
+                            gram.reshape(groups[target], *gram.shape[-2:]),
+                            strict=True,
+                        )
+                    ]
+                    mask = from_weight_matrix(torch.cat([m for _, m in parts]), weight.shape)
+                    weight = from_weight_matrix(torch.cat([w for w, _ in parts]), weight.shape)
                     results[target] = (weight, mask)
                     runner.weights[target] = weight
             if stage != stages[-1]:

@@ -41,8 +41,10 @@ from sparsec.ops.masks import (
     SparsityPattern,
     WeightMask,
     check_mask,
+    from_weight_matrix,
     mask_from_scores,
     recorded_masks,
+    weight_matrix,
 )
 
 bsr_linear = _kernels.bsr_linear
@@ -59,10 +61,12 @@ __all__ = [
     "from_bsr",
     "from_csr",
     "from_nm",
+    "from_weight_matrix",
     "mask_from_scores",
     "nm_linear",
     "recorded_masks",
     "to_bsr",
     "to_csr",
     "to_nm",
+    "weight_matrix",
 ]

@@ -4,10 +4,16 @@ Rules:
 - a weight is `[out, in]`; N:M groups are m consecutive input features of one row (the
   reduction axis, as sparse tensor cores and the N:M op expect); blocks are r×c with r
   along output features and c along input features;
+- a conv weight `[out, in/groups, *kernel]` is viewed as the implicit-GEMM matrix
+  `[out, kernel · in/groups]` with input channels innermost (channels-last, `weight_matrix`):
+  an N:M group is m consecutive input channels of one kernel position, a block r output
+  channels × c such channels, so `in/groups` must divide by m or c (and `out/groups` by r:
+  no block spans two conv groups);
 - `mask_from_scores` keeps the highest scores: unstructured and block masks prune exactly
   `round(sparsity * count)` weights or blocks (per layer, or per row with `per_row=True`),
   N:M masks keep exactly n of every m;
-- shapes must divide (`in % m == 0`, `out % r == 0`, `in % c == 0`): `refusal` says why not.
+- shapes must divide (`in % m == 0`, `out % r == 0`, `in % c == 0`): `refusal` says why not;
+  `mask_from_scores` and `check_mask` take conv-shaped tensors too, through the matrix view.
 
 Example:
     pattern = SparsityPattern("nm", n=2, m=4)
@@ -28,11 +34,29 @@ __all__ = [
     "SparsityPattern",
     "WeightMask",
     "check_mask",
+    "from_weight_matrix",
     "mask_from_scores",
     "recorded_masks",
+    "weight_matrix",
 ]
 
 PatternKind = Literal["unstructured", "nm", "block"]
+
+
+def weight_matrix(weight: torch.Tensor) -> torch.Tensor:
+    """The 2-D `[out, reduction]` view: a linear weight as is; a conv weight
+    `[out, in/groups, *kernel]` as `[out, kernel · in/groups]`, input channels innermost."""
+    if weight.dim() <= 2:
+        return weight
+    return weight.movedim(1, -1).reshape(weight.shape[0], -1)
+
+
+def from_weight_matrix(matrix: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+    """The inverse of `weight_matrix` for a weight of `shape`."""
+    if len(shape) <= 2:
+        return matrix.reshape(shape)
+    out_channels, per_group, *kernel = shape
+    return matrix.reshape(out_channels, *kernel, per_group).movedim(-1, 1).contiguous()
 
 
 @dataclass(frozen=True)
@@ -57,8 +81,11 @@ class SparsityPattern:
     def target_sparsity(self) -> float:
         return 1.0 - self.n / self.m if self.kind == "nm" else self.sparsity
 
-    def refusal(self, shape: tuple[int, ...]) -> str | None:
-        """Why a weight of `shape` cannot take this pattern, or None if it can."""
+    def refusal(self, shape: tuple[int, ...], groups: int = 1) -> str | None:
+        """Why a weight of `shape` (`[out, in]`, or a conv's `[out, in/groups, *kernel]` with
+        `groups` groups) cannot take this pattern, or None if it can."""
+        if len(shape) > 2:
+            return self._conv_refusal(shape, groups)
         if len(shape) != 2:
             return f"weight is {len(shape)}-D; patterns apply to 2-D [out, in] weights"
         out_features, in_features = shape
@@ -68,6 +95,26 @@ class SparsityPattern:
             r, c = self.block
             if out_features % r or in_features % c:
                 return f"weight {out_features}×{in_features} is not a multiple of block {r}×{c}"
+        return None
+
+    def _conv_refusal(self, shape: tuple[int, ...], groups: int) -> str | None:
+        out_channels, per_group = shape[:2]
+        inputs = f"{per_group} input channels" + (" per group" if groups > 1 else "")
+        if self.kind == "nm" and per_group % self.m:
+            return (
+                f"{inputs} is not a multiple of m={self.m} "
+                "(an N:M group is m input channels of one kernel position)"
+            )
+        if self.kind == "block":
+            r, c = self.block
+            outputs = f"{out_channels // groups} output channels" + (
+                " per group" if groups > 1 else ""
+            )
+            if out_channels % (r * groups) or per_group % c:
+                return (
+                    f"conv with {outputs} and {inputs} is not a multiple of block {r}×{c} "
+                    "(r output × c input channels of one kernel position)"
+                )
         return None
 
     def __str__(self) -> str:
@@ -95,6 +142,9 @@ def mask_from_scores(
     reason = pattern.refusal(tuple(scores.shape))
     if reason is not None:
         raise ValueError(f"cannot build a {pattern} mask: {reason}")
+    if scores.dim() > 2:
+        mask = mask_from_scores(weight_matrix(scores), pattern, per_row=per_row)
+        return from_weight_matrix(mask, scores.shape)
     scores = scores.detach().float()
     out_features, in_features = scores.shape
     if pattern.kind == "nm":
@@ -117,6 +167,7 @@ def check_mask(mask: torch.Tensor, pattern: SparsityPattern) -> str | None:
     reason = pattern.refusal(tuple(mask.shape))
     if reason is not None:
         return reason
+    mask = weight_matrix(mask)
     out_features, in_features = mask.shape
     if pattern.kind == "nm":
         counts = mask.reshape(out_features, -1, pattern.m).sum(-1)
@@ -143,7 +194,8 @@ MASKS_META = "sparsec.masks"
 
 @dataclass(frozen=True)
 class WeightMask:
-    """The pattern a weight was sparsified to and its keep-mask (fine-tuning keeps it)."""
+    """The pattern a weight was sparsified to and its keep-mask, in the weight's own shape
+    (fine-tuning keeps it)."""
 
     pattern: SparsityPattern
     mask: torch.Tensor
