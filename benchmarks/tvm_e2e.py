@@ -9,6 +9,9 @@ Rules:
   `lower-sparse-weights{format=bsr,gate=off}` compiled with `backend="tvm"` (partitioned:
   our kernels for the 72 linears, torch for attention, norms and GELU); dense:
   `pipeline="none"` on `backend="onnxruntime"`; torch eager dense is listed for reference;
+- `--unfused` also times the same sparse build with `fuse_chains=False` (each FFN's up and
+  down kernels separate, torch's GELU between them; backends/tvm/layout.py), rebuilt
+  from the compiled graph;
 - every variant runs with the same thread count; medians of `--repeats` runs after warm-up,
   the load average before and after (on a shared machine compare only rows of one run);
 - prints a table and writes benchmarks/results/tvm_e2e.json.
@@ -37,7 +40,8 @@ import torch
 import transformers
 
 import sparsec
-from sparsec.backends.tvm.target import host_cpu
+from sparsec.backends.tvm.partitioned import PartitionedExecutable
+from sparsec.backends.tvm.target import build_target, host_cpu
 
 SEQUENCE = 128
 SPARSE_PIPELINE = (
@@ -87,6 +91,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument(
+        "--unfused", action="store_true", help="also time the build without fused FFN chains"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/tvm_e2e.json"))
     args = parser.parse_args()
     load_before = os.getloadavg()
@@ -114,6 +121,17 @@ def main() -> None:
             pruned_reference = sparse.module(**inputs)
         deviation = float((sparse(**inputs) - pruned_reference).abs().max())
         tvm_ms = _median_ms(functools.partial(sparse, **inputs), args.repeats)
+        unfused_ms = None
+        if args.unfused:
+            unfused = PartitionedExecutable.build(
+                sparse.graph.module,
+                sparse.graph.export_program,
+                build_target("cpu", threads),
+                threads,
+                fuse_chains=False,
+            )
+            unfused_ms = round(_median_ms(functools.partial(unfused, **inputs), args.repeats), 2)
+            del unfused
         ort_ms = _median_ms(functools.partial(dense, **inputs), args.repeats)
         with torch.no_grad():
             torch_ms = _median_ms(functools.partial(model, **inputs), args.repeats)
@@ -123,6 +141,8 @@ def main() -> None:
             "layers": args.layers,
             "threads": threads,
             "tvm_sparse_ms": round(tvm_ms, 2),
+            "tvm_unfused_ms": unfused_ms,
+            "tvm_notes": list(sparse.executable.notes),
             "ort_dense_ms": round(ort_ms, 2),
             "torch_dense_ms": round(torch_ms, 2),
             "speedup_vs_ort": round(ort_ms / tvm_ms, 2),
@@ -137,13 +157,15 @@ def main() -> None:
     load_after = os.getloadavg()
     print(f"\nload after {load_after}")
     print(
-        f"{'thr':>3} {'batch':>5} {'tvm sparse ms':>14} {'ort dense ms':>13} {'torch ms':>9} "
-        f"{'speedup':>8}"
+        f"{'thr':>3} {'batch':>5} {'tvm sparse ms':>14} {'unfused ms':>11} {'ort dense ms':>13} "
+        f"{'torch ms':>9} {'speedup':>8}"
     )
     for row in rows:
+        unfused = "-" if row["tvm_unfused_ms"] is None else f"{row['tvm_unfused_ms']:.2f}"
         print(
-            f"{row['threads']:>3} {row['batch']:>5} {row['tvm_sparse_ms']:>14.2f} {row['ort_dense_ms']:>13.2f} "
-            f"{row['torch_dense_ms']:>9.2f} {row['speedup_vs_ort']:>7.2f}x"
+            f"{row['threads']:>3} {row['batch']:>5} {row['tvm_sparse_ms']:>14.2f} {unfused:>11} "
+            f"{row['ort_dense_ms']:>13.2f} {row['torch_dense_ms']:>9.2f} "
+            f"{row['speedup_vs_ort']:>7.2f}x"
         )
 
 

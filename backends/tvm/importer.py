@@ -6,6 +6,10 @@ Rules:
   importer does) become `relax.call_tir` of the kernel for their block shape and the target;
 - a sparse linear's activations are flattened to [tokens, in_features] (tokens symbolic),
   so one kernel per (out, in, r, c) serves every layer and every batch and sequence size;
+- with `fuse_chains`, each chain of `layout.find_chains` (sparse linear → activation? →
+  sparse linear) becomes two `call_tir`s that hand the intermediate over as a panel (the
+  first writes it with bias and activation fused; the activation node emits nothing), as
+  in partitioned mode; CPU targets only (the CUDA kernels have no panel layouts);
 - every weight-sized constant is lifted into a parameter of `main` after the user inputs,
   so the compiled library holds code and the weights travel in a params file beside it;
 - N:M weights are CSR with a fixed count per row: slot k of a row holds input column
@@ -19,7 +23,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,14 +35,22 @@ from tvm.target import Target
 
 from sparsec.errors import BackendError
 
+from .activations import Activation, activation_of
 from .cuda_kernels import bsr_cuda_kernel
-from .kernels import BsrShape, bsr_kernel, choose_schedule
+from .kernels import BsrShape, KernelLayout, bsr_kernel, choose_schedule, panel_tile
+from .layout import SparseChain, find_chains
+from .sparse_calls import SPARSE_OPS, SparseCall
 from .target import vector_lanes
 
-__all__ = ["SPARSE_OPS", "ImportedProgram", "import_graph", "kernel_for"]
+__all__ = [
+    "SPARSE_OPS",
+    "ImportedProgram",
+    "chain_layouts",
+    "import_graph",
+    "kernel_for",
+    "kernel_name",
+]
 
-# op names (OpOverload.__name__, what the Relax importer keys its convert map on)
-SPARSE_OPS: tuple[str, ...] = ("bsr_linear.default", "csr_linear.default", "nm_linear.default")
 _LIFT_MIN_ELEMENTS = 64  # smaller constants (scalars, shapes) stay in the code
 
 
@@ -51,14 +63,41 @@ class ImportedProgram:
     params: tuple[np.ndarray, ...]
 
 
-def kernel_for(shape: BsrShape, target: Target) -> tuple[str, tirx.PrimFunc]:
-    """A unique name and the TIR kernel of `shape` for `target` (CPU or CUDA)."""
+def kernel_name(shape: BsrShape, target: Target, layout: KernelLayout | None = None) -> str:
+    """The unique name of `kernel_for(shape, target, layout)`'s kernel (cheap: builds no TIR)."""
+    layout = layout or KernelLayout()
     base = f"{shape.out_features}x{shape.in_features}_b{shape.r}x{shape.c}"
     if target.kind.name == "cuda":
-        return f"sparse_linear_{base}_cuda", bsr_cuda_kernel(shape)
+        if layout != KernelLayout():
+            raise BackendError(
+                f"the CUDA kernels read and write token-major activations only, not {layout}. "
+                "Fix: fuse sparse chains on CPU targets only."
+            )
+        return f"sparse_linear_{base}_cuda"
     lanes = vector_lanes(target)
-    schedule = choose_schedule(shape, lanes)
-    return f"sparse_linear_{base}_{schedule.value}{lanes}", bsr_kernel(shape, schedule, lanes)
+    schedule = choose_schedule(shape, lanes, layout)
+    return f"sparse_linear_{base}_{schedule.value}{lanes}{layout.suffix}"
+
+
+def kernel_for(
+    shape: BsrShape, target: Target, layout: KernelLayout | None = None
+) -> tuple[str, tirx.PrimFunc]:
+    """A unique name and the TIR kernel of `shape` for `target` (CPU or CUDA) and `layout`."""
+    name = kernel_name(shape, target, layout)
+    if target.kind.name == "cuda":
+        return name, bsr_cuda_kernel(shape)
+    lanes = vector_lanes(target)
+    return name, bsr_kernel(shape, choose_schedule(shape, lanes, layout), lanes, layout)
+
+
+def chain_layouts(
+    second: BsrShape, activation: Activation, target: Target
+) -> tuple[KernelLayout, KernelLayout]:
+    """The layouts of a fused chain's kernels: the first writes the second's panel."""
+    lanes = vector_lanes(target)
+    consumer = KernelLayout(panel_input=True)
+    tile = panel_tile(second, choose_schedule(second, lanes, consumer), lanes)
+    return KernelLayout(output_tile=tile, activation=activation), consumer
 
 
 def _static_dims(expr: relax.Expr, what: str, node: fx.Node) -> list[int]:
@@ -70,6 +109,40 @@ def _static_dims(expr: relax.Expr, what: str, node: fx.Node) -> list[int]:
     return dims
 
 
+@dataclass
+class _Chains:
+    """The chains fused in one import, and what each first kernel handed to its second."""
+
+    by_first: dict[fx.Node, SparseChain] = field(default_factory=dict)
+    by_second: dict[fx.Node, SparseChain] = field(default_factory=dict)
+    activations: set[fx.Node] = field(default_factory=set)
+    # second linear → (the panel, the token count, x's leading dims)
+    handed_over: dict[fx.Node, tuple[relax.Expr, tirx.PrimExpr, list[tirx.PrimExpr]]] = field(
+        default_factory=dict
+    )
+
+    @classmethod
+    def of(cls, chains: tuple[SparseChain, ...]) -> _Chains:
+        plan = cls()
+        for chain in chains:
+            plan.by_first[chain.first] = chain
+            plan.by_second[chain.second] = chain
+            if chain.activation_node is not None:
+                plan.activations.add(chain.activation_node)
+        return plan
+
+
+def _kernel_var(
+    bb: relax.BlockBuilder, shape: BsrShape, target: Target, layout: KernelLayout
+) -> relax.GlobalVar:
+    name = kernel_name(shape, target, layout)
+    module = bb.get()
+    if name in [gv.name_hint for gv in module.get_global_vars()]:
+        return module.get_global_var(name)
+    _, func = kernel_for(shape, target, layout)
+    return bb.add_func(func.with_attr("global_symbol", name), name)
+
+
 def _emit_sparse_linear(
     importer: object,
     node: fx.Node,
@@ -77,34 +150,52 @@ def _emit_sparse_linear(
     shape: BsrShape,
     tensors: tuple[relax.Expr, relax.Expr, relax.Expr],
     bias_node: object,
+    chains: _Chains,
 ) -> relax.Var:
-    """Flatten x to [tokens, in], call the kernel, restore x's leading dims."""
+    """Flatten x to [tokens, in], call the kernel, restore x's leading dims.
+
+    The first linear of a chain returns the panel it wrote instead; the second reads that
+    panel in place of x.
+    """
     bb: relax.BlockBuilder = importer.block_builder  # type: ignore[attr-defined]
     env = importer.env  # type: ignore[attr-defined]
-    x = env[node.args[0]]
-    if str(x.ty.dtype) != "float32":
-        raise BackendError(
-            f"%{node.name}: the TVM sparse kernels take float32 activations, not "
-            f"{str(x.ty.dtype)}. Fix: keep the model in float32 for the tvm backend."
-        )
     bias = (
         env[bias_node]
         if isinstance(bias_node, fx.Node)
         else relax.const(np.zeros(shape.out_features, np.float32), "float32")
     )
-    name, func = kernel_for(shape, target)
-    module = bb.get()
-    gvar = (
-        module.get_global_var(name)
-        if name in [gv.name_hint for gv in module.get_global_vars()]
-        else bb.add_func(func.with_attr("global_symbol", name), name)
-    )
-    leading = list(x.ty.shape.values)[:-1]
-    x2 = bb.emit(relax.op.reshape(x, [-1, shape.in_features]))
-    tokens = x2.ty.shape.values[0]
+    layout = KernelLayout()
+    if node in chains.by_second:
+        x2, tokens, leading = chains.handed_over.pop(node)
+        layout = KernelLayout(panel_input=True)
+    else:
+        x = env[node.args[0]]
+        if str(x.ty.dtype) != "float32":
+            raise BackendError(
+                f"%{node.name}: the TVM sparse kernels take float32 activations, not "
+                f"{str(x.ty.dtype)}. Fix: keep the model in float32 for the tvm backend."
+            )
+        leading = list(x.ty.shape.values)[:-1]
+        x2 = bb.emit(relax.op.reshape(x, [-1, shape.in_features]))
+        tokens = x2.ty.shape.values[0]
+    chain = chains.by_first.get(node)
+    if chain is not None:
+        layout, _ = chain_layouts(SparseCall.of(chain.second).shape, chain.activation, target)
+        tile = layout.output_tile
+        panel = bb.emit(
+            relax.call_tir(
+                _kernel_var(bb, shape, target, layout),
+                [x2, *tensors, bias],
+                relax.TensorType(
+                    [(tokens + tile - 1) // tile, shape.out_features, tile], "float32"
+                ),
+            )
+        )
+        chains.handed_over[chain.second] = (panel, tokens, leading)
+        return panel
     y2 = bb.emit(
         relax.call_tir(
-            gvar,
+            _kernel_var(bb, shape, target, layout),
             [x2, *tensors, bias],
             relax.TensorType([tokens, shape.out_features], "float32"),
         )
@@ -112,7 +203,7 @@ def _emit_sparse_linear(
     return bb.emit(relax.op.reshape(y2, [*leading, shape.out_features]))
 
 
-def _convert_bsr(target: Target) -> Callable[[fx.Node, object], relax.Var]:
+def _convert_bsr(target: Target, chains: _Chains) -> Callable[[fx.Node, object], relax.Var]:
     def convert(node: fx.Node, importer: object) -> relax.Var:
         env = importer.env  # type: ignore[attr-defined]
         _, values, cols, crow, bias, out_features, in_features = node.args[:7]
@@ -125,13 +216,13 @@ def _convert_bsr(target: Target) -> Callable[[fx.Node, object], relax.Var]:
             )
         shape = BsrShape(int(out_features), int(in_features), r, c)
         return _emit_sparse_linear(
-            importer, node, target, shape, (values_expr, env[cols], env[crow]), bias
+            importer, node, target, shape, (values_expr, env[cols], env[crow]), bias, chains
         )
 
     return convert
 
 
-def _convert_nm(target: Target) -> Callable[[fx.Node, object], relax.Var]:
+def _convert_nm(target: Target, chains: _Chains) -> Callable[[fx.Node, object], relax.Var]:
     def convert(node: fx.Node, importer: object) -> relax.Var:
         bb: relax.BlockBuilder = importer.block_builder  # type: ignore[attr-defined]
         env = importer.env  # type: ignore[attr-defined]
@@ -147,7 +238,33 @@ def _convert_nm(target: Target) -> Callable[[fx.Node, object], relax.Var]:
         cols = bb.emit(relax.op.reshape(absolute, [nnz]))
         crow = relax.const(np.arange(out_features + 1, dtype=np.int64) * kept, "int64")
         shape = BsrShape(out_features, in_features, 1, 1)
-        return _emit_sparse_linear(importer, node, target, shape, (values3, cols, crow), bias)
+        return _emit_sparse_linear(
+            importer, node, target, shape, (values3, cols, crow), bias, chains
+        )
+
+    return convert
+
+
+def _convert_activation(chains: _Chains) -> Callable[[fx.Node, object], relax.Expr]:
+    """relu and gelu: nothing inside a chain (its first kernel applied them), else Relax ops."""
+
+    def convert(node: fx.Node, importer: object) -> relax.Expr:
+        env = importer.env  # type: ignore[attr-defined]
+        x = env[node.args[0]]
+        if node in chains.activations:
+            return x  # the first kernel's panel, activation applied
+        activation = activation_of(node)
+        if activation is None:
+            raise BackendError(
+                f"%{node.name}: {node.target} with {node.kwargs} is no activation Relax has. "
+                "Fix: use approximate='none' or 'tanh'."
+            )
+        op = {
+            Activation.RELU: relax.op.nn.relu,
+            Activation.GELU: relax.op.nn.gelu,
+            Activation.GELU_TANH: relax.op.nn.gelu_tanh,
+        }[activation]
+        return importer.block_builder.emit(op(x))  # type: ignore[attr-defined]
 
     return convert
 
@@ -186,16 +303,34 @@ def _lift_constants(module: tvm.IRModule) -> tuple[tvm.IRModule, tuple[np.ndarra
     return module, tuple(lifter.values), len(main.params)
 
 
-def import_graph(program: torch.export.ExportedProgram, target: Target) -> ImportedProgram:
-    """Translate `program` to Relax for `target`; sparse linears call our kernels."""
-    convert_map = {
-        "bsr_linear.default": _convert_bsr(target),
-        "csr_linear.default": _convert_bsr(target),
-        "nm_linear.default": _convert_nm(target),
+def import_graph(
+    program: torch.export.ExportedProgram, target: Target, fuse_chains: bool = False
+) -> ImportedProgram:
+    """Translate `program` to Relax for `target`; sparse linears call our kernels.
+
+    `fuse_chains` (CPU targets): chains of sparse linears hand activations over in panel
+    layout (module rules).
+    """
+    chains = _Chains()
+    decompose = True
+    if fuse_chains and target.kind.name != "cuda":
+        # decomposed here, so the chains are found on the very nodes the importer converts
+        program = program.run_decompositions()
+        decompose = False
+        chains = _Chains.of(find_chains(program.graph_module).chains)
+    convert_map: dict[str, Callable[[fx.Node, object], relax.Expr]] = {
+        "bsr_linear.default": _convert_bsr(target, chains),
+        "csr_linear.default": _convert_bsr(target, chains),
+        "nm_linear.default": _convert_nm(target, chains),
     }
+    if chains.activations:
+        convert_map["gelu.default"] = convert_map["relu.default"] = _convert_activation(chains)
     try:
         module = from_exported_program(
-            program, custom_convert_map=convert_map, keep_params_as_input=False
+            program,
+            custom_convert_map=convert_map,
+            keep_params_as_input=False,
+            run_ep_decomposition=decompose,
         )
     except BackendError:
         raise

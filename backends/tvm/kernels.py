@@ -6,31 +6,44 @@ Rules:
 - `x` is [m, K] with m symbolic (batch × sequence) and nnz symbolic, so one compiled kernel
   serves every layer of the same (N, K, r, c);
 - both schedules first copy x into a token-tiled, feature-major panel `XT [tiles, K, tile]`
-  (one panel row is one to four cache lines, so the random block columns a block row
-  reads spread over all L1 sets, which rows of a plain xᵀ with a power-of-two stride do
-  not), then run parallel over groups of block rows with register accumulators, one
-  tile of tokens at a time, prefetching the panel line `_PREFETCH` blocks ahead:
+  (`panel_tile`; one panel row is one to four cache lines, so the random block columns a
+  block row reads spread over all L1 sets, which rows of a plain xᵀ with a power-of-two
+  stride do not), then run parallel over groups of block rows with register accumulators,
+  one tile of tokens at a time, prefetching the panel line `_PREFETCH` blocks ahead:
   - `FEATURE` (r×1 blocks, r a multiple of the vector width): per non-zero block, one
     vector load of its r weights and one FMA per token of a 16-token tile, the token's
     activation broadcast from the panel (`vfmadd231ps mem{1to16}`); each token's output
-    row is stored whole; tokens past the last whole tile run one at a time from x;
+    row is stored whole; tokens past the last whole tile run one at a time;
   - `TOKEN` (any r×c, 1×1 included): the vector runs over tokens; a block's rows are
     computed `_sub_rows` (≤ 4) at a time over `token_vectors` (≤ 4) vectors of tokens,
     so each panel load and weight broadcast feeds several FMAs; the results of enough
     block rows to fill a vector per token are staged token-major on the stack, then
     written as whole vectors (no scattered scalar stores into y); the last partial tile
-    runs vector by vector over the zero-padded panel;
+    runs vector by vector over the padded panel;
+- `KernelLayout` chains kernels without leaving the panel layout (up → act → down of an
+  FFN): a producer writes y as the consumer's panel (`output_tile` = the consumer's
+  `panel_tile`) with bias and `activation` applied as it stores, and the consumer reads it
+  with `panel_input` instead of packing x (`choose_schedule` picks TOKEN for both, by
+  measurement; FEATURE kernels take every layout too). A panel is `[ceil(m / tile), K, tile]`, token i
+  at `[i // tile, :, i % tile]`; the padding slots of its last tile hold unspecified
+  values that never reach a stored output (each token's lanes are independent). One side
+  of every kernel stays token-major, which gives the kernel its token count m;
 - accumulators and staging tiles live on the stack (`disable_lower_builtin`), which needs
   `tirx.disable_storage_rewrite` at compile time: StorageRewrite turns them into heap
   workspaces that LLVM cannot keep in registers (every FMA then stores its result, 3–10×
   slower). Build with `compile_config()`;
 - buffers may sit at any element offset and alignment (torch views, numpy memory);
-  an empty block row (100% sparsity) yields the bias.
+  an empty block row (100% sparsity) yields the bias (then the activation).
 
 Example:
     func = bsr_kernel(BsrShape(3072, 768, 16, 1), Schedule.FEATURE, lanes=16)
     with tvm.transform.PassContext(config=compile_config()):
         lib = tvm.compile(tvm.IRModule({"bsr": func}), target=host_target())
+    # an FFN chain: up writes GELU(x·W₁ᵀ + b₁) as down's panel, down reads it
+    tile = panel_tile(down_shape, Schedule.TOKEN, 16)
+    up_layout = KernelLayout(output_tile=tile, activation=Activation.GELU)
+    up = bsr_kernel(up_shape, Schedule.TOKEN, 16, up_layout)
+    down = bsr_kernel(down_shape, Schedule.TOKEN, 16, KernelLayout(panel_input=True))
 """
 
 from __future__ import annotations
@@ -44,12 +57,16 @@ from tvm.script import tirx as T
 
 from sparsec.errors import BackendError
 
+from .activations import Activation, activation_expr
+
 __all__ = [
     "BsrShape",
+    "KernelLayout",
     "Schedule",
     "bsr_kernel",
     "choose_schedule",
     "compile_config",
+    "panel_tile",
     "token_vectors",
 ]
 
@@ -97,19 +114,67 @@ class BsrShape:
         return self.out_features // self.r
 
 
+@dataclass(frozen=True)
+class KernelLayout:
+    """Where a kernel reads x and writes y, and what its store applies (module rules).
+
+    - `panel_input`: x arrives as this kernel's own panel (`panel_tile` tokens per tile),
+      written by the kernel before it, and is not packed again;
+    - `output_tile`: y is written as a panel of that many tokens per tile (the next
+      kernel's `panel_tile`, a multiple of the vector width); None: token-major [m, N];
+    - `activation`: applied to y + bias as y is stored.
+    """
+
+    panel_input: bool = False
+    output_tile: int | None = None
+    activation: Activation = Activation.NONE
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.activation, Activation):
+            raise BackendError(
+                f"KernelLayout.activation must be an Activation, not {self.activation!r}"
+            )
+        if self.output_tile is not None and self.output_tile < 1:
+            raise BackendError(f"KernelLayout.output_tile must be positive: {self.output_tile}")
+        if self.panel_input and self.output_tile is not None:
+            raise BackendError(
+                "a kernel with a panel input and a panel output has no token-major buffer "
+                "to take the token count from. Fix: fuse chains of two sparse layers, the "
+                "first reading x token-major, the second writing y token-major."
+            )
+
+    @property
+    def suffix(self) -> str:
+        """Distinguishes the kernel's name from the token-major kernel of the same shape."""
+        parts = ["_pin"] if self.panel_input else []
+        if self.output_tile is not None:
+            parts.append(f"_pout{self.output_tile}")
+        if self.activation is not Activation.NONE:
+            parts.append(f"_{self.activation.value}")
+        return "".join(parts)
+
+
 def compile_config() -> dict[str, Any]:
     """PassContext config every build of these kernels needs (see the module rules)."""
     return {"tirx.disable_storage_rewrite": True}
 
 
-def choose_schedule(shape: BsrShape, lanes: int) -> Schedule:
-    """FEATURE when a block is one input column whose output features fill whole vectors.
+def choose_schedule(shape: BsrShape, lanes: int, layout: KernelLayout | None = None) -> Schedule:
+    """FEATURE when a block is one input column whose output features fill whole vectors
+    and x and y are token-major; TOKEN for every kernel of a chain (a panel on either side).
 
     Measured at [128, 768] × [3072, 768], 90%, 1 thread, AVX-512 (benchmarks/tvm_sparse.py):
     16×1 blocks 0.44–0.58 ms feature-vectorised vs 0.72 ms token-vectorised; 8×1 blocks
     0.86 ms feature-vectorised (half-width vectors) vs 0.63 ms token-vectorised; 4×1, 1×1
     and 1×c blocks leave most lanes empty feature-vectorised.
+    In a chain TOKEN needs no transposed stores (its accumulators already hold a feature's
+    tokens, a panel vector) and reads 4 tokens' vectors per weight: BERT-base FFN, 16×1,
+    90%, 1 thread, both kernels per call: 0.85–0.92 ms TOKEN→TOKEN vs 1.01–1.07 ms
+    FEATURE→FEATURE at 128 tokens, 0.22 vs 0.28 ms at 8, 10.1 vs 24.2 ms at 1024; at 50%
+    5.1 vs 4.7 ms at 128 tokens, but 40.8 vs 46.9 ms at 1024 and 0.88 vs 1.52 ms at 8.
     """
+    if layout is not None and (layout.panel_input or layout.output_tile is not None):
+        return Schedule.TOKEN
     return Schedule.FEATURE if shape.c == 1 and shape.r % lanes == 0 else Schedule.TOKEN
 
 
@@ -118,35 +183,81 @@ def token_vectors(shape: BsrShape) -> int:
     return max(1, min(_MAX_VECTORS, _ACC_REGISTERS // _sub_rows(shape)))
 
 
-def bsr_kernel(shape: BsrShape, schedule: Schedule, lanes: int) -> tirx.PrimFunc:
-    """The TIR kernel of `shape` under `schedule`; args (x, values, cols, crow, bias, y)."""
+def panel_tile(shape: BsrShape, schedule: Schedule, lanes: int) -> int:
+    """Tokens per tile of the panel the kernel of `shape` reads (what a producer must write)."""
+    return _FEATURE_TILE if schedule is Schedule.FEATURE else lanes * token_vectors(shape)
+
+
+def bsr_kernel(
+    shape: BsrShape, schedule: Schedule, lanes: int, layout: KernelLayout | None = None
+) -> tirx.PrimFunc:
+    """The TIR kernel of `shape` under `schedule`; args (x, values, cols, crow, bias, y).
+
+    x and y are token-major unless `layout` makes one of them a panel (module rules).
+    """
+    layout = layout or KernelLayout()
+    if layout.output_tile is not None and layout.output_tile % lanes:
+        raise BackendError(
+            f"an output panel of {layout.output_tile} tokens per tile does not hold whole "
+            f"vectors of {lanes} tokens. Fix: use the consumer's panel_tile() on this target."
+        )
     if schedule is Schedule.FEATURE:
         if shape.c != 1:
             raise BackendError(f"the FEATURE schedule needs r×1 blocks, not {shape.r}×{shape.c}")
-        return _feature_kernel(shape, _FEATURE_TILE)
-    return _token_kernel(shape, lanes, token_vectors(shape))
+        return _feature_kernel(shape, _FEATURE_TILE, lanes, layout)
+    return _token_kernel(shape, lanes, token_vectors(shape), layout)
 
 
-def _feature_kernel(shape: BsrShape, tile: int) -> tirx.PrimFunc:
+def _shapes(shape: BsrShape, tile: int, layout: KernelLayout) -> tuple[Any, Any]:
+    """Functions of m giving x's and y's buffer shapes under `layout`."""
+    k, n, out_tile = shape.in_features, shape.out_features, layout.output_tile
+
+    def x_shape(m: Any) -> tuple[Any, ...]:
+        return ((m + tile - 1) // tile, k, tile) if layout.panel_input else (m, k)
+
+    def y_shape(m: Any) -> tuple[Any, ...]:
+        return (m, n) if out_tile is None else ((m + out_tile - 1) // out_tile, n, out_tile)
+
+    return x_shape, y_shape
+
+
+def _feature_kernel(shape: BsrShape, tile: int, lanes: int, layout: KernelLayout) -> tirx.PrimFunc:
     n, k, r, nb = shape.out_features, shape.in_features, shape.r, shape.block_rows
     group = _feature_group(shape)
+    x_shape, y_shape = _shapes(shape, tile, layout)
+    panel_in = layout.panel_input
+    out_tile = layout.output_tile
+    token_major_out = out_tile is None
+    out_tile = out_tile or tile  # only read when y is a panel
+    vectors = tile // lanes  # vectors of tokens per tile, when stored to a panel
+
+    def act(value: Any) -> Any:
+        return activation_expr(layout.activation, value)
 
     @T.prim_func(private=True)
     def kernel(x: T.handle, v: T.handle, ci: T.handle, rp: T.handle, b: T.handle, y: T.handle):
         T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True})
         m = T.int64()
         nnz = T.int64()
-        X = T.match_buffer(x, (m, k), "float32", align=4, offset_factor=1)
+        X = T.match_buffer(x, x_shape(m), "float32", align=4, offset_factor=1)
         V = T.match_buffer(v, (nnz, r, 1), "float32", align=4, offset_factor=1)
         C = T.match_buffer(ci, (nnz,), "int64", align=4, offset_factor=1)
         P = T.match_buffer(rp, (nb + 1,), "int64", align=4, offset_factor=1)
         B = T.match_buffer(b, (n,), "float32", align=4, offset_factor=1)
-        Y = T.match_buffer(y, (m, n), "float32", align=4, offset_factor=1)
-        XT = T.alloc_buffer((m // tile, k, tile), "float32", align=64)
-        for mo in T.parallel(m // tile):
+        Y = T.match_buffer(y, y_shape(m), "float32", align=4, offset_factor=1)
+        XT = (
+            X
+            if panel_in
+            else T.alloc_buffer(((m + tile - 1) // tile, k, tile), "float32", align=64)
+        )
+        if not panel_in:
+            for mo in T.parallel(m // tile):
+                for kk in range(k):
+                    for t in T.vectorized(tile):
+                        XT[mo, kk, t] = X[mo * tile + t, kk]
             for kk in range(k):
-                for t in T.vectorized(tile):
-                    XT[mo, kk, t] = X[mo * tile + t, kk]
+                for t in range(m % tile):
+                    XT[m // tile, kk, t] = X[m - m % tile + t, kk]
         for grp in T.parallel(T.int64(nb // group)):
             acc = T.alloc_buffer((tile, r), "float32", scope="local", annotations=_ON_STACK)
             for mo in range(m // tile):
@@ -177,20 +288,39 @@ def _feature_kernel(shape: BsrShape, tile: int) -> tirx.PrimFunc:
                                 acc[t, i] = acc[t, i] + V[j, i, 0] * XT[mo, C[j], t]
                     for t in T.unroll(tile):
                         for i in T.vectorized(r):
-                            Y[mo * tile + t, (grp * group + g) * r + i] = (
-                                acc[t, i] + B[(grp * group + g) * r + i]
-                            )
+                            acc[t, i] = acc[t, i] + B[(grp * group + g) * r + i]
+                    if token_major_out:
+                        for t in T.unroll(tile):
+                            for i in T.vectorized(r):
+                                Y[mo * tile + t, (grp * group + g) * r + i] = act(acc[t, i])
+                    else:
+                        # the tile transposed: each feature's tokens are one panel vector
+                        for i in T.unroll(r):
+                            for vo in T.unroll(vectors):
+                                for lane in T.vectorized(lanes):
+                                    Y[
+                                        (mo * tile + vo * lanes) // out_tile,
+                                        (grp * group + g) * r + i,
+                                        (mo * tile + vo * lanes) % out_tile + lane,
+                                    ] = act(acc[vo * lanes + lane, i])
             for g in range(group):
                 for mt in range(m % tile):
                     for i in T.vectorized(r):
                         acc[0, i] = T.float32(0)
                     for j in range(P[grp * group + g], P[grp * group + g + 1]):
                         for i in T.vectorized(r):
-                            acc[0, i] = acc[0, i] + V[j, i, 0] * X[m - m % tile + mt, C[j]]
+                            acc[0, i] = acc[0, i] + V[j, i, 0] * XT[m // tile, C[j], mt]
                     for i in T.vectorized(r):
-                        Y[m - m % tile + mt, (grp * group + g) * r + i] = (
-                            acc[0, i] + B[(grp * group + g) * r + i]
-                        )
+                        acc[0, i] = acc[0, i] + B[(grp * group + g) * r + i]
+                    for i in T.vectorized(r):
+                        if token_major_out:
+                            Y[m - m % tile + mt, (grp * group + g) * r + i] = act(acc[0, i])
+                        else:
+                            Y[
+                                (m - m % tile + mt) // out_tile,
+                                (grp * group + g) * r + i,
+                                (m - m % tile + mt) % out_tile,
+                            ] = act(acc[0, i])
 
     return kernel
 
@@ -203,32 +333,45 @@ def _feature_group(shape: BsrShape) -> int:
     return group
 
 
-def _token_kernel(shape: BsrShape, lanes: int, vectors: int) -> tirx.PrimFunc:
+def _token_kernel(shape: BsrShape, lanes: int, vectors: int, layout: KernelLayout) -> tirx.PrimFunc:
     n, k, r, c, nb = shape.out_features, shape.in_features, shape.r, shape.c, shape.block_rows
     tile = lanes * vectors
     sub = _sub_rows(shape)
     group = _row_group(shape, lanes)
     width = group * r  # output features written per token row: a whole vector when r < lanes
+    x_shape, y_shape = _shapes(shape, tile, layout)
+    panel_in = layout.panel_input
+    out_tile = layout.output_tile
+    token_major_out = out_tile is None
+    out_tile = out_tile or tile  # only read when y is a panel
+
+    def act(value: Any) -> Any:
+        return activation_expr(layout.activation, value)
 
     @T.prim_func(private=True)
     def kernel(x: T.handle, v: T.handle, ci: T.handle, rp: T.handle, b: T.handle, y: T.handle):
         T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True})
         m = T.int64()
         nnz = T.int64()
-        X = T.match_buffer(x, (m, k), "float32", align=4, offset_factor=1)
+        X = T.match_buffer(x, x_shape(m), "float32", align=4, offset_factor=1)
         V = T.match_buffer(v, (nnz, r, c), "float32", align=4, offset_factor=1)
         C = T.match_buffer(ci, (nnz,), "int64", align=4, offset_factor=1)
         P = T.match_buffer(rp, (nb + 1,), "int64", align=4, offset_factor=1)
         B = T.match_buffer(b, (n,), "float32", align=4, offset_factor=1)
-        Y = T.match_buffer(y, (m, n), "float32", align=4, offset_factor=1)
+        Y = T.match_buffer(y, y_shape(m), "float32", align=4, offset_factor=1)
         # x feature-major in tiles of `tile` tokens, the last tile padded with zeros
-        XT = T.alloc_buffer(((m + tile - 1) // tile, k, tile), "float32", align=64)
-        for mo in T.parallel((m + tile - 1) // tile):
-            for kk in range(k):
-                for t in T.vectorized(tile):
-                    XT[mo, kk, t] = T.if_then_else(
-                        mo * tile + t < m, X[T.min(mo * tile + t, m - 1), kk], T.float32(0)
-                    )
+        XT = (
+            X
+            if panel_in
+            else T.alloc_buffer(((m + tile - 1) // tile, k, tile), "float32", align=64)
+        )
+        if not panel_in:
+            for mo in T.parallel((m + tile - 1) // tile):
+                for kk in range(k):
+                    for t in T.vectorized(tile):
+                        XT[mo, kk, t] = T.if_then_else(
+                            mo * tile + t < m, X[T.min(mo * tile + t, m - 1), kk], T.float32(0)
+                        )
         for grp in T.parallel(T.int64(nb // group)):
             acc = T.alloc_buffer((sub, tile), "float32", scope="local", annotations=_ON_STACK)
             # token-major result of `group` block rows: each token's row is one vector store
@@ -275,12 +418,28 @@ def _token_kernel(shape: BsrShape, lanes: int, vectors: int) -> tirx.PrimFunc:
                                                 + V[j, q * sub + i, kk]
                                                 * XT[mo, C[j] * c + kk, vo * lanes + lane]
                                             )
-                        for i in T.unroll(sub):
-                            for t in T.vectorized(tile):
-                                stage[t, g * r + q * sub + i] = acc[i, t]
-                for t in range(tile):
-                    for f in T.vectorized(width):
-                        Y[mo * tile + t, grp * width + f] = stage[t, f] + B[grp * width + f]
+                        if token_major_out:
+                            for i in T.unroll(sub):
+                                for t in T.vectorized(tile):
+                                    stage[t, g * r + q * sub + i] = acc[i, t]
+                        else:
+                            for i in T.unroll(sub):
+                                for t in T.vectorized(tile):
+                                    acc[i, t] = acc[i, t] + B[(grp * group + g) * r + q * sub + i]
+                            for i in T.unroll(sub):
+                                for vo in T.unroll(vectors):
+                                    for lane in T.vectorized(lanes):
+                                        Y[
+                                            (mo * tile + vo * lanes) // out_tile,
+                                            (grp * group + g) * r + q * sub + i,
+                                            (mo * tile + vo * lanes) % out_tile + lane,
+                                        ] = act(acc[i, vo * lanes + lane])
+                if token_major_out:
+                    for t in range(tile):
+                        for f in T.vectorized(width):
+                            stage[t, f] = stage[t, f] + B[grp * width + f]
+                        for f in T.vectorized(width):
+                            Y[mo * tile + t, grp * width + f] = act(stage[t, f])
             # the last partial tile, one vector of tokens at a time
             for g in range(group):
                 for q in range(r // sub):
@@ -297,12 +456,30 @@ def _token_kernel(shape: BsrShape, lanes: int, vectors: int) -> tirx.PrimFunc:
                                             + V[j, q * sub + i, kk]
                                             * XT[m // tile, C[j] * c + kk, vo * lanes + lane]
                                         )
-                        for i in T.unroll(sub):
-                            for lane in T.vectorized(lanes):
-                                stage[vo * lanes + lane, g * r + q * sub + i] = acc[i, lane]
-            for t in range(m % tile):
-                for f in T.vectorized(width):
-                    Y[m - m % tile + t, grp * width + f] = stage[t, f] + B[grp * width + f]
+                        if token_major_out:
+                            for i in T.unroll(sub):
+                                for lane in T.vectorized(lanes):
+                                    stage[vo * lanes + lane, g * r + q * sub + i] = acc[i, lane]
+                        else:
+                            for i in T.unroll(sub):
+                                for lane in T.vectorized(lanes):
+                                    acc[i, lane] = (
+                                        acc[i, lane] + B[(grp * group + g) * r + q * sub + i]
+                                    )
+                            # whole vectors: lanes past m land in the panel's padding
+                            for i in T.unroll(sub):
+                                for lane in T.vectorized(lanes):
+                                    Y[
+                                        (m - m % tile + vo * lanes) // out_tile,
+                                        (grp * group + g) * r + q * sub + i,
+                                        (m - m % tile + vo * lanes) % out_tile + lane,
+                                    ] = act(acc[i, lane])
+            if token_major_out:
+                for t in range(m % tile):
+                    for f in T.vectorized(width):
+                        stage[t, f] = stage[t, f] + B[grp * width + f]
+                    for f in T.vectorized(width):
+                        Y[m - m % tile + t, grp * width + f] = act(stage[t, f])
 
     return kernel
 

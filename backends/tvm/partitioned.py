@@ -6,7 +6,12 @@ norms, activations, dense linears) stay with torch's tuned CPU kernels and every
 linear calls a TVM kernel in place, zero-copy through DLPack.
 
 Rules:
-- every call of a sparse op (`importer.SPARSE_OPS`) in the graph becomes a call of the
+- chains of sparse linears (`layout.find_chains`: up → relu/gelu? → down) run as one call
+  that packs x once and hands the intermediate from the first kernel to the second in
+  panel layout, bias and activation fused (`FuseSparseChains`); `build` compiles their
+  kernels unless `fuse_chains=False`, and a loaded library fuses exactly when it holds
+  them (so older artifacts still load, unfused);
+- every other call of a sparse op (`sparse_calls.SPARSE_OPS`) becomes a call of the
   compiled kernel for its (out, in, r, c); one library holds every distinct kernel;
 - the artifact is `program.pt2` + `weights.safetensors` (the pruned program, pickle-free,
   as the torch backend writes it) and `tvm_kernels.so`; loading rewires the loaded program.
@@ -29,66 +34,33 @@ import tvm
 from torch.export import ExportedProgram
 from tvm.target import Target
 
-from sparsec.errors import BackendError
+from sparsec.errors import ArtifactError, BackendError
 
 from ..torch_backend import PROGRAM_FILE, WEIGHTS_FILE, save_program
-from .importer import SPARSE_OPS, kernel_for
-from .kernels import BsrShape
+from .importer import chain_layouts, kernel_for, kernel_name
+from .kernels import BsrShape, KernelLayout
+from .layout import ChainCall, FuseSparseChains
 from .relax_executable import compile_module
+from .sparse_calls import (
+    SparseCall,
+    is_sparse_call,
+    kernel_arrays,
+    sparse_linear_shape,
+    sparse_nodes,
+)
 from .target import target_record
 from .threads import set_threads
 
 __all__ = [
     "KERNELS_FILE",
     "PartitionedExecutable",
+    "build_kernels",
     "kernel_arrays",
     "sparse_linear_shape",
     "sparse_nodes",
 ]
 
 KERNELS_FILE = "tvm_kernels.so"
-
-
-def sparse_nodes(module: fx.GraphModule) -> list[fx.Node]:
-    """The calls of sparsec's sparse linear ops in `module`, in graph order."""
-    return [
-        node
-        for node in module.graph.nodes
-        if node.op == "call_function" and getattr(node.target, "__name__", "") in SPARSE_OPS
-    ]
-
-
-def _tensor_shape(node: Any) -> tuple[int, ...]:
-    value = node.meta.get("val") if isinstance(node, fx.Node) else None
-    if not isinstance(value, torch.Tensor):
-        raise BackendError(f"%{node}: a sparse op's weight arrays need shapes in node.meta['val']")
-    return tuple(int(dim) for dim in value.shape)
-
-
-def sparse_linear_shape(node: fx.Node) -> BsrShape:
-    """The (out, in, r, c) of a sparse linear call; N:M and CSR are 1×1 blocks."""
-    if node.target.__name__ == "nm_linear.default":  # type: ignore[union-attr]
-        out_features, kept = _tensor_shape(node.args[1])
-        n, m = int(node.args[4]), int(node.args[5])  # type: ignore[arg-type]
-        return BsrShape(out_features, kept * m // n, 1, 1)
-    values = _tensor_shape(node.args[1])
-    r, c = (values[1], values[2]) if len(values) == 3 else (1, 1)
-    return BsrShape(int(node.args[5]), int(node.args[6]), r, c)  # type: ignore[arg-type]
-
-
-def kernel_arrays(
-    values: torch.Tensor, cols: torch.Tensor, shape: BsrShape
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Values as [nnz, r, c] and cols, compact; an empty weight gets one unread zero block.
-
-    Why: torch hands TVM size-0 tensors with strides that TVM's argument check rejects as
-    not compact; with crow all zeros the kernel never reads the stand-in block.
-    """
-    if values.numel() == 0:
-        return torch.zeros(1, shape.r, shape.c, dtype=values.dtype), torch.zeros(
-            1, dtype=torch.int64
-        )
-    return values.reshape(-1, shape.r, shape.c).contiguous(), cols.contiguous()
 
 
 class _SparseLinear:
@@ -98,68 +70,144 @@ class _SparseLinear:
         self, kernel: Callable[..., None], shape: BsrShape, nm: tuple[int, int] | None
     ) -> None:
         self._kernel = kernel
-        self._shape = shape
-        self._nm = nm is not None
-        self._n, self._m = nm or (1, 1)
+        self._call = SparseCall(shape, nm)
         self._zeros = torch.zeros(shape.out_features)
         self.__name__ = f"tvm_sparse_linear_{shape.out_features}x{shape.in_features}"
 
-    def __call__(self, x: torch.Tensor, values: torch.Tensor, *rest: Any) -> torch.Tensor:
-        shape = self._shape
-        if self._nm:
-            indices, bias = rest[0], rest[1]
-            kept = indices.shape[1]
-            group_base = torch.arange(kept, dtype=torch.int64) // self._n * self._m
-            cols = (indices.to(torch.int64) + group_base).reshape(-1)
-            crow = torch.arange(shape.out_features + 1, dtype=torch.int64) * indices.shape[1]
-        else:
-            cols, crow, bias = rest[0], rest[1], rest[2]
+    def __call__(self, x: torch.Tensor, *args: Any) -> torch.Tensor:
+        shape = self._call.shape
+        values, cols, crow, bias = self._call.operands(*args)
         x2 = x.reshape(-1, shape.in_features).contiguous()
         y = torch.empty(x2.shape[0], shape.out_features, dtype=x.dtype)
-        values, cols = kernel_arrays(values, cols, shape)
-        self._kernel(
-            x2,
-            values,
-            cols,
-            crow.contiguous(),
-            self._zeros if bias is None else bias.contiguous(),
-            y,
-        )
+        self._kernel(x2, values, cols, crow, self._zeros if bias is None else bias, y)
         return y.reshape(*x.shape[:-1], shape.out_features)
 
 
-def _rewire(module: fx.GraphModule, library: Any, target: Target) -> fx.GraphModule:
-    """A copy of `module` whose sparse op calls run the kernels of `library`."""
-    module = copy.deepcopy(module)
-    for node in sparse_nodes(module):
-        shape = sparse_linear_shape(node)
-        name, _ = kernel_for(shape, target)
-        nm = (
-            (int(node.args[4]), int(node.args[5]))  # type: ignore[arg-type]
-            if node.target.__name__ == "nm_linear.default"  # type: ignore[union-attr]
-            else None
+class _SparseChain:
+    """Stands in for a fused chain: the first kernel writes the second's panel, which reads it."""
+
+    def __init__(
+        self, call: ChainCall, first: Callable[..., None], second: Callable[..., None], tile: int
+    ) -> None:
+        self._call = call
+        self._first = first
+        self._second = second
+        self._tile = tile
+        self._zeros = (
+            torch.zeros(call.first.shape.out_features),
+            torch.zeros(call.second.shape.out_features),
         )
-        node.target = _SparseLinear(library[name], shape, nm)
-    module.recompile()
-    return module
+        self.__name__ = f"tvm_{call.__name__}"
+
+    def __call__(self, x: torch.Tensor, *args: Any) -> torch.Tensor:
+        first_args, second_args = self._call.split(args)
+        first, second, tile = self._call.first.shape, self._call.second.shape, self._tile
+        x2 = x.reshape(-1, first.in_features).contiguous()
+        tokens = x2.shape[0]
+        panel = torch.empty((tokens + tile - 1) // tile, first.out_features, tile, dtype=x.dtype)
+        values, cols, crow, bias = self._call.first.operands(*first_args)
+        self._first(x2, values, cols, crow, self._zeros[0] if bias is None else bias, panel)
+        y = torch.empty(tokens, second.out_features, dtype=x.dtype)
+        values, cols, crow, bias = self._call.second.operands(*second_args)
+        self._second(panel, values, cols, crow, self._zeros[1] if bias is None else bias, y)
+        return y.reshape(*x.shape[:-1], second.out_features)
 
 
-def build_kernels(module: fx.GraphModule, target: Target) -> tvm.runtime.Executable:
+def _chain_kernels(
+    call: ChainCall, target: Target
+) -> tuple[tuple[str, BsrShape, KernelLayout], tuple[str, BsrShape, KernelLayout]]:
+    """(name, shape, layout) of a chain's first and second kernel."""
+    first, second = chain_layouts(call.second.shape, call.activation, target)
+    return (
+        (kernel_name(call.first.shape, target, first), call.first.shape, first),
+        (kernel_name(call.second.shape, target, second), call.second.shape, second),
+    )
+
+
+def _fused_copy(module: fx.GraphModule, fuse_chains: bool) -> tuple[fx.GraphModule, list[str]]:
+    """A copy of `module`, its chains fused when asked, and notes saying what happened."""
+    module = copy.deepcopy(module)
+    if not fuse_chains:
+        return module, []
+    result = FuseSparseChains().run(module)
+    notes = []
+    if result.changed:
+        names = sorted({node.target.__name__ for node in result.fused})  # type: ignore[union-attr]
+        count = len(result.fused)
+        notes.append(
+            f"{count} chain{'s' * (count != 1)} of sparse linears fused, activations kept in "
+            f"panel layout between their kernels: {', '.join(names)}"
+        )
+    notes += [f"not fused: {refusal}" for refusal in result.refusals]
+    return module, notes
+
+
+def build_kernels(
+    module: fx.GraphModule, target: Target, fuse_chains: bool = True
+) -> tvm.runtime.Executable:
     """Compile one library with every distinct kernel that `module`'s sparse ops need."""
+    module, _ = _fused_copy(module, fuse_chains)
     functions = {}
-    for node in sparse_nodes(module):
-        name, func = kernel_for(sparse_linear_shape(node), target)
-        functions[name] = func.with_attr("global_symbol", name)
+    for node in module.graph.nodes:
+        if isinstance(node.target, ChainCall):
+            for name, shape, layout in _chain_kernels(node.target, target):
+                if name not in functions:
+                    functions[name] = kernel_for(shape, target, layout)[1]
+        elif is_sparse_call(node):
+            shape = sparse_linear_shape(node)
+            name = kernel_name(shape, target)
+            if name not in functions:
+                functions[name] = kernel_for(shape, target)[1]
     if not functions:
         raise BackendError(
             "the graph has no sparse linear ops, so partitioned TVM would run it all in torch. "
             "Fix: run a pipeline with lower-sparse-weights, or use the onnxruntime backend."
         )
+    functions = {name: func.with_attr("global_symbol", name) for name, func in functions.items()}
     return compile_module(tvm.IRModule(functions), target)
 
 
+def _implements(library: Any, name: str) -> bool:
+    module = library.jit() if isinstance(library, tvm.runtime.Executable) else library
+    return bool(module.implements_function(name, True))
+
+
+def _rewire(
+    module: fx.GraphModule, library: Any, target: Target
+) -> tuple[fx.GraphModule, list[str]]:
+    """A copy of `module` whose sparse op calls run the kernels of `library`, and notes.
+
+    Chains are fused exactly when `library` holds their kernels (module rules).
+    """
+    fused, notes = _fused_copy(module, True)
+    chains = [node for node in fused.graph.nodes if isinstance(node.target, ChainCall)]
+    present = [
+        all(_implements(library, name) for name, _, _ in _chain_kernels(node.target, target))
+        for node in chains
+    ]
+    if chains and not all(present):
+        if any(present):
+            raise ArtifactError(
+                "the kernel library holds the fused kernels of some sparse chains but not of "
+                f"others ({sum(present)} of {len(chains)}). Fix: rebuild the artifact."
+            )
+        fused, _ = _fused_copy(module, False)
+        notes = ["sparse chains not fused: the kernel library was built without chain kernels"]
+    for node in fused.graph.nodes:
+        if isinstance(node.target, ChainCall):
+            (first, _, layout), (second, _, _) = _chain_kernels(node.target, target)
+            tile = layout.output_tile
+            node.target = _SparseChain(node.target, library[first], library[second], tile)
+        elif is_sparse_call(node):
+            call = SparseCall.of(node)
+            kernel = library[kernel_name(call.shape, target)]
+            node.target = _SparseLinear(kernel, call.shape, call.nm)
+    fused.recompile()
+    return fused, notes
+
+
 class PartitionedExecutable:
-    """torch runs the graph; each sparse linear runs its TVM kernel."""
+    """torch runs the graph; each sparse linear (or chain of two) runs its TVM kernels."""
 
     def __init__(
         self,
@@ -173,8 +221,7 @@ class PartitionedExecutable:
         self._program = program
         self._record = record
         self._threads = threads
-        self._module = _rewire(module, library, Target(record["tvm_target"]))
-        self.notes: list[str] = []
+        self._module, self.notes = _rewire(module, library, Target(record["tvm_target"]))
 
     @classmethod
     def build(
@@ -183,9 +230,13 @@ class PartitionedExecutable:
         program: Callable[[], ExportedProgram],
         target: Target,
         threads: int | None,
+        fuse_chains: bool = True,
     ) -> PartitionedExecutable:
-        """Compile the kernels `module` needs for `target` and rewire a copy of it."""
-        library = build_kernels(module, target)
+        """Compile the kernels `module` needs for `target` and rewire a copy of it.
+
+        `fuse_chains=False` builds no chain kernels, so every sparse linear runs on its own.
+        """
+        library = build_kernels(module, target, fuse_chains)
         return cls(module, library, program, target_record(target, "cpu"), threads)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
