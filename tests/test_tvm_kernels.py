@@ -32,7 +32,8 @@ from sparsec.errors import BackendError  # noqa: E402
 ATOL = 1e-4
 OUT, IN = 48, 36
 BLOCKS = [(16, 1), (8, 1), (4, 1), (1, 1), (1, 4), (4, 2), (2, 3), (48, 1)]
-TOKENS = (1, 7, 16, 33, 64, 100)  # 16: one FEATURE tile; 64: one TOKEN tile of 4×16 lanes
+TOKENS = (1, 7, 16, 33, 64, 100, 300)  # 16: one FEATURE tile; 64: one TOKEN tile of 4×16
+# lanes; 300: passes over 128 tokens (FEATURE 8+8+2 tiles, TOKEN 2+2) and a tail
 _LIBRARIES: dict[tuple[int, int, Schedule, int], tvm.runtime.Executable] = {}
 
 

@@ -53,7 +53,8 @@ from sparsec.ops import to_bsr  # noqa: E402
 
 ATOL = 1e-4
 IN, HIDDEN, OUT = 48, 64, 32
-TOKENS = (1, 7, 17, 130)  # 130: two 64-token TOKEN tiles and eight 16-token FEATURE tiles + 2
+TOKENS = (1, 7, 17, 130, 300)  # 130: two 64-token TOKEN tiles and eight 16-token FEATURE tiles + 2;
+# 300: several 128-token passes and a tail
 HOST_LANES = vector_lanes(host_target())
 F, T = Schedule.FEATURE, Schedule.TOKEN
 # (first block, second block, activation, lanes, schedules): chains get TOKEN → TOKEN

@@ -77,6 +77,10 @@ _FEATURE_GROUP_FEATURES = 64
 # blocks ahead whose panel line is prefetched: at K=3072 the panel is L2-resident and the
 # random block columns defeat the hardware prefetcher (0.83 → 0.52 ms at 90%, 16×1)
 _PREFETCH = 4
+# tokens per pass over all block rows: each pass reads a slice of the panel that stays in
+# cache (K × 128 × 4 B ≤ 1.5 MiB); one pass over all tokens re-streams the whole panel from
+# memory for every group of block rows (1024 tokens: 2–5× the per-token time of 128)
+_CHUNK_TOKENS = 128
 _TOKEN_PREFETCH = 4  # TOKEN: the same, for each of a block's panel lines
 _ACC_REGISTERS = 16  # TOKEN: sub-rows × vectors accumulators; AVX-512 has 32 registers
 _MAX_VECTORS = 4  # TOKEN: at most 4 vectors of tokens per tile (64 tokens at 16 lanes)
@@ -224,6 +228,8 @@ def _shapes(shape: BsrShape, tile: int, layout: KernelLayout) -> tuple[Any, Any]
 def _feature_kernel(shape: BsrShape, tile: int, lanes: int, layout: KernelLayout) -> tirx.PrimFunc:
     n, k, r, nb = shape.out_features, shape.in_features, shape.r, shape.block_rows
     group = _feature_group(shape)
+    chunk_tiles = max(1, _CHUNK_TOKENS // tile)
+    passes, pass_of, grp_of = _task_index(nb // group, tile, chunk_tiles)
     x_shape, y_shape = _shapes(shape, tile, layout)
     panel_in = layout.panel_input
     out_tile = layout.output_tile
@@ -258,14 +264,19 @@ def _feature_kernel(shape: BsrShape, tile: int, lanes: int, layout: KernelLayout
             for kk in range(k):
                 for t in range(m % tile):
                     XT[m // tile, kk, t] = X[m - m % tile + t, kk]
-        for grp in T.parallel(T.int64(nb // group)):
+        # tasks: (pass over up to chunk_tiles whole tiles) × (group of block rows); the last
+        # pass also runs the tokens past the last whole tile (one pass when m < tile)
+        for task in T.parallel(passes(m) * (nb // group)):
             acc = T.alloc_buffer((tile, r), "float32", scope="local", annotations=_ON_STACK)
-            for mo in range(m // tile):
+            for mo in range(
+                pass_of(task) * chunk_tiles,
+                T.min(pass_of(task) * chunk_tiles + chunk_tiles, m // tile),
+            ):
                 for g in range(group):
                     for t in T.unroll(tile):
                         for i in T.vectorized(r):
                             acc[t, i] = T.float32(0)
-                    for j in range(P[grp * group + g], P[grp * group + g + 1]):
+                    for j in range(P[grp_of(task) * group + g], P[grp_of(task) * group + g + 1]):
                         if _PREFETCH > 0:
                             T.evaluate(
                                 T.call_llvm_intrin(
@@ -274,7 +285,12 @@ def _feature_kernel(shape: BsrShape, tile: int, lanes: int, layout: KernelLayout
                                     T.address_of(
                                         XT[
                                             mo,
-                                            C[T.min(j + _PREFETCH, P[grp * group + g + 1] - 1)],
+                                            C[
+                                                T.min(
+                                                    j + _PREFETCH,
+                                                    P[grp_of(task) * group + g + 1] - 1,
+                                                )
+                                            ],
                                             0,
                                         ]
                                     ),
@@ -288,11 +304,13 @@ def _feature_kernel(shape: BsrShape, tile: int, lanes: int, layout: KernelLayout
                                 acc[t, i] = acc[t, i] + V[j, i, 0] * XT[mo, C[j], t]
                     for t in T.unroll(tile):
                         for i in T.vectorized(r):
-                            acc[t, i] = acc[t, i] + B[(grp * group + g) * r + i]
+                            acc[t, i] = acc[t, i] + B[(grp_of(task) * group + g) * r + i]
                     if token_major_out:
                         for t in T.unroll(tile):
                             for i in T.vectorized(r):
-                                Y[mo * tile + t, (grp * group + g) * r + i] = act(acc[t, i])
+                                Y[mo * tile + t, (grp_of(task) * group + g) * r + i] = act(
+                                    acc[t, i]
+                                )
                     else:
                         # the tile transposed: each feature's tokens are one panel vector
                         for i in T.unroll(r):
@@ -300,27 +318,32 @@ def _feature_kernel(shape: BsrShape, tile: int, lanes: int, layout: KernelLayout
                                 for lane in T.vectorized(lanes):
                                     Y[
                                         (mo * tile + vo * lanes) // out_tile,
-                                        (grp * group + g) * r + i,
+                                        (grp_of(task) * group + g) * r + i,
                                         (mo * tile + vo * lanes) % out_tile + lane,
                                     ] = act(acc[vo * lanes + lane, i])
-            for g in range(group):
-                for mt in range(m % tile):
-                    for i in T.vectorized(r):
-                        acc[0, i] = T.float32(0)
-                    for j in range(P[grp * group + g], P[grp * group + g + 1]):
+            if pass_of(task) == passes(m) - 1:
+                for g in range(group):
+                    for mt in range(m % tile):
                         for i in T.vectorized(r):
-                            acc[0, i] = acc[0, i] + V[j, i, 0] * XT[m // tile, C[j], mt]
-                    for i in T.vectorized(r):
-                        acc[0, i] = acc[0, i] + B[(grp * group + g) * r + i]
-                    for i in T.vectorized(r):
-                        if token_major_out:
-                            Y[m - m % tile + mt, (grp * group + g) * r + i] = act(acc[0, i])
-                        else:
-                            Y[
-                                (m - m % tile + mt) // out_tile,
-                                (grp * group + g) * r + i,
-                                (m - m % tile + mt) % out_tile,
-                            ] = act(acc[0, i])
+                            acc[0, i] = T.float32(0)
+                        for j in range(
+                            P[grp_of(task) * group + g], P[grp_of(task) * group + g + 1]
+                        ):
+                            for i in T.vectorized(r):
+                                acc[0, i] = acc[0, i] + V[j, i, 0] * XT[m // tile, C[j], mt]
+                        for i in T.vectorized(r):
+                            acc[0, i] = acc[0, i] + B[(grp_of(task) * group + g) * r + i]
+                        for i in T.vectorized(r):
+                            if token_major_out:
+                                Y[m - m % tile + mt, (grp_of(task) * group + g) * r + i] = act(
+                                    acc[0, i]
+                                )
+                            else:
+                                Y[
+                                    (m - m % tile + mt) // out_tile,
+                                    (grp_of(task) * group + g) * r + i,
+                                    (m - m % tile + mt) % out_tile,
+                                ] = act(acc[0, i])
 
     return kernel
 
@@ -338,6 +361,8 @@ def _token_kernel(shape: BsrShape, lanes: int, vectors: int, layout: KernelLayou
     tile = lanes * vectors
     sub = _sub_rows(shape)
     group = _row_group(shape, lanes)
+    chunk_tiles = max(1, _CHUNK_TOKENS // tile)
+    passes, pass_of, grp_of = _task_index(nb // group, tile, chunk_tiles)
     width = group * r  # output features written per token row: a whole vector when r < lanes
     x_shape, y_shape = _shapes(shape, tile, layout)
     panel_in = layout.panel_input
@@ -372,17 +397,24 @@ def _token_kernel(shape: BsrShape, lanes: int, vectors: int, layout: KernelLayou
                         XT[mo, kk, t] = T.if_then_else(
                             mo * tile + t < m, X[T.min(mo * tile + t, m - 1), kk], T.float32(0)
                         )
-        for grp in T.parallel(T.int64(nb // group)):
+        # tasks: (pass over up to chunk_tiles whole tiles) × (group of block rows); the last
+        # pass also runs the tokens past the last whole tile (one pass when m < tile)
+        for task in T.parallel(passes(m) * (nb // group)):
             acc = T.alloc_buffer((sub, tile), "float32", scope="local", annotations=_ON_STACK)
             # token-major result of `group` block rows: each token's row is one vector store
             stage = T.alloc_buffer((tile, width), "float32", scope="local", annotations=_ON_STACK)
-            for mo in range(m // tile):
+            for mo in range(
+                pass_of(task) * chunk_tiles,
+                T.min(pass_of(task) * chunk_tiles + chunk_tiles, m // tile),
+            ):
                 for g in range(group):
                     for q in range(r // sub):
                         for i in T.unroll(sub):
                             for t in T.vectorized(tile):
                                 acc[i, t] = T.float32(0)
-                        for j in range(P[grp * group + g], P[grp * group + g + 1]):
+                        for j in range(
+                            P[grp_of(task) * group + g], P[grp_of(task) * group + g + 1]
+                        ):
                             if _TOKEN_PREFETCH > 0:
                                 for kk in T.unroll(c):
                                     for vo in T.unroll(vectors):
@@ -396,7 +428,7 @@ def _token_kernel(shape: BsrShape, lanes: int, vectors: int, layout: KernelLayou
                                                         C[
                                                             T.min(
                                                                 j + _TOKEN_PREFETCH,
-                                                                P[grp * group + g + 1] - 1,
+                                                                P[grp_of(task) * group + g + 1] - 1,
                                                             )
                                                         ]
                                                         * c
@@ -425,63 +457,88 @@ def _token_kernel(shape: BsrShape, lanes: int, vectors: int, layout: KernelLayou
                         else:
                             for i in T.unroll(sub):
                                 for t in T.vectorized(tile):
-                                    acc[i, t] = acc[i, t] + B[(grp * group + g) * r + q * sub + i]
+                                    acc[i, t] = (
+                                        acc[i, t] + B[(grp_of(task) * group + g) * r + q * sub + i]
+                                    )
                             for i in T.unroll(sub):
                                 for vo in T.unroll(vectors):
                                     for lane in T.vectorized(lanes):
                                         Y[
                                             (mo * tile + vo * lanes) // out_tile,
-                                            (grp * group + g) * r + q * sub + i,
+                                            (grp_of(task) * group + g) * r + q * sub + i,
                                             (mo * tile + vo * lanes) % out_tile + lane,
                                         ] = act(acc[i, vo * lanes + lane])
                 if token_major_out:
                     for t in range(tile):
                         for f in T.vectorized(width):
-                            stage[t, f] = stage[t, f] + B[grp * width + f]
+                            stage[t, f] = stage[t, f] + B[grp_of(task) * width + f]
                         for f in T.vectorized(width):
-                            Y[mo * tile + t, grp * width + f] = act(stage[t, f])
-            # the last partial tile, one vector of tokens at a time
-            for g in range(group):
-                for q in range(r // sub):
-                    for vo in range((m % tile + lanes - 1) // lanes):
-                        for i in T.unroll(sub):
-                            for lane in T.vectorized(lanes):
-                                acc[i, lane] = T.float32(0)
-                        for j in range(P[grp * group + g], P[grp * group + g + 1]):
-                            for kk in T.unroll(c):
+                            Y[mo * tile + t, grp_of(task) * width + f] = act(stage[t, f])
+            if pass_of(task) == passes(m) - 1:
+                # the last partial tile, one vector of tokens at a time
+                for g in range(group):
+                    for q in range(r // sub):
+                        for vo in range((m % tile + lanes - 1) // lanes):
+                            for i in T.unroll(sub):
+                                for lane in T.vectorized(lanes):
+                                    acc[i, lane] = T.float32(0)
+                            for j in range(
+                                P[grp_of(task) * group + g], P[grp_of(task) * group + g + 1]
+                            ):
+                                for kk in T.unroll(c):
+                                    for i in T.unroll(sub):
+                                        for lane in T.vectorized(lanes):
+                                            acc[i, lane] = (
+                                                acc[i, lane]
+                                                + V[j, q * sub + i, kk]
+                                                * XT[m // tile, C[j] * c + kk, vo * lanes + lane]
+                                            )
+                            if token_major_out:
+                                for i in T.unroll(sub):
+                                    for lane in T.vectorized(lanes):
+                                        stage[vo * lanes + lane, g * r + q * sub + i] = acc[i, lane]
+                            else:
                                 for i in T.unroll(sub):
                                     for lane in T.vectorized(lanes):
                                         acc[i, lane] = (
                                             acc[i, lane]
-                                            + V[j, q * sub + i, kk]
-                                            * XT[m // tile, C[j] * c + kk, vo * lanes + lane]
+                                            + B[(grp_of(task) * group + g) * r + q * sub + i]
                                         )
-                        if token_major_out:
-                            for i in T.unroll(sub):
-                                for lane in T.vectorized(lanes):
-                                    stage[vo * lanes + lane, g * r + q * sub + i] = acc[i, lane]
-                        else:
-                            for i in T.unroll(sub):
-                                for lane in T.vectorized(lanes):
-                                    acc[i, lane] = (
-                                        acc[i, lane] + B[(grp * group + g) * r + q * sub + i]
-                                    )
-                            # whole vectors: lanes past m land in the panel's padding
-                            for i in T.unroll(sub):
-                                for lane in T.vectorized(lanes):
-                                    Y[
-                                        (m - m % tile + vo * lanes) // out_tile,
-                                        (grp * group + g) * r + q * sub + i,
-                                        (m - m % tile + vo * lanes) % out_tile + lane,
-                                    ] = act(acc[i, lane])
-            if token_major_out:
-                for t in range(m % tile):
-                    for f in T.vectorized(width):
-                        stage[t, f] = stage[t, f] + B[grp * width + f]
-                    for f in T.vectorized(width):
-                        Y[m - m % tile + t, grp * width + f] = act(stage[t, f])
+                                # whole vectors: lanes past m land in the panel's padding
+                                for i in T.unroll(sub):
+                                    for lane in T.vectorized(lanes):
+                                        Y[
+                                            (m - m % tile + vo * lanes) // out_tile,
+                                            (grp_of(task) * group + g) * r + q * sub + i,
+                                            (m - m % tile + vo * lanes) % out_tile + lane,
+                                        ] = act(acc[i, lane])
+                if token_major_out:
+                    for t in range(m % tile):
+                        for f in T.vectorized(width):
+                            stage[t, f] = stage[t, f] + B[grp_of(task) * width + f]
+                        for f in T.vectorized(width):
+                            Y[m - m % tile + t, grp_of(task) * width + f] = act(stage[t, f])
 
     return kernel
+
+
+def _task_index(groups: int, tile: int, chunk_tiles: int) -> tuple[Any, Any, Any]:
+    """Index functions of the parallel tasks: (pass over ≤ chunk_tiles tiles) × group.
+
+    Why functions, not TIR variables: a variable bound inside the parallel loop becomes a
+    heap workspace per task in TVM 0.27's lowering.
+    """
+
+    def passes(m: Any) -> Any:
+        return T.max((m // tile + chunk_tiles - 1) // chunk_tiles, 1)
+
+    def pass_of(task: Any) -> Any:
+        return task // groups
+
+    def grp_of(task: Any) -> Any:
+        return task % groups
+
+    return passes, pass_of, grp_of
 
 
 def _sub_rows(shape: BsrShape) -> int:
