@@ -6,6 +6,8 @@ vector."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -135,6 +137,20 @@ def test_kernels_leave_the_callers_cpu_affinity_alone() -> None:
             torch.randn(33, IN), v, k, torch.tensor(crow), torch.zeros(OUT), torch.empty(33, OUT)
         )
         assert os.sched_getaffinity(0) == before
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity on this OS")
+def test_thread_pool_can_use_every_core() -> None:
+    """TVM's own default is half the hardware threads on x86: one worker on a 2-core VM."""
+    script = (
+        "import sparsec.backends.tvm, tvm_ffi;"
+        "print(tvm_ffi.get_global_func('runtime.NumThreads')())"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
+    )
+    assert int(result.stdout.split()[-1]) == len(os.sched_getaffinity(0))
 
 
 def test_block_shape_must_tile_the_weight() -> None:

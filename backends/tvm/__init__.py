@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sparsec.cost_model import register_cost_model
 
+from . import threads  # noqa: F401 - first: sizes TVM's thread pool before anything uses it
 from .backend import TvmBackend, TvmMode, TvmOptions
 from .cost_model import TvmCostModel
 
