@@ -1,11 +1,14 @@
-"""Block-sparse linear kernels (TVM, ours) vs dense ORT and torch at BERT-base FFN shapes.
+"""Block-sparse TVM kernels (ours) vs dense ORT, torch and tuned TVM at BERT-base FFN shapes.
 
 Prints a table of median times and writes JSON: for each shape, sparsity, block shape and
 thread count, TVM sparse (the kernel call, the transpose of x into its panel included), ORT
-dense and torch dense, speedup over the fastest dense, and the ideal 1/(1-s); then the best
-block shape per (shape, threads, sparsity). The load average is printed before and after:
-on a shared machine compare only numbers taken in the same run.
-Run pinned: `taskset -c 0,1 python benchmarks/tvm_sparse.py`.
+dense, torch dense and TVM dense tuned by meta-schedule (`--tune-trials` candidates per
+shape and thread count, the Relax VM call timed; records persist in `--tuning-dir`, so a
+rerun reuses them and tunes nothing), speedup over the fastest dense, and the ideal
+1/(1-s); then the best block shape per (shape, threads, sparsity). The load average is
+printed before and after: on a shared machine compare only numbers taken in the same run.
+Run pinned: `taskset -c 0,1 python benchmarks/tvm_sparse.py` (first run: ~2 min of tuning
+per shape and thread count at 64 trials; `--tune-trials 0` leaves the tuned column out).
 """
 
 from __future__ import annotations
@@ -27,9 +30,12 @@ import torch
 import tvm
 from onnx import TensorProto, helper, numpy_helper
 
+from sparsec.backends.tvm.importer import import_graph
 from sparsec.backends.tvm.kernels import BsrShape, bsr_kernel, choose_schedule, compile_config
+from sparsec.backends.tvm.relax_executable import compile_module
 from sparsec.backends.tvm.target import host_target, vector_lanes
 from sparsec.backends.tvm.threads import set_threads
+from sparsec.backends.tvm.tuning import DEFAULT_TUNING_DIR, TuneBudget, tune_module
 
 SHAPES = [(128, 768, 3072), (128, 3072, 768)]  # (tokens, in, out)
 SPARSITIES = [0.5, 0.7, 0.8, 0.9, 0.95]
@@ -74,6 +80,36 @@ def _ort_dense(x: np.ndarray, weight: np.ndarray, threads: int, repeats: int) ->
     return _median_ms(lambda: session.run(None, {"x": x}), repeats)
 
 
+def _tvm_dense_tuned(
+    x: np.ndarray, weight: np.ndarray, threads: int, trials: int, tuning_dir: Path, repeats: int
+) -> tuple[float, dict[str, object]]:
+    """Median ms of y = x @ weightᵀ compiled by TVM after tuning, and what tuning did."""
+    linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    linear.weight.data = torch.from_numpy(weight)
+    program = torch.export.export(linear.eval(), (torch.from_numpy(x),))
+    target = host_target(threads)
+    imported = import_graph(program, target)  # the weight becomes main's second parameter
+    result = tune_module(imported.module, target, TuneBudget(trials), tuning_dir)
+    print(
+        f"  TVM dense {x.shape[0]}x{x.shape[1]}->{weight.shape[0]} thr {threads}: {result.note()}",
+        flush=True,
+    )
+    machine = tvm.relax.VirtualMachine(compile_module(result.module, target), tvm.cpu())
+    args = [tvm.runtime.tensor(x), *(tvm.runtime.tensor(p) for p in imported.params)]
+    set_threads(threads)
+    ms = _median_ms(lambda: machine["main"](*args), repeats)
+    info = {
+        "trials_budget": trials,
+        "tasks_tuned": len(result.tuned),
+        "tasks_reused": len(result.reused),
+        "tasks_failed": len(result.failed),
+        "trials_measured": result.trials,
+        "tuning_s": result.seconds,
+        "database": str(result.database),
+    }
+    return ms, info
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -83,16 +119,30 @@ def main() -> None:
         "--blocks", nargs="+", default=[f"{r}x{c}" for r, c in BLOCKS], help="r×c, e.g. 16x1"
     )
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument(
+        "--tune-trials",
+        type=int,
+        default=64,
+        help="meta-schedule trials per shape and thread count for TVM dense (0: no column)",
+    )
+    parser.add_argument(
+        "--tuning-dir",
+        type=Path,
+        default=DEFAULT_TUNING_DIR,
+        help="persistent tuning records (reused by later runs)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/tvm_sparse.json"))
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     rows = []
     load_before = os.getloadavg()
     print(f"host {platform.node()} cpu {host_target().attrs['mcpu']} load {load_before}")
-    print(
+    header = (
         f"{'shape':>16} {'thr':>3} {'s':>5} {'block':>5} {'tvm ms':>8} {'ort ms':>8} "
-        f"{'torch ms':>8} {'speedup':>7} {'ideal':>5}"
+        f"{'torch ms':>8} {'tuned ms':>8} {'speedup':>7} {'ideal':>5}"
     )
+    print(header)
+    tuning: list[dict[str, object]] = []
     for shape_index in args.shapes:
         tokens, in_f, out_f = SHAPES[shape_index]
         x = rng.standard_normal((tokens, in_f)).astype(np.float32)
@@ -108,7 +158,25 @@ def main() -> None:
                 args.repeats,
             )
             ort_ms = _ort_dense(x, weight, threads, args.repeats)
-            best_dense = min(torch_ms, ort_ms)
+            tuned_ms = None
+            if args.tune_trials > 0:
+                tuned_ms, info = _tvm_dense_tuned(
+                    x, weight, threads, args.tune_trials, args.tuning_dir, args.repeats
+                )
+                tuning.append(
+                    {
+                        "tokens": tokens,
+                        "in": in_f,
+                        "out": out_f,
+                        "threads": threads,
+                        "ort_dense_ms": ort_ms,
+                        "torch_dense_ms": torch_ms,
+                        "tvm_dense_tuned_ms": tuned_ms,
+                        **info,
+                    }
+                )
+                print(header, flush=True)
+            best_dense = min(ms for ms in (torch_ms, ort_ms, tuned_ms) if ms is not None)
             kernels = {}
             for block in args.blocks:
                 r, c = (int(part) for part in block.split("x"))
@@ -146,18 +214,31 @@ def main() -> None:
                         "tvm_sparse_ms": tvm_ms,
                         "ort_dense_ms": ort_ms,
                         "torch_dense_ms": torch_ms,
+                        "tvm_dense_tuned_ms": tuned_ms,
                         "speedup": best_dense / tvm_ms,
                         "ideal": 1 / (1 - sparsity),
                     }
                     rows.append(row)
                     print(
                         f"{tokens}x{in_f}->{out_f:>5} {threads:>3} {sparsity:>5.2f} {r}x{c:<3} "
-                        f"{tvm_ms:8.3f} {ort_ms:8.3f} {torch_ms:8.3f} {row['speedup']:7.2f} "
+                        f"{tvm_ms:8.3f} {ort_ms:8.3f} {torch_ms:8.3f} "
+                        f"{tuned_ms if tuned_ms is not None else float('nan'):8.3f} "
+                        f"{row['speedup']:7.2f} "
                         f"{row['ideal']:5.1f}",
                         flush=True,
                     )
     load_after = os.getloadavg()
     print(f"load after {load_after}")
+    if tuning:
+        print("dense per (shape, threads): ORT, torch, TVM tuned (ms)")
+        for entry in tuning:
+            print(
+                f"  {entry['tokens']}x{entry['in']}->{entry['out']} thr {entry['threads']}: "
+                f"ORT {entry['ort_dense_ms']:.3f}, torch {entry['torch_dense_ms']:.3f}, "
+                f"TVM tuned {entry['tvm_dense_tuned_ms']:.3f} ({entry['trials_measured']} trials "
+                f"measured in this run, {entry['tuning_s']:.0f} s; "
+                f"{entry['tasks_reused']} task(s) reused from {entry['database']})"
+            )
     print("best block shape per (shape, threads, sparsity):")
     best: dict[tuple[object, ...], dict[str, object]] = {}
     for row in rows:
@@ -178,6 +259,7 @@ def main() -> None:
                 "load_before": load_before,
                 "load_after": load_after,
                 "command": " ".join(["python", *sys.argv]),
+                "tvm_dense_tuning": tuning,
                 "rows": rows,
             },
             indent=2,

@@ -9,11 +9,16 @@ Rules:
 - the target is LLVM for this host's CPU (mcpu detected and recorded) or CUDA, whose device
   code is compiled here by nvcc (see `cuda_build` for what is embedded and why); with no
   GPU the CUDA build completes and says that it did not run;
-- a saved build records its target; `load` refuses one this host cannot run (ArtifactError).
+- a saved build records its target; `load` refuses one this host cannot run (ArtifactError);
+- `tune_trials > 0` (RELAX mode, "cpu") tunes the dense TIR functions with meta-schedule for
+  the graph's example input shapes before compiling (`tuning`); records persist in
+  `tuning_dir`, so a second compile of the same workload reuses them and tunes nothing;
+  the executable's `notes` (and the report) say what was tuned and what was reused.
 
 Example:
     executable = TvmBackend().lower(graph, "cpu", BackendOptions(threads=2))
     y = executable(x)
+    tuned = TvmBackend(TvmOptions(mode=TvmMode.RELAX, tune_trials=64)).lower(graph, "cpu", ...)
 """
 
 from __future__ import annotations
@@ -30,13 +35,22 @@ from torch.utils import _pytree as pytree
 
 from sparsec.errors import ArtifactError, BackendError
 
-from ..base import TARGETS, BackendOptions, Diagnostic, Executable, Severity, load_spec
+from ..base import (
+    TARGETS,
+    BackendOptions,
+    Diagnostic,
+    Executable,
+    Severity,
+    flatten_inputs,
+    load_spec,
+)
 from ..torch_backend import load_program
 from .importer import import_graph
 from .params_io import LIBRARY_FILE, load_params
 from .partitioned import KERNELS_FILE, PartitionedExecutable, sparse_nodes
-from .relax_executable import RelaxExecutable
+from .relax_executable import RelaxExecutable, TuningJob
 from .target import DEFAULT_CUDA_ARCH, build_target, check_loadable
+from .tuning import SearchStrategy, TuneBudget
 
 if TYPE_CHECKING:
     from sparsec.ir.graph import Graph
@@ -57,11 +71,20 @@ class TvmOptions:
 
     Rules:
     - `mode`: see TvmMode; "cuda" always compiles the whole program (RELAX);
-    - `cuda_arch`: the GPU architecture device code is compiled for ("sm_80", "sm_90").
+    - `cuda_arch`: the GPU architecture device code is compiled for ("sm_80", "sm_90");
+    - `tune_trials`: meta-schedule candidates measured per compile (0: no tuning); needs
+      `mode=TvmMode.RELAX` and target "cpu"; only tasks without records are tuned;
+    - `tune_trials_per_task` (None: an even share), `tune_search` and `tuning_dir` (None:
+      `tuning.DEFAULT_TUNING_DIR`, ~/.cache/sparsec/tvm-tuning) refine tuning and need
+      `tune_trials > 0`.
     """
 
     mode: TvmMode = TvmMode.PARTITIONED
     cuda_arch: str = DEFAULT_CUDA_ARCH
+    tune_trials: int = 0
+    tune_trials_per_task: int | None = None
+    tune_search: SearchStrategy = SearchStrategy.EVOLUTIONARY
+    tuning_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.mode, TvmMode):
@@ -70,6 +93,49 @@ class TvmOptions:
             raise BackendError(
                 f"TvmOptions.cuda_arch must look like 'sm_80', not {self.cuda_arch!r}"
             )
+        trials = self.tune_trials
+        if isinstance(trials, bool) or not isinstance(trials, int) or trials < 0:
+            raise BackendError(
+                f"TvmOptions.tune_trials must be an int >= 0 (0: no tuning), not {trials!r}"
+            )
+        if isinstance(self.tuning_dir, str):
+            object.__setattr__(self, "tuning_dir", Path(self.tuning_dir))
+        if self.tuning_dir is not None and not isinstance(self.tuning_dir, Path):
+            raise BackendError(
+                f"TvmOptions.tuning_dir must be a Path or None, not {self.tuning_dir!r}"
+            )
+        if trials == 0:
+            refinements = [
+                name
+                for name, value, default in (
+                    ("tune_trials_per_task", self.tune_trials_per_task, None),
+                    ("tune_search", self.tune_search, SearchStrategy.EVOLUTIONARY),
+                    ("tuning_dir", self.tuning_dir, None),
+                )
+                if value != default
+            ]
+            if refinements:
+                raise BackendError(
+                    f"TvmOptions sets {', '.join(refinements)} but tune_trials is 0, so "
+                    "nothing is tuned. Fix: set tune_trials (e.g. 64), or drop them."
+                )
+            return
+        if self.mode is not TvmMode.RELAX:
+            raise BackendError(
+                f"TvmOptions.tune_trials={trials} needs mode=TvmMode.RELAX: in {self.mode.value} "
+                "mode torch runs the dense ops, so TVM has nothing to tune. Fix: "
+                "TvmOptions(mode=TvmMode.RELAX, tune_trials=...)."
+            )
+        self.tune_budget()  # TuneBudget validates the rest, naming the field
+
+    def tune_budget(self) -> TuneBudget | None:
+        """The TuneBudget these options ask for, or None when tuning is off."""
+        if self.tune_trials == 0:
+            return None
+        try:
+            return TuneBudget(self.tune_trials, self.tune_trials_per_task, search=self.tune_search)
+        except BackendError as exc:
+            raise BackendError(f"TvmOptions: {exc}") from exc
 
 
 class TvmBackend:
@@ -116,6 +182,13 @@ class TvmBackend:
             raise BackendError(
                 "the tvm backend cannot lower this graph:\n" + "\n".join(f"  {d}" for d in errors)
             )
+        budget = self.options.tune_budget()
+        if budget is not None and target != "cpu":
+            raise BackendError(
+                f"meta-schedule tuning is for target 'cpu', not {target!r}: measuring GPU "
+                "candidates needs the GPU, and CUDA dense ops get dlight's default schedules. "
+                "Fix: TvmOptions(tune_trials=0) for 'cuda'."
+            )
         tvm_target = build_target(target, options.threads, self.options.cuda_arch)
         if target == "cpu" and self.options.mode is TvmMode.PARTITIONED:
             return PartitionedExecutable.build(
@@ -126,6 +199,17 @@ class TvmBackend:
         except Exception as exc:  # torch.export raises many types; all mean "not re-exportable"
             raise BackendError(f"torch.export could not re-export the graph: {exc}") from exc
         imported = import_graph(program, tvm_target)
+        tuning = None
+        if budget is not None:
+            leaves = flatten_inputs(
+                graph.example_args, graph.example_kwargs, program.call_spec.in_spec
+            )
+            shapes = tuple(
+                tuple(int(d) for d in leaf.shape)
+                for leaf in leaves
+                if isinstance(leaf, torch.Tensor)
+            )
+            tuning = TuningJob(budget, self.options.tuning_dir, shapes)
         return RelaxExecutable.build(
             imported,
             tvm_target,
@@ -133,6 +217,7 @@ class TvmBackend:
             program.call_spec.in_spec,
             program.call_spec.out_spec,
             options.threads,
+            tuning,
         )
 
     def load(self, directory: Path, metadata: dict[str, Any]) -> Executable:
@@ -158,6 +243,7 @@ class TvmBackend:
                 load_spec(metadata["out_spec"]),
                 metadata.get("threads"),
                 [],
+                tuned_shapes=_tuned_shapes(metadata.get("tuned_shapes")),
             )
         raise ArtifactError(f"unknown TVM build mode {mode!r} in {directory}; re-export it")
 
@@ -171,3 +257,18 @@ def _load_library(path: Path) -> tvm.runtime.Module:
         raise ArtifactError(
             f"TVM could not load {path}: {exc}. Fix: rebuild on this host."
         ) from exc
+
+
+def _tuned_shapes(record: Any) -> tuple[tuple[int, ...], ...] | None:
+    if record is None:
+        return None
+    if not (
+        isinstance(record, list)
+        and all(
+            isinstance(shape, list) and all(isinstance(d, int) for d in shape) for shape in record
+        )
+    ):
+        raise ArtifactError(
+            f"the TVM metadata's tuned_shapes {record!r} is malformed; re-export it"
+        )
+    return tuple(tuple(shape) for shape in record)
