@@ -24,9 +24,16 @@ from typing import Any
 
 import torch
 
-from sparsec.backends.base import BackendOptions, Executable, default_backend, get_backend
+from sparsec.backends.base import (
+    Backend,
+    BackendOptions,
+    Executable,
+    available_backends,
+    default_backend,
+    get_backend,
+)
 from sparsec.calibration import Calibration
-from sparsec.errors import SparsecError
+from sparsec.errors import ConfigError, SparsecError
 from sparsec.frontends import normalize_inputs, trace
 from sparsec.ir import Graph
 from sparsec.metrics import count_macs, layer_widths
@@ -105,6 +112,7 @@ def _build(
     dump_ir: Path | None,
     progress: Progress,
     calibration: Calibration | None,
+    given_backend: Backend | None = None,
 ) -> _Build:
     args, kwargs = normalize_inputs(example_inputs)
     progress(f"tracing {type(model).__name__}")
@@ -126,7 +134,9 @@ def _build(
     am = AnalysisManager(graph, calibration)
     with torch.no_grad():
         run = PassManager(pipeline, instruments, progress=on_pass).run(graph, am)
-    if pipeline.backend:
+    if given_backend is not None:
+        backend, reason = given_backend, "given to compile() with its options"
+    elif pipeline.backend:
         backend, reason = get_backend(pipeline.backend), "named in the pipeline"
     else:
         backend, reason = default_backend(pipeline.target, graph)
@@ -174,8 +184,10 @@ class CompiledModel:
         dump_ir: Path | None,
         progress: Progress,
         calibration: Calibration | None = None,
+        given_backend: Backend | None = None,
     ) -> None:
         self._model = model
+        self._given_backend = given_backend
         self._pipeline = pipeline
         self._options = options
         self._verify_each = verify_each
@@ -189,6 +201,7 @@ class CompiledModel:
         self._build = _build(
             self._model, example_inputs, self._pipeline, self._options,
             self._verify_each, self._dump_ir, self._progress, self._calibration,
+            self._given_backend,
         )
         return self
 
@@ -253,7 +266,7 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
     *,
     target: str | None = None,
     pipeline: PipelineSpec = None,
-    backend: str | None = None,
+    backend: str | Backend | None = None,
     threads: int | None = None,
     verify_each: bool = True,
     dump_ir: str | Path | None = None,
@@ -264,9 +277,19 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
 
     `example_inputs`: a tensor, a tuple of positional inputs or a dict of keyword inputs;
     without it, compilation happens at the first call. `calibration`: batches (or a
-    `Calibration` with a loss) for data-aware passes.
+    `Calibration` with a loss) for data-aware passes. `backend`: a name, or a backend
+    object carrying its own options, e.g. `TvmBackend(TvmOptions(mode=TvmMode.RELAX,
+    tune_trials=64))`.
     """
-    resolved = resolve_pipeline(pipeline, target=target, backend=backend)
+    given_backend = None if backend is None or isinstance(backend, str) else backend
+    if given_backend is not None and not isinstance(given_backend, Backend):
+        raise ConfigError(
+            f"backend must be a name or a Backend object, not {type(backend).__name__}; "
+            f"valid names: {', '.join(available_backends())}"
+        )
+    resolved = resolve_pipeline(
+        pipeline, target=target, backend=given_backend.name if given_backend else backend
+    )
     compiled = CompiledModel(
         model,
         resolved,
@@ -275,6 +298,7 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
         Path(dump_ir) if dump_ir is not None else None,
         progress or (lambda message: None),
         calibration if isinstance(calibration, Calibration) or calibration is None else Calibration(calibration),
+        given_backend,
     )
     if example_inputs is not None:
         compiled.compile_with(example_inputs)

@@ -87,3 +87,26 @@ def test_artifact_round_trip(compiled, tmp_path: Path) -> None:  # type: ignore[
     loaded = sparsec.load(directory)
     assert isinstance(loaded.executable, PartitionedExecutable)
     assert torch.allclose(loaded(x), compiled(x), atol=ATOL)
+
+
+def test_a_backend_object_carries_its_options_through_compile() -> None:
+    from sparsec.backends.tvm import TvmBackend, TvmMode, TvmOptions
+    from sparsec.backends.tvm.relax_executable import RelaxExecutable
+
+    backend = TvmBackend(TvmOptions(mode=TvmMode.RELAX))
+    compiled = sparsec.compile(
+        TinyMlp().eval(),
+        (torch.randn(2, 16, 64),),
+        pipeline=_pipeline("pattern=block,block=[16,1]"),
+        backend=backend,
+    )
+    assert isinstance(compiled.executable, RelaxExecutable)
+    assert "given to compile()" in compiled.report.backend_reason
+    x = torch.randn(3, 16, 64)
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), compiled.module(x), atol=ATOL)
+
+
+def test_a_backend_that_is_neither_name_nor_backend_is_refused() -> None:
+    with pytest.raises(sparsec.errors.ConfigError, match="name or a Backend object"):
+        sparsec.compile(TinyMlp(), pipeline="none", backend=object())  # type: ignore[arg-type]
