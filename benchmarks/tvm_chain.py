@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 import sparsec
+from sparsec.backends.tvm import TvmOptions
 from sparsec.backends.tvm.partitioned import PartitionedExecutable
 from sparsec.backends.tvm.target import build_target, host_cpu
 
@@ -82,6 +83,7 @@ def main() -> None:
         fused.graph.export_program,
         build_target("cpu", args.threads),
         args.threads,
+        dense_threads=TvmOptions().dense_threads,  # as the compiled build
         fuse_chains=False,
     )
     dense = sparsec.compile(

@@ -40,6 +40,7 @@ import torch
 import transformers
 
 import sparsec
+from sparsec.backends.tvm import TvmOptions
 from sparsec.backends.tvm.partitioned import PartitionedExecutable
 from sparsec.backends.tvm.target import build_target, host_cpu
 
@@ -128,6 +129,7 @@ def main() -> None:
                 sparse.graph.export_program,
                 build_target("cpu", threads),
                 threads,
+                dense_threads=TvmOptions().dense_threads,  # as the compiled build
                 fuse_chains=False,
             )
             unfused_ms = round(_median_ms(functools.partial(unfused, **inputs), args.repeats), 2)

@@ -110,3 +110,24 @@ def test_a_backend_object_carries_its_options_through_compile() -> None:
 def test_a_backend_that_is_neither_name_nor_backend_is_refused() -> None:
     with pytest.raises(sparsec.errors.ConfigError, match="name or a Backend object"):
         sparsec.compile(TinyMlp(), pipeline="none", backend=object())  # type: ignore[arg-type]
+
+
+def test_dense_ops_run_on_dense_threads(tmp_path: Path) -> None:
+    from sparsec.backends.tvm import TvmBackend, TvmOptions
+
+    seen: list[int] = []
+    compiled = sparsec.compile(
+        TinyMlp().eval(),
+        (torch.randn(2, 16, 64),),
+        pipeline=_pipeline("pattern=block,block=[16,1]"),
+        backend=TvmBackend(TvmOptions(dense_threads=1)),
+        threads=2,
+    )
+    module = compiled.executable._module  # the rewired program torch runs
+    module.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    compiled(torch.randn(1, 16, 64))
+    assert seen == [1]
+    manifest = (compiled.save(tmp_path / "a") / "manifest.json").read_text()
+    assert '"dense_threads": 1' in manifest
+    with pytest.raises(sparsec.errors.BackendError, match="dense_threads"):
+        TvmOptions(dense_threads=0)

@@ -216,11 +216,13 @@ class PartitionedExecutable:
         program: Callable[[], ExportedProgram],
         record: dict[str, Any],
         threads: int | None,
+        dense_threads: int | None = None,
     ) -> None:
         self._library = library
         self._program = program
         self._record = record
         self._threads = threads
+        self._dense_threads = dense_threads or threads
         self._module, self.notes = _rewire(module, library, Target(record["tvm_target"]))
 
     @classmethod
@@ -230,18 +232,21 @@ class PartitionedExecutable:
         program: Callable[[], ExportedProgram],
         target: Target,
         threads: int | None,
+        dense_threads: int | None = None,
         fuse_chains: bool = True,
     ) -> PartitionedExecutable:
         """Compile the kernels `module` needs for `target` and rewire a copy of it.
 
-        `fuse_chains=False` builds no chain kernels, so every sparse linear runs on its own.
+        TVM's kernels run on `threads`, torch's dense ops on `dense_threads` (None: the
+        same); `fuse_chains=False` builds no chain kernels, so every sparse linear runs alone.
         """
         library = build_kernels(module, target, fuse_chains)
-        return cls(module, library, program, target_record(target, "cpu"), threads)
+        record = target_record(target, "cpu")
+        return cls(module, library, program, record, threads, dense_threads)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         previous = torch.get_num_threads()
-        torch.set_num_threads(self._threads or previous)
+        torch.set_num_threads(self._dense_threads or previous)
         set_threads(self._threads)
         try:
             with torch.no_grad():
@@ -263,5 +268,6 @@ class PartitionedExecutable:
             "mode": "partitioned",
             "target": self._record,
             "threads": self._threads,
+            "dense_threads": self._dense_threads,
             "files": list(self.files()),
         }
