@@ -5,7 +5,9 @@ Rules:
   benchmarks/tvm_e2e.py): torch runs the dense ops, TVM kernels the sparse linears;
 - `TvmMode.RELAX` (and always for "cuda"): the whole program is imported into Relax
   (`importer`) and compiled by TVM; on CPU its dense ops are untuned loops, which is why it
-  is not the default; for CUDA, dense ops get dlight's default GPU schedules;
+  is not the default (unless tuned: still 1.9–3.9× slower than ORT at 64 trials); for
+  CUDA, dense ops get dlight's default GPU schedules;
+- both modes fuse chains of two sparse linears (and an activation) on CPU (`layout`);
 - the target is LLVM for this host's CPU (mcpu detected and recorded) or CUDA, whose device
   code is compiled here by nvcc (see `cuda_build` for what is embedded and why); with no
   GPU the CUDA build completes and says that it did not run;
@@ -214,7 +216,7 @@ class TvmBackend:
             program = graph.export_program()
         except Exception as exc:  # torch.export raises many types; all mean "not re-exportable"
             raise BackendError(f"torch.export could not re-export the graph: {exc}") from exc
-        imported = import_graph(program, tvm_target)
+        imported = import_graph(program, tvm_target, fuse_chains=True)  # CPU only
         tuning = None
         if budget is not None:
             leaves = flatten_inputs(
