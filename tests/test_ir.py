@@ -262,3 +262,18 @@ def test_training_the_graph_does_not_change_the_users_model(
     graph(x).sum().backward()
     optimizer.step()
     torch.testing.assert_close(model.fc.bias.detach(), before)
+
+
+def test_export_program_is_cached_until_the_graph_changes() -> None:
+    graph = trace(*make_tiny_mlp())
+    first = graph.export_program()
+    assert graph.export_program() is first  # lowering then saving exports once
+    with graph.rewrite("test-slice") as rw:
+        rw.slice_parameter("fc2.weight", axis=0, keep=[0])
+        rw.slice_parameter("fc2.bias", axis=0, keep=[0])
+    second = graph.export_program()
+    assert second is not first
+    graph.module.fc2.bias = nn.Parameter(torch.zeros(1))  # replaced outside the rewriter
+    third = graph.export_program()
+    assert third is not second
+    assert torch.equal(third.state_dict["fc2.bias"], torch.zeros(1))

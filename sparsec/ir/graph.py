@@ -132,6 +132,9 @@ class Graph:
     input_specs: tuple[InputSpec, ...] = ()
     output_names: tuple[str, ...] = ()
     version: int = 0
+    _exported: tuple[Any, torch.export.ExportedProgram] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     # ----- reading -----
     @property
@@ -244,11 +247,26 @@ class Graph:
 
     # ----- leaving the IR -----
     def export_program(self) -> torch.export.ExportedProgram:
-        """Re-export the (possibly rewritten) module with the same dynamic dimensions."""
-        return torch.export.export(
-            self.module,
-            self.example_args,
-            self.example_kwargs or None,
-            dynamic_shapes=self.dynamic_shapes,
-            strict=False,
+        """Re-export the (possibly rewritten) module with the same dynamic dimensions.
+
+        The program is cached until the graph's version or any of its tensors (by identity
+        and storage) changes: lowering and saving the same build export it once. Callers
+        must not mutate the returned program.
+        """
+        key = (
+            self.version,
+            tuple(
+                (name, id(tensor), tensor.data_ptr())
+                for name, tensor in self.module.state_dict(keep_vars=True).items()
+            ),
         )
+        if self._exported is None or self._exported[0] != key:
+            program = torch.export.export(
+                self.module,
+                self.example_args,
+                self.example_kwargs or None,
+                dynamic_shapes=self.dynamic_shapes,
+                strict=False,
+            )
+            self._exported = (key, program)
+        return self._exported[1]
