@@ -4,13 +4,15 @@ Rules:
 - a field path is a tuple of keys and list indices: `("passes", 1, "ratio")`;
 - YAML lines come from the composed node tree, so they are exact;
 - TOML has no positions in `tomllib`, so the key is found by scanning the text: top-level
-  keys before the first table, pass options inside the N-th `[[passes]]` table (best effort:
-  inline tables and dotted keys are not located);
+  keys before the first table, pass options inside the N-th `[[passes]]` table, keys of a
+  named table (`[backend_options]`) inside it, or as `backend_options.mode = ...` before
+  the first table (best effort: keys inside inline tables get the table's line);
 - a field that cannot be found has no line (`None`); the error is still raised.
 
 Example:
     locate = toml_locator(text)
     locate(("passes", 1, "ratio"))  # -> 9
+    locate(("backend_options", "mode"))  # -> the line of `mode = ...` under [backend_options]
 """
 
 from __future__ import annotations
@@ -34,8 +36,12 @@ def _key_pattern(key: str) -> re.Pattern[str]:
     return re.compile(rf"""^\s*(["']?){re.escape(key)}\1\s*=""")
 
 
+def _table_pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"""^\s*\[\s*(["']?){re.escape(name)}\1\s*\]\s*(#.*)?$""")
+
+
 def toml_locator(text: str) -> Locator:
-    """A locator for TOML text laid out as top-level keys then `[[passes]]` tables."""
+    """A locator for TOML text laid out as top-level keys, then tables and `[[passes]]`."""
     lines = text.splitlines()
     headers = [i for i, line in enumerate(lines) if _TABLE.match(line)]
     passes = [i for i in headers if _PASSES_TABLE.match(lines[i])]
@@ -47,11 +53,25 @@ def toml_locator(text: str) -> Locator:
                 return i + 1
         return None
 
+    def locate_table(path: FieldPath) -> int | None:
+        name, top = str(path[0]), headers[0] if headers else len(lines)
+        table = next((i for i in headers if _table_pattern(name).match(lines[i])), None)
+        if table is None:
+            if len(path) > 1 and isinstance(path[1], str):
+                dotted = find_key(f"{name}.{path[1]}", 0, top)
+                if dotted is not None:
+                    return dotted
+            return find_key(name, 0, top)
+        if len(path) == 1 or not isinstance(path[1], str):
+            return table + 1
+        stop = next((h for h in headers if h > table), len(lines))
+        return find_key(path[1], table + 1, stop) or table + 1
+
     def locate(path: FieldPath) -> int | None:
         if not path or not isinstance(path[0], str):
             return None
         if len(path) == 1 or path[0] != "passes" or not isinstance(path[1], int):
-            return find_key(path[0], 0, headers[0] if headers else len(lines))
+            return locate_table(path)
         index = path[1]
         if not 0 <= index < len(passes):
             return None

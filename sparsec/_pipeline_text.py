@@ -19,7 +19,7 @@ from typing import Any
 
 from sparsec.errors import ConfigError
 
-__all__ = ["ParsedText", "parse_text"]
+__all__ = ["ParsedText", "parse_literal", "parse_text"]
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -95,6 +95,14 @@ class _Parser:
             self.pos = start
             raise self.fail("expected a value")
         return _literal(token)
+
+
+def parse_literal(text: str) -> Any:
+    """One value as pipeline text reads a bare or quoted one: `64`, `0.5`, `true`, `none`, `'x'`."""
+    token = text.strip()
+    if len(token) >= 2 and token[0] == token[-1] and token[0] in ("'", '"'):
+        return token[1:-1]
+    return _literal(token)
 
 
 def _literal(token: str) -> Any:

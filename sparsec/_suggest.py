@@ -5,7 +5,13 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["did_you_mean", "unknown_choice"]
+__all__ = ["closest", "did_you_mean", "unknown_choice"]
+
+
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The choice most similar to `word`, or None when none is similar enough."""
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -20,8 +26,8 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """
     options = sorted(choices)
     valid = ", ".join(options) if options else "(none)"
-    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}? valid: {valid}" if close else f"valid: {valid}"
+    close = closest(word, options)
+    return f"did you mean {close!r}? valid: {valid}" if close else f"valid: {valid}"
 
 
 def unknown_choice(what: str, value: object, choices: Iterable[str]) -> str | None:

@@ -2,6 +2,8 @@
 
 Example:
     sparsec compile examples.models:small_cnn --input 1x3x32x32 --out artifacts/cnn
+    sparsec compile examples.models:mlp --input 2x64 --pipeline unstructured-50 \
+        --backend tvm --backend-option mode=relax --backend-option dense_threads=1
     sparsec inspect artifacts/cnn
     sparsec run artifacts/cnn --input x.npy --output y.npy
 """
@@ -13,7 +15,7 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -22,7 +24,7 @@ from rich.console import Console
 
 from sparsec.errors import SparsecError
 
-__all__ = ["app", "parse_input_spec", "load_model_factory"]
+__all__ = ["app", "load_model_factory", "parse_backend_options", "parse_input_spec"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="sparsec: a compiler for sparse neural networks.")
 console = Console(stderr=True)
@@ -46,6 +48,32 @@ def parse_input_spec(spec: str) -> torch.Tensor:
         return torch.randn(shape, generator=generator).to(dtype)
     high = int(rest[1]) if len(rest) > 1 else 2
     return torch.randint(0, high, shape, generator=generator).to(dtype)
+
+
+def parse_backend_options(items: list[str]) -> dict[str, Any]:
+    """`["tune_trials=64", "mode=relax"]` → `{"tune_trials": 64, "mode": "relax"}`.
+
+    Rules:
+    - each item is `key=value`; a key given twice is an error;
+    - values read as in pipeline text: integers, numbers, true/false, none, else a string
+      (quote it, `tuning_dir='123'`, to keep digits a string); whether they fit the backend
+      is checked with the pipeline file's rules.
+    """
+    from sparsec._pipeline_text import parse_literal
+    from sparsec.errors import ConfigError
+
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(
+                f"bad --backend-option {item!r}: expected key=value, e.g. tune_trials=64"
+            )
+        if key in options:
+            raise ConfigError(f"--backend-option {key} is given twice")
+        options[key] = parse_literal(value)
+    return options
 
 
 def load_model_factory(reference: str) -> torch.nn.Module:
@@ -81,20 +109,34 @@ def compile_command(
     out: Annotated[Path, typer.Option(help="artifact directory to write")] = Path("artifacts/model"),
     pipeline: Annotated[str, typer.Option(help="preset name, .toml/.yaml file, or pipeline text")] = "structured-50",
     target: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
-    backend: Annotated[str | None, typer.Option(help="onnxruntime or torch (default: per target)")] = None,
+    backend: Annotated[str | None, typer.Option(help="onnxruntime, torch or tvm (default: per target)")] = None,
+    backend_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--backend-option",
+            help="backend option key=value, repeatable, e.g. mode=relax; overrides the pipeline file's backend_options table",
+        ),
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="runtime threads")] = None,
     print_ir: Annotated[bool, typer.Option("--print-ir", help="print the IR after compiling")] = False,
     dump_ir: Annotated[Path | None, typer.Option(help="write numbered IR dumps per pass here")] = None,
 ) -> None:
     """Compile a model into an artifact directory and print its report."""
     import sparsec
+    from sparsec.resolve import resolve_pipeline
 
     try:
+        # options first: a typo fails in a second, before the model is imported and traced
+        resolved = resolve_pipeline(
+            pipeline, target=target, backend=backend,
+            backend_options=parse_backend_options(backend_option or []),
+            options_source="--backend-option",
+        )
         module = load_model_factory(model)
         examples = tuple(parse_input_spec(s) for s in input)
         with console.status("compiling") as status:
             compiled = sparsec.compile(
-                module, examples, target=target, pipeline=pipeline, backend=backend,
+                module, examples, pipeline=resolved,
                 threads=threads, dump_ir=dump_ir, progress=lambda m: (status.update(m), console.log(m)),
             )
             status.update("writing artifact")

@@ -5,7 +5,9 @@ Rules:
   every rewrite replaces tensors instead of editing them;
 - without `example_inputs`, compilation happens on the first call, with that call's inputs;
 - after lowering, the backend's outputs are compared with the pruned torch graph on the
-  example inputs and the max error goes into the report.
+  example inputs and the max error goes into the report;
+- the backend is the Backend object given to compile() (its options win), else the one the
+  pipeline names, built with the pipeline's `backend_options`, else the target's default.
 
 Example:
     compiled = sparsec.compile(model, (x,), target="cpu", pipeline="structured-50")
@@ -17,7 +19,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,7 +140,9 @@ def _build(
     if given_backend is not None:
         backend, reason = given_backend, "given to compile() with its options"
     elif pipeline.backend:
-        backend, reason = get_backend(pipeline.backend), "named in the pipeline"
+        backend, reason = _named_backend(pipeline), "named in the pipeline"
+        if pipeline.backend_options is not None:
+            reason += " with its backend_options"
     else:
         backend, reason = default_backend(pipeline.target, graph)
     progress(f"lowering to {backend.name} for {pipeline.target}")
@@ -170,6 +175,24 @@ def _build(
         notes=list(getattr(executable, "notes", [])),
     )
     return _Build(graph, executable, report, pipeline, backend.name)
+
+
+def _named_backend(pipeline: Pipeline) -> Backend:
+    """The backend the pipeline names, constructed with its options when it has any."""
+    backend = get_backend(str(pipeline.backend))
+    if pipeline.backend_options is None:
+        return backend
+    # resolve_pipeline checked that the options are this backend's options class
+    named: Backend = type(backend)(pipeline.backend_options)  # type: ignore[call-arg]
+    return named
+
+
+def _given_options(backend: Backend) -> Any:
+    """The options object a given Backend carries (e.g. TvmBackend.options), if a dataclass."""
+    options = getattr(backend, "options", None)
+    if dataclasses.is_dataclass(options) and not isinstance(options, type):
+        return options
+    return None
 
 
 class CompiledModel:
@@ -267,6 +290,7 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
     target: str | None = None,
     pipeline: PipelineSpec = None,
     backend: str | Backend | None = None,
+    backend_options: Mapping[str, Any] | None = None,
     threads: int | None = None,
     verify_each: bool = True,
     dump_ir: str | Path | None = None,
@@ -279,7 +303,8 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
     without it, compilation happens at the first call. `calibration`: batches (or a
     `Calibration` with a loss) for data-aware passes. `backend`: a name, or a backend
     object carrying its own options, e.g. `TvmBackend(TvmOptions(mode=TvmMode.RELAX,
-    tune_trials=64))`.
+    tune_trials=64))`. `backend_options`: options by name for the named backend, merged over
+    the pipeline file's `backend_options` table, e.g. `{"mode": "relax", "tune_trials": 64}`.
     """
     given_backend = None if backend is None or isinstance(backend, str) else backend
     if given_backend is not None and not isinstance(given_backend, Backend):
@@ -287,9 +312,25 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
             f"backend must be a name or a Backend object, not {type(backend).__name__}; "
             f"valid names: {', '.join(available_backends())}"
         )
-    resolved = resolve_pipeline(
-        pipeline, target=target, backend=given_backend.name if given_backend else backend
-    )
+    if given_backend is not None and backend_options:
+        raise ConfigError(
+            "backend_options= and a Backend object were both given; the object carries its "
+            f"own options. Fix: put them in the object, or pass backend={given_backend.name!r}"
+        )
+    if given_backend is None:
+        resolved = resolve_pipeline(
+            pipeline, target=target, backend=backend, backend_options=backend_options
+        )
+    else:
+        # the object wins over the pipeline's backend and options; what it carries is what
+        # runs, so it is what the manifest records
+        resolved = resolve_pipeline(pipeline, target=target)
+        resolved = Pipeline(
+            resolved.passes,
+            target=resolved.target,
+            backend=given_backend.name,
+            backend_options=_given_options(given_backend),
+        )
     compiled = CompiledModel(
         model,
         resolved,

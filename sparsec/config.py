@@ -1,8 +1,12 @@
 """Pipeline files (TOML or YAML) and pipeline text, validated into frozen pass objects.
 
 Rules:
-- a file has `target` ("cpu" | "cuda"), an optional `backend` and a list of `passes`, each a
-  table with the pass `name` and its options;
+- a file has `target` ("cpu" | "cuda"), an optional `backend`, an optional
+  `backend_options` table and a list of `passes`, each a table with the pass `name` and its
+  options;
+- `backend_options` are checked against the named backend's options class (`TvmOptions` for
+  "tvm"; "onnxruntime" and "torch" take none) and become that typed object; the class is
+  imported only when a table is given, so tvm is imported only for `backend = "tvm"`;
 - every problem is reported at once, each as `file:line: passes[1].ratio: what is wrong;
   what would be right` (a nearest valid name, the valid names, or the expected type);
 - pydantic does the value checks (the pass classes own their options); its errors are
@@ -12,6 +16,9 @@ Rules:
 
 Example (pipeline.toml):
     target = "cpu"
+    backend = "tvm"
+    [backend_options]
+    mode = "relax"
     [[passes]]
     name = "magnitude-importance"
     norm = 2
@@ -36,16 +43,18 @@ import pydantic
 import yaml
 
 from sparsec._config_locate import FieldPath, Locator, toml_locator, yaml_locator
-from sparsec._option_types import describe_option, option_names
+from sparsec._option_types import coerce_value, describe_option, field_types, option_names
 from sparsec._pipeline_text import parse_text
 from sparsec._suggest import did_you_mean, unknown_choice
-from sparsec.errors import ConfigError
-from sparsec.pipeline import Pass, Pipeline, registry
+from sparsec.errors import ConfigError, SparsecError
+from sparsec.pipeline import Pass, Pipeline, options_dict, registry
 
 __all__ = [
     "BACKENDS",
     "SUFFIXES",
     "TARGETS",
+    "backend_options_from_dict",
+    "backend_options_type",
     "dump_pipeline",
     "load_pipeline",
     "parse_pipeline_text",
@@ -56,7 +65,13 @@ __all__ = [
 TARGETS: tuple[str, ...] = ("cpu", "cuda")
 BACKENDS: tuple[str, ...] = ("onnxruntime", "torch", "tvm")
 SUFFIXES: tuple[str, ...] = (".toml", ".yaml", ".yml")
-_TOP_LEVEL: tuple[str, ...] = ("target", "backend", "passes")
+_TOP_LEVEL: tuple[str, ...] = ("target", "backend", "backend_options", "passes")
+# backend name -> "module:class" of its options, or None; imported only when options are given.
+_BACKEND_OPTIONS: dict[str, str | None] = {
+    "onnxruntime": None,
+    "torch": None,
+    "tvm": "sparsec.backends.tvm.backend:TvmOptions",
+}
 
 _Position = Callable[[FieldPath], str | None]
 """Where a field is in the source, as `line` or `line:column`, or None when unknown."""
@@ -69,8 +84,51 @@ def registered_passes() -> Mapping[str, type[Pass]]:
 
 
 def pipeline_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Pipeline:
-    """Validate plain data (as read from a file) into a Pipeline; `source` names it in errors."""
+    """Validate plain data (as read from a file) into a Pipeline; `source` names it in errors.
+
+    `Pipeline.to_dict()` reads back too: its `text` entry (a copy of the passes) is ignored.
+    """
+    if isinstance(data, Mapping) and "text" in data:
+        data = {k: v for k, v in data.items() if k != "text"}
     return _validate(data, source, lambda path: None)
+
+
+def backend_options_type(backend: str) -> type | None:
+    """The options class of `backend` (`TvmOptions` for "tvm"), or None when it takes none.
+
+    Importing the class imports the backend (tvm for "tvm"); ConfigError when it is missing.
+    """
+    if problem := unknown_choice("backend", backend, BACKENDS):
+        raise ConfigError(problem)
+    reference = _BACKEND_OPTIONS.get(backend)
+    if reference is None:
+        return None
+    module_name, attribute = reference.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"backend {backend!r} cannot be imported ({exc}), so its options cannot be "
+            f"checked. Fix: pip install 'sparsec[{backend}]', or drop the backend options"
+        ) from exc
+    cls: type = getattr(module, attribute)
+    return cls
+
+
+def backend_options_from_dict(
+    backend: str | None, data: Mapping[str, Any] | None, source: str = "backend_options"
+) -> Any:
+    """Validate plain `data` into `backend`'s options object (None when `data` is empty).
+
+    Errors read like the file's: `--backend-option: backend_options.tune_trial: unknown option
+    'tune_trial' of backend 'tvm'; did you mean 'tune_trials'?`.
+    """
+    problems = _Problems(source, lambda path: None)
+    if backend is not None and (problem := unknown_choice("backend", backend, BACKENDS)):
+        problems.add(("backend",), problem)
+    options = _build_backend_options(data, backend, problems)
+    problems.raise_if_any()
+    return options
 
 
 def load_pipeline(path: str | Path) -> Pipeline:
@@ -89,10 +147,20 @@ def load_pipeline(path: str | Path) -> Pipeline:
     return _validate(data, str(path), _lines(locate))
 
 
-def parse_pipeline_text(text: str, *, target: str = "cpu", backend: str | None = None) -> Pipeline:
-    """Read the text form, `magnitude-importance{norm=1},prune-channels{ratio=0.3}`."""
+def parse_pipeline_text(
+    text: str,
+    *,
+    target: str = "cpu",
+    backend: str | None = None,
+    backend_options: Mapping[str, Any] | None = None,
+) -> Pipeline:
+    """Read the text form, `magnitude-importance{norm=1},prune-channels{ratio=0.3}`.
+
+    The text holds the passes only; `target`, `backend` and `backend_options` (plain data,
+    as in a file's table or `Pipeline.to_dict()`) come alongside.
+    """
     parsed = parse_text(text)
-    data = {**parsed.data, "target": target, "backend": backend}
+    data = {**parsed.data, "target": target, "backend": backend, "backend_options": backend_options}
 
     def position(path: FieldPath) -> str | None:
         column = parsed.columns.get(path)
@@ -111,6 +179,8 @@ def dump_pipeline(pipeline: Pipeline, path: str | Path) -> None:
     data: dict[str, Any] = {"target": pipeline.target}
     if pipeline.backend is not None:
         data["backend"] = pipeline.backend
+    if pipeline.backend_options is not None:
+        data["backend_options"] = _backend_options_data(pipeline.backend_options, toml)
     data["passes"] = [{"name": p.name, **_pass_options(p, toml)} for p in pipeline.passes]
     header = f"# sparsec {pipeline}\n"
     if toml:
@@ -207,8 +277,81 @@ def _validate(data: Any, source: str, position: _Position) -> Pipeline:
         )
         entries = []
     passes = [_build_pass(entry, index, problems) for index, entry in enumerate(entries)]
+    options = _build_backend_options(data.get("backend_options"), backend, problems)
     problems.raise_if_any()
-    return Pipeline([p for p in passes if p is not None], target=target, backend=backend)
+    return Pipeline(
+        [p for p in passes if p is not None],
+        target=target,
+        backend=backend,
+        backend_options=options,
+    )
+
+
+def _build_backend_options(raw: Any, backend: Any, problems: _Problems) -> Any:
+    """The typed options object for `backend` from the `backend_options` table, or None."""
+    path: FieldPath = ("backend_options",)
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        problems.add(
+            path,
+            "must be a table of the backend's options ([backend_options] in TOML, "
+            f"'backend_options:' with indented keys in YAML), got {type(raw).__name__}",
+        )
+        return None
+    if not raw:
+        return None  # an empty table sets nothing
+    with_options = ", ".join(repr(name) for name, ref in _BACKEND_OPTIONS.items() if ref)
+    if backend is None:
+        problems.add(
+            path,
+            "backend options need a backend: name it (`backend = \"tvm\"` at the top of "
+            "a pipeline file, `--backend tvm` on the command line, `backend=\"tvm\"` in "
+            f"compile()); backends with options: {with_options}",
+        )
+        return None
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        return None  # the backend itself is already reported
+    try:
+        cls = backend_options_type(backend)
+    except ConfigError as exc:
+        problems.add(path, str(exc))
+        return None
+    if cls is None:
+        problems.add(
+            path,
+            f"backend {backend!r} takes no options; remove the backend_options table "
+            f"(backends with options: {with_options})",
+        )
+        return None
+    types = field_types(cls)
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        key = str(key)
+        if key not in types:
+            hint = (
+                "; top-level keys go before the first table" if key in _TOP_LEVEL else ""
+            )
+            problems.add(
+                (*path, key),
+                f"unknown option {key!r} of backend {backend!r}; {did_you_mean(key, types)}{hint}",
+            )
+            continue
+        try:
+            values[key] = coerce_value(types[key], value)
+        except ValueError as exc:
+            problems.add((*path, key), str(exc))
+    if len(values) < len(raw):
+        return None
+    try:
+        return cls(**values)
+    except (SparsecError, TypeError, ValueError) as exc:
+        # the class checks ranges and combinations; point at the first field it names
+        message = str(exc)
+        named = [(message.find(key), key) for key in values if re.search(rf"\b{key}\b", message)]
+        where = (*path, min(named)[1]) if named else path
+        problems.add(where, f"backend {backend!r} rejected its options: {message}")
+    return None
 
 
 def _build_pass(entry: Any, index: int, problems: _Problems) -> Pass | None:
@@ -274,6 +417,22 @@ def _pass_options(p: Pass, toml: bool) -> dict[str, Any]:
     return out
 
 
+def _backend_options_data(options: Any, toml: bool) -> dict[str, Any]:
+    data = options_dict(options) or {}
+    if not toml:
+        return data
+    defaults = {f.name: f.default for f in dataclasses.fields(options)}
+    for key, value in list(data.items()):
+        if value is None:
+            if defaults.get(key) is not None:
+                raise ConfigError(
+                    f"backend_options.{key} is None, which TOML cannot hold; write a .yaml "
+                    "file instead"
+                )
+            del data[key]  # None is the default, so leaving it out reads back the same
+    return data
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return _plain(value.value)
@@ -285,7 +444,14 @@ def _plain(value: Any) -> Any:
 
 
 def _toml_document(data: dict[str, Any]) -> str:
-    lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in data.items() if k != "passes"]
+    tables = ("backend_options", "passes")
+    lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in data.items() if k not in tables]
+    if "backend_options" in data:
+        lines += [
+            "",
+            "[backend_options]",
+            *(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in data["backend_options"].items()),
+        ]
     for entry in data["passes"]:
         lines += [
             "",

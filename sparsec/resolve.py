@@ -5,28 +5,35 @@ Rules:
 - a string naming a preset → that preset; a path ending in .toml/.yaml/.yml → that file;
   text such as `magnitude-importance{norm=1},prune-channels{ratio=0.3}` → parsed;
 - anything else raises ConfigError listing the presets and the accepted forms;
-- explicit `target`/`backend` arguments override what the pipeline says.
+- explicit `target`/`backend` arguments override what the pipeline says; overriding the
+  backend of a pipeline that carries options for it is an error (they would be dropped);
+- `backend_options` (plain data, e.g. from `--backend-option key=value`) are merged over the
+  pipeline's own, key by key, and the result is validated as the file's table is.
 
 Example:
     resolve_pipeline("structured-30", target="cuda")
+    resolve_pipeline("tvm.toml", backend_options={"tune_trials": 64})
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from sparsec._suggest import did_you_mean, unknown_choice
 from sparsec.config import (
     BACKENDS,
     SUFFIXES,
     TARGETS,
+    backend_options_from_dict,
+    backend_options_type,
     load_pipeline,
     parse_pipeline_text,
     registered_passes,
 )
 from sparsec.errors import ConfigError
-from sparsec.pipeline import Pass, Pipeline
+from sparsec.pipeline import Pass, Pipeline, options_dict
 from sparsec.presets import DEFAULT_PRESET, get_preset, list_presets
 
 __all__ = ["PipelineSpec", "resolve_pipeline"]
@@ -41,19 +48,64 @@ _FORMS = (
 
 
 def resolve_pipeline(
-    pipeline: PipelineSpec = None, *, target: str | None = None, backend: str | None = None
+    pipeline: PipelineSpec = None,
+    *,
+    target: str | None = None,
+    backend: str | None = None,
+    backend_options: Mapping[str, Any] | None = None,
+    options_source: str = "backend_options",
 ) -> Pipeline:
-    """The Pipeline that `pipeline` names, with `target`/`backend` overriding when given."""
+    """The Pipeline that `pipeline` names, with `target`/`backend`/`backend_options` overriding.
+
+    `options_source` names where `backend_options` came from in errors (`--backend-option`).
+    """
     resolved = _resolve(pipeline)
     if target is not None and (problem := unknown_choice("target", target, TARGETS)):
         raise ConfigError(problem)
     if backend is not None and (problem := unknown_choice("backend", backend, BACKENDS)):
         raise ConfigError(problem)
-    if target is None and backend is None:
+    if target is None and backend is None and not backend_options:
+        _check_options_type(resolved)
         return resolved
-    return Pipeline(
-        resolved.passes, target=target or resolved.target, backend=backend or resolved.backend
+    chosen = backend or resolved.backend
+    options = resolved.backend_options
+    if options is not None and chosen != resolved.backend:
+        raise ConfigError(
+            f"backend {chosen!r} overrides the pipeline's backend {resolved.backend!r}, whose "
+            f"backend_options ({type(options).__name__}) do not apply to it. Fix: drop the "
+            "override, or the pipeline's backend_options"
+        )
+    if backend_options:
+        if not isinstance(backend_options, Mapping):
+            raise ConfigError(
+                f"{options_source} must be a mapping of option names to values, e.g. "
+                f"{{'tune_trials': 64}}, not {type(backend_options).__name__}"
+            )
+        merged = {**(options_dict(options) or {}), **backend_options}
+        options = backend_options_from_dict(chosen, merged, options_source)
+    return _check_options_type(
+        Pipeline(
+            resolved.passes,
+            target=target or resolved.target,
+            backend=chosen,
+            backend_options=options,
+        )
     )
+
+
+def _check_options_type(pipeline: Pipeline) -> Pipeline:
+    """A Pipeline built in Python may pair a backend with another backend's options."""
+    options = pipeline.backend_options
+    if options is None or pipeline.backend is None:
+        return pipeline
+    expected = backend_options_type(pipeline.backend)
+    if expected is None or not isinstance(options, expected):
+        takes = "takes no options" if expected is None else f"takes {expected.__name__}"
+        raise ConfigError(
+            f"the pipeline's backend_options are {type(options).__name__}, but backend "
+            f"{pipeline.backend!r} {takes}. Fix: pass the options of the backend it names"
+        )
+    return pipeline
 
 
 def _resolve(pipeline: PipelineSpec) -> Pipeline:

@@ -263,7 +263,7 @@ TOML_CASES = {
         [
             "unknown top-level key 'backnd'",
             "did you mean 'backend'?",
-            "valid: backend, passes, target",
+            "valid: backend, backend_options, passes, target",
         ],
     ),
     "bad target": (

@@ -21,7 +21,7 @@ from sparsec.pipeline.instruments import (
     VerifyEach,
     max_abs_diff,
 )
-from sparsec.pipeline.pass_manager import PassManager, Pipeline, PipelineRun
+from sparsec.pipeline.pass_manager import PassManager, Pipeline, PipelineRun, options_dict
 
 __all__ = [
     "PRESERVE_ALL",
@@ -41,6 +41,7 @@ __all__ = [
     "VerifyEach",
     "format_pass",
     "max_abs_diff",
+    "options_dict",
     "pass_dataclass",
     "register",
     "registry",

@@ -13,31 +13,57 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
-from sparsec.errors import PassError, SparsecError
+from sparsec.errors import ConfigError, PassError, SparsecError
 from sparsec.ir import Graph
 from sparsec.pipeline.analysis_manager import AnalysisManager
 from sparsec.pipeline.base import Analysis, Pass, PassResult, RewritePass, format_pass
 from sparsec.pipeline.instruments import Instrument
 
-__all__ = ["Pipeline", "PassManager", "PipelineRun"]
+__all__ = ["Pipeline", "PassManager", "PipelineRun", "options_dict"]
 
 
 @dataclass(frozen=True)
 class Pipeline:
-    """An ordered list of passes plus where the result goes (target, backend)."""
+    """An ordered list of passes plus where the result goes (target, backend, backend options).
+
+    `backend_options` is the named backend's typed options object (a frozen dataclass such
+    as `TvmOptions`), or None for the backend's defaults; it needs a `backend`.
+    """
 
     passes: tuple[Pass, ...] = ()
     target: str = "cpu"
     backend: str | None = None
+    backend_options: Any = None
 
-    def __init__(self, passes: Iterable[Pass] = (), target: str = "cpu", backend: str | None = None) -> None:
+    def __init__(
+        self,
+        passes: Iterable[Pass] = (),
+        target: str = "cpu",
+        backend: str | None = None,
+        backend_options: Any = None,
+    ) -> None:
+        if backend_options is not None:
+            if backend is None:
+                raise ConfigError(
+                    f"backend options {type(backend_options).__name__} need a backend; "
+                    "name it: Pipeline(..., backend='tvm', backend_options=...)"
+                )
+            if not dataclasses.is_dataclass(backend_options) or isinstance(backend_options, type):
+                raise ConfigError(
+                    "backend_options must be the backend's options object (a dataclass such "
+                    f"as TvmOptions), not {type(backend_options).__name__}"
+                )
         object.__setattr__(self, "passes", tuple(passes))
         object.__setattr__(self, "target", target)
         object.__setattr__(self, "backend", backend)
+        object.__setattr__(self, "backend_options", backend_options)
 
     def __str__(self) -> str:
         return "pipeline(" + ",".join(format_pass(p) for p in self.passes) + ")"
@@ -47,9 +73,27 @@ class Pipeline:
         return {
             "target": self.target,
             "backend": self.backend,
+            "backend_options": options_dict(self.backend_options),
             "passes": [{"name": p.name, **_plain(p.options())} for p in self.passes],
             "text": str(self),
         }
+
+
+def options_dict(options: Any) -> dict[str, Any] | None:
+    """A backend options object as plain data: every field, enums as values, paths as strings."""
+    if options is None:
+        return None
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        if isinstance(value, enum.Enum):
+            value = value.value
+        elif isinstance(value, PurePath):
+            value = str(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
 
 
 def _plain(options: dict[str, Any]) -> dict[str, Any]:
