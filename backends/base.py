@@ -45,6 +45,7 @@ __all__ = [
     "flatten_inputs",
     "get_backend",
     "load_spec",
+    "require_lowerable",
     "unflatten_outputs",
 ]
 
@@ -147,6 +148,24 @@ def get_backend(name: str) -> Backend:
     module_name, attribute = _BACKENDS[name].split(":")
     backend: Backend = getattr(importlib.import_module(module_name), attribute)()
     return backend
+
+
+def require_lowerable(backend: Backend, graph: Graph, target: str) -> None:
+    """Raise BackendError if `backend` has no `target` or its `check` finds errors in `graph`.
+
+    Every backend's `lower` starts with this, so the refusal reads the same everywhere.
+    """
+    if not backend.supports(target):
+        raise BackendError(
+            f"the {backend.name} backend has no target {target!r}; valid targets: "
+            f"{', '.join(TARGETS)}"
+        )
+    errors = [d for d in backend.check(graph) if d.severity is Severity.ERROR]
+    if errors:
+        raise BackendError(
+            f"the {backend.name} backend cannot lower this graph:\n"
+            + "\n".join(f"  {d}" for d in errors)
+        )
 
 
 def default_backend(target: str, graph: Graph | None = None) -> tuple[Backend, str]:

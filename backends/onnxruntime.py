@@ -48,6 +48,7 @@ from .base import (
     dump_spec,
     flatten_inputs,
     load_spec,
+    require_lowerable,
     unflatten_outputs,
 )
 
@@ -284,16 +285,7 @@ class OnnxRuntimeBackend:
         return diagnostics
 
     def lower(self, graph: Graph, target: str, options: BackendOptions) -> Executable:
-        if not self.supports(target):
-            raise BackendError(
-                f"the onnxruntime backend has no target {target!r}; valid targets: {TARGETS}"
-            )
-        errors = [d for d in self.check(graph) if d.severity is Severity.ERROR]
-        if errors:
-            raise BackendError(
-                "the onnxruntime backend cannot lower this graph:\n"
-                + "\n".join(f"  {d}" for d in errors)
-            )
+        require_lowerable(self, graph, target)
         owner = tempfile.TemporaryDirectory(prefix="sparsec-onnx-")
         source = Path(owner.name)
         try:

@@ -49,7 +49,7 @@ from torch.utils import _pytree as pytree
 from sparsec.errors import ArtifactError, BackendError
 from sparsec.ops import bsr_linear  # noqa: F401 - registers torch.ops.sparsec for torch.export.load
 
-from .base import TARGETS, BackendOptions, Diagnostic, Executable
+from .base import TARGETS, BackendOptions, Diagnostic, Executable, require_lowerable
 from .semi_structured import accelerate_2_4
 
 if TYPE_CHECKING:
@@ -316,8 +316,7 @@ class TorchBackend:
         return []
 
     def lower(self, graph: Graph, target: str, options: BackendOptions) -> Executable:
-        if not self.supports(target):
-            raise BackendError(f"the torch backend has no target {target!r}; valid: {TARGETS}")
+        require_lowerable(self, graph, target)
         return TorchExecutable(graph.module, graph.export_program, target, options.threads)
 
     def load(self, directory: Path, metadata: dict[str, Any]) -> Executable:

@@ -146,11 +146,6 @@ def _build(
     else:
         backend, reason = default_backend(pipeline.target, graph)
     progress(f"lowering to {backend.name} for {pipeline.target}")
-    problems = [d for d in backend.check(graph) if str(getattr(d.severity, "value", d.severity)) == "error"]
-    if problems:
-        raise SparsecError(
-            f"backend {backend.name} cannot lower this graph: " + "; ".join(d.message for d in problems)
-        )
     executable = backend.lower(graph, pipeline.target, options)
     with torch.no_grad():
         backend_error = max_abs_diff(

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from config_files import config_error, write
 from torch import nn
 
 import sparsec
@@ -32,18 +32,6 @@ from sparsec.resolve import resolve_pipeline
 
 REPO = Path(__file__).resolve().parent.parent
 SPARSE = "sparsify{pattern=block,block=[16,1],sparsity=0.75},lower-sparse-weights{gate=off}"
-
-
-def write(tmp_path: Path, name: str, text: str) -> Path:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text), encoding="utf-8")
-    return path
-
-
-def config_error(path: Path) -> str:
-    with pytest.raises(ConfigError) as info:
-        load_pipeline(path)
-    return str(info.value)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
 import pytest
+from config_files import config_error, write
 from pydantic import Field
 
 from sparsec.config import dump_pipeline, load_pipeline, parse_pipeline_text, pipeline_from_dict
@@ -78,18 +79,6 @@ EXPECTED = Pipeline(
     target="cuda",
     backend="torch",
 )
-
-
-def write(tmp_path: Path, name: str, text: str) -> Path:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text), encoding="utf-8")
-    return path
-
-
-def config_error(path: Path) -> str:
-    with pytest.raises(ConfigError) as info:
-        load_pipeline(path)
-    return str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -45,6 +45,7 @@ from ..base import (
     Severity,
     flatten_inputs,
     load_spec,
+    require_lowerable,
 )
 from ..torch_backend import load_program
 from .importer import import_graph
@@ -187,15 +188,7 @@ class TvmBackend:
         return diagnostics
 
     def lower(self, graph: Graph, target: str, options: BackendOptions) -> Executable:
-        if not self.supports(target):
-            raise BackendError(
-                f"the tvm backend has no target {target!r}; valid targets: {TARGETS}"
-            )
-        errors = [d for d in self.check(graph) if d.severity is Severity.ERROR]
-        if errors:
-            raise BackendError(
-                "the tvm backend cannot lower this graph:\n" + "\n".join(f"  {d}" for d in errors)
-            )
+        require_lowerable(self, graph, target)
         budget = self.options.tune_budget()
         if budget is not None and target != "cpu":
             raise BackendError(
