@@ -94,7 +94,11 @@ _ALLOWED_ENTRIES = re.compile(
 def _placeholder(tensor: torch.Tensor) -> torch.Tensor:
     """A stride-0 tensor with `tensor`'s shape and dtype that stores a single element."""
     # an empty tensor is its own placeholder (torch's pt2 writer rejects empty stride-0 views)
-    stub = torch.zeros((), dtype=tensor.dtype).expand(tensor.shape) if tensor.numel() else torch.empty(tensor.shape, dtype=tensor.dtype)
+    stub = (
+        torch.zeros((), dtype=tensor.dtype).expand(tensor.shape)
+        if tensor.numel()
+        else torch.empty(tensor.shape, dtype=tensor.dtype)
+    )
     if isinstance(tensor, torch.nn.Parameter):
         return torch.nn.Parameter(stub, requires_grad=tensor.requires_grad)
     return stub

@@ -31,8 +31,15 @@ import tvm
 from onnx import TensorProto, helper, numpy_helper
 
 from sparsec.backends.tvm.importer import import_graph
-from sparsec.backends.tvm.kernels import BsrShape, bsr_kernel, choose_schedule, compile_config
+from sparsec.backends.tvm.kernels import (
+    BsrShape,
+    Schedule,
+    bsr_kernel,
+    choose_schedule,
+    compile_config,
+)
 from sparsec.backends.tvm.relax_executable import compile_module
+from sparsec.backends.tvm.slabs import slab_major
 from sparsec.backends.tvm.target import host_target, vector_lanes
 from sparsec.backends.tvm.threads import set_threads
 from sparsec.backends.tvm.tuning import DEFAULT_TUNING_DIR, TuneBudget, tune_module
@@ -191,6 +198,13 @@ def main() -> None:
                 for (r, c), kernel in kernels.items():
                     shape = BsrShape(out_f, in_f, r, c)
                     values, cols, crow = _bsr(out_f, in_f, r, c, sparsity, rng)
+                    if choose_schedule(shape, lanes) is Schedule.TOKEN:
+                        values, cols, crow = (
+                            a.numpy()
+                            for a in slab_major(
+                                shape, *(torch.from_numpy(a) for a in (values, cols, crow))
+                            )
+                        )
                     tensors = [
                         tvm.runtime.tensor(a)
                         for a in (

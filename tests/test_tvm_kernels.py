@@ -1,7 +1,7 @@
 """Each block-sparse TIR kernel equals the torch reference (fp32, atol 1e-4) across block
 shapes, sparsities 0/50/90/100%, token counts 1, odd, one whole tile and past it (so the
-whole-tile loops and every tail path run), both schedules where they apply, and a narrow
-vector."""
+whole-tile loops and every tail path run), both schedules where they apply, a narrow
+vector, and weights wide enough for several slabs of the TOKEN kernel (slab-major order)."""
 
 from __future__ import annotations
 
@@ -24,39 +24,54 @@ from sparsec.backends.tvm.kernels import (  # noqa: E402
     bsr_kernel,
     choose_schedule,
     compile_config,
+    slab_count,
     token_vectors,
 )
 from sparsec.backends.tvm.partitioned import kernel_arrays  # noqa: E402
+from sparsec.backends.tvm.slabs import slab_major  # noqa: E402
 from sparsec.backends.tvm.target import build_target, host_target, vector_lanes  # noqa: E402
 from sparsec.backends.tvm.threads import set_threads  # noqa: E402
 from sparsec.errors import BackendError  # noqa: E402
 
 ATOL = 1e-4
 OUT, IN = 48, 36
+WIDE_IN = 600  # TOKEN: 3 slabs of 256 input features (2 for 1×4 blocks), ragged last slab
 BLOCKS = [(16, 1), (8, 1), (4, 1), (1, 1), (1, 4), (4, 2), (2, 3), (48, 1)]
 TOKENS = (1, 7, 16, 33, 64, 100, 300)  # 16: one FEATURE tile; 64: one TOKEN tile of 4×16
 # lanes; 300: passes over 128 tokens (FEATURE 8+8+2 tiles, TOKEN 2+2) and a tail
-_LIBRARIES: dict[tuple[int, int, Schedule, int], tvm.runtime.Executable] = {}
+_LIBRARIES: dict[tuple[BsrShape, Schedule, int], tvm.runtime.Executable] = {}
 
 
-def _random_bsr(r: int, c: int, sparsity: float, seed: int) -> tuple[np.ndarray, ...]:
+def _random_bsr(
+    r: int, c: int, sparsity: float, seed: int, in_features: int = IN
+) -> tuple[np.ndarray, ...]:
     rng = np.random.default_rng(seed)
-    keep = rng.random((OUT // r, IN // c)) >= sparsity
+    keep = rng.random((OUT // r, in_features // c)) >= sparsity
     crow = np.concatenate([[0], np.cumsum(keep.sum(1))]).astype(np.int64)
     cols = np.nonzero(keep)[1].astype(np.int64)
     values = rng.standard_normal((len(cols), r, c)).astype(np.float32)
-    dense = np.zeros((OUT // r, r, IN // c, c), np.float32)
+    dense = np.zeros((OUT // r, r, in_features // c, c), np.float32)
     dense[np.repeat(np.arange(OUT // r), keep.sum(1)), :, cols, :] = values
-    return values, cols, crow, dense.reshape(OUT, IN)
+    return values, cols, crow, dense.reshape(OUT, in_features)
 
 
-def _library(r: int, c: int, schedule: Schedule, lanes: int) -> tvm.runtime.Executable:
-    key = (r, c, schedule, lanes)
+def _library(shape: BsrShape, schedule: Schedule, lanes: int) -> tvm.runtime.Executable:
+    key = (shape, schedule, lanes)
     if key not in _LIBRARIES:
-        func = bsr_kernel(BsrShape(OUT, IN, r, c), schedule, lanes).with_attr("global_symbol", "k")
+        func = bsr_kernel(shape, schedule, lanes).with_attr("global_symbol", "k")
         with tvm.transform.PassContext(config=compile_config()):
             _LIBRARIES[key] = tvm.compile(tvm.IRModule({"k": func}), target=host_target(2))
     return _LIBRARIES[key]
+
+
+def _operands(
+    shape: BsrShape, schedule: Schedule, values: np.ndarray, cols: np.ndarray, crow: np.ndarray
+) -> tuple[torch.Tensor, ...]:
+    """The kernel's (values, cols, crow): compact, and slab-major for TOKEN kernels."""
+    v, k = kernel_arrays(torch.tensor(values), torch.tensor(cols), shape)
+    if schedule is Schedule.TOKEN:
+        return slab_major(shape, v, k, torch.tensor(crow))
+    return v, k, torch.tensor(crow)
 
 
 # FEATURE vectorises one input column of r output features: r×1 blocks only
@@ -68,20 +83,55 @@ CASES = [
 ]
 
 
+def _check_kernel(schedule: Schedule, r: int, c: int, sparsity: float, in_features: int) -> None:
+    lanes = 4 if (r, c) == (2, 3) else vector_lanes(host_target())  # also a narrow vector
+    shape = BsrShape(OUT, in_features, r, c)
+    library = _library(shape, schedule, lanes)
+    values, cols, crow, dense = _random_bsr(r, c, sparsity, r * 10 + c, in_features)
+    v, k, p = _operands(shape, schedule, values, cols, crow)
+    bias = torch.randn(OUT)
+    for tokens in TOKENS:
+        x = torch.randn(tokens, in_features)
+        y = torch.empty(tokens, OUT)
+        library["k"](x, v, k, p, bias, y)
+        expected = torch.nn.functional.linear(x, torch.from_numpy(dense), bias)
+        assert torch.allclose(y, expected, atol=ATOL), (tokens, (y - expected).abs().max())
+
+
 @pytest.mark.parametrize(("schedule", "r", "c"), CASES)
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 1.0])
 def test_kernel_matches_torch(schedule: Schedule, r: int, c: int, sparsity: float) -> None:
-    lanes = 4 if (r, c) == (2, 3) else vector_lanes(host_target())  # also a narrow vector
-    library = _library(r, c, schedule, lanes)
-    values, cols, crow, dense = _random_bsr(r, c, sparsity, seed=r * 10 + c)
-    bias = torch.randn(OUT)
-    for tokens in TOKENS:
-        x = torch.randn(tokens, IN)
-        y = torch.empty(tokens, OUT)
-        v, k = kernel_arrays(torch.tensor(values), torch.tensor(cols), BsrShape(OUT, IN, r, c))
-        library["k"](x, v, k, torch.tensor(crow), bias, y)
-        expected = torch.nn.functional.linear(x, torch.from_numpy(dense), bias)
-        assert torch.allclose(y, expected, atol=ATOL), (tokens, (y - expected).abs().max())
+    _check_kernel(schedule, r, c, sparsity, IN)
+
+
+@pytest.mark.parametrize(("r", "c"), [(1, 1), (4, 1), (1, 4), (2, 3)])
+@pytest.mark.parametrize("sparsity", [0.5, 0.9, 1.0])
+def test_token_kernel_over_several_slabs_matches_torch(r: int, c: int, sparsity: float) -> None:
+    assert slab_count(BsrShape(OUT, WIDE_IN, r, c)) > 1
+    _check_kernel(Schedule.TOKEN, r, c, sparsity, WIDE_IN)
+
+
+def test_slab_major_order_keeps_each_row_in_order() -> None:
+    shape = BsrShape(OUT, WIDE_IN, 1, 1)
+    values, cols, crow, _ = _random_bsr(1, 1, 0.5, seed=0, in_features=WIDE_IN)
+    v, k, p = slab_major(shape, *(torch.tensor(a) for a in (values.reshape(-1, 1, 1), cols, crow)))
+    slabs, rows = slab_count(shape), OUT
+    assert p.shape == (slabs * rows + 1,) and int(p[-1]) == len(cols)
+    for s in range(slabs):
+        for row in range(rows):
+            block = k[int(p[s * rows + row]) : int(p[s * rows + row + 1])]
+            expected = cols[crow[row] : crow[row + 1]]
+            expected = expected[(expected >= 256 * s) & (expected < 256 * (s + 1))]
+            assert block.tolist() == expected.tolist()
+    # the values moved with their columns
+    dense = torch.zeros(OUT, WIDE_IN)
+    for s in range(slabs):
+        for row in range(rows):
+            span = slice(int(p[s * rows + row]), int(p[s * rows + row + 1]))
+            dense[row, k[span]] = v[span, 0, 0]
+    original = torch.zeros(OUT, WIDE_IN)
+    original[np.repeat(np.arange(OUT), np.diff(crow)), cols] = torch.tensor(values).reshape(-1)
+    assert torch.equal(dense, original)
 
 
 def test_schedule_choice_follows_vector_width() -> None:
@@ -112,7 +162,7 @@ def test_kernels_keep_accumulators_on_the_stack(schedule: Schedule) -> None:
     workspaces, LLVM then stores every FMA's result to memory, and the kernels run 7-10x
     slower while staying correct; only the generated code shows it.
     """
-    library = _library(16, 1, schedule, vector_lanes(host_target()))
+    library = _library(BsrShape(OUT, IN, 16, 1), schedule, vector_lanes(host_target()))
     ll = library.mod.inspect_source("ll")
     assert ll.count("load ptr, ptr @__TVMBackendAllocWorkspace") == 1
 
@@ -120,7 +170,7 @@ def test_kernels_keep_accumulators_on_the_stack(schedule: Schedule) -> None:
 def test_feature_kernel_fmas_take_broadcast_operands() -> None:
     if vector_lanes(host_target()) != 16:
         pytest.skip("the instruction pattern checked is AVX-512's")
-    asm = _library(16, 1, Schedule.FEATURE, 16).mod.inspect_source("asm")
+    asm = _library(BsrShape(OUT, IN, 16, 1), Schedule.FEATURE, 16).mod.inspect_source("asm")
     assert asm.count("{1to16}") >= 16  # one FMA per token of a tile, activation broadcast
 
 
@@ -132,7 +182,7 @@ def test_kernels_leave_the_callers_cpu_affinity_alone() -> None:
         set_threads(threads)
         values, cols, crow, _ = _random_bsr(16, 1, 0.5, seed=3)
         v, k = kernel_arrays(torch.tensor(values), torch.tensor(cols), BsrShape(OUT, IN, 16, 1))
-        library = _library(16, 1, Schedule.FEATURE, vector_lanes(host_target()))
+        library = _library(BsrShape(OUT, IN, 16, 1), Schedule.FEATURE, vector_lanes(host_target()))
         library["k"](
             torch.randn(33, IN), v, k, torch.tensor(crow), torch.zeros(OUT), torch.empty(33, OUT)
         )

@@ -31,6 +31,7 @@ import sparsec  # noqa: E402
 from sparsec.backends.tvm.activations import Activation, reference_activation  # noqa: E402
 from sparsec.backends.tvm.importer import chain_layouts, import_graph  # noqa: E402
 from sparsec.backends.tvm.kernels import (  # noqa: E402
+    SLAB_FEATURES,
     BsrShape,
     KernelLayout,
     Schedule,
@@ -46,13 +47,14 @@ from sparsec.backends.tvm.partitioned import (  # noqa: E402
     kernel_arrays,
 )
 from sparsec.backends.tvm.relax_executable import RelaxExecutable  # noqa: E402
+from sparsec.backends.tvm.slabs import slab_major  # noqa: E402
 from sparsec.backends.tvm.target import build_target, host_target, vector_lanes  # noqa: E402
 from sparsec.errors import BackendError  # noqa: E402
 from sparsec.frontends import trace  # noqa: E402
 from sparsec.ops import to_bsr  # noqa: E402
 
 ATOL = 1e-4
-IN, HIDDEN, OUT = 48, 64, 32
+IN, HIDDEN, OUT = 48, 320, 32  # HIDDEN: two slabs of the down kernel when TOKEN
 TOKENS = (1, 7, 17, 130, 300)  # 130: two 64-token TOKEN tiles and eight 16-token FEATURE tiles + 2;
 # 300: several 128-token passes and a tail
 HOST_LANES = vector_lanes(host_target())
@@ -103,9 +105,10 @@ def library() -> tvm.runtime.Executable:
 
 
 def _random_bsr(
-    shape: BsrShape, sparsity: float, seed: int
+    shape: BsrShape, sparsity: float, seed: int, schedule: Schedule | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Kernel arrays (values, cols, crow) of a random block-sparse W ~ N(0, 1/in), and W."""
+    """Arrays (values, cols, crow) of a random block-sparse W ~ N(0, 1/in), and W: CSR
+    order, or the order of the kernel under `schedule` (slab-major for TOKEN)."""
     rng = np.random.default_rng(seed)
     keep = rng.random((shape.out_features // shape.r, shape.in_features // shape.c)) >= sparsity
     dense = rng.standard_normal((shape.out_features, shape.in_features)).astype(np.float32)
@@ -113,6 +116,8 @@ def _random_bsr(
     weight = torch.from_numpy(dense)
     values, cols, crow = to_bsr(weight, (shape.r, shape.c))
     values, cols = kernel_arrays(values, cols, shape)
+    if schedule is Schedule.TOKEN:
+        values, cols, crow = slab_major(shape, values, cols, crow)
     return values, cols, crow, weight
 
 
@@ -121,8 +126,8 @@ def _random_bsr(
 def test_chain_kernels_match_torch(library, case: tuple[Any, ...], sparsity: float) -> None:  # type: ignore[no-untyped-def]
     (first_name, up, first_layout), (second_name, down, _) = _chain_kernels(case)
     act, tile = case[2], first_layout.output_tile
-    up_arrays = _random_bsr(up, sparsity, seed=1)
-    down_arrays = _random_bsr(down, sparsity, seed=2)
+    up_arrays = _random_bsr(up, sparsity, 1, case[4][0])
+    down_arrays = _random_bsr(down, sparsity, 2, case[4][1])
     b1, b2 = torch.randn(HIDDEN), torch.randn(OUT)
     for tokens in TOKENS:
         x = torch.randn(tokens, IN)
@@ -340,8 +345,8 @@ def test_relax_import_hands_panels_over(ffn_graph) -> None:  # type: ignore[no-u
     names = {gv.name_hint for gv in imported.module.get_global_vars()} - {"main"}
     first, second = chain_layouts(BsrShape(IN, HIDDEN, 16, 1), Activation.GELU, target)
     assert names == {
-        f"sparse_linear_{HIDDEN}x{IN}_b16x1_token{HOST_LANES}{first.suffix}",
-        f"sparse_linear_{IN}x{HIDDEN}_b16x1_token{HOST_LANES}{second.suffix}",
+        f"sparse_linear_{HIDDEN}x{IN}_b16x1_token{HOST_LANES}{first.suffix}_slab{SLAB_FEATURES}",
+        f"sparse_linear_{IN}x{HIDDEN}_b16x1_token{HOST_LANES}{second.suffix}_slab{SLAB_FEATURES}",
     }
     assert "R.nn.gelu" not in imported.module["main"].script()
     executable = RelaxExecutable.build(

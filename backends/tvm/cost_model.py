@@ -41,6 +41,7 @@ from sparsec.ops.masks import SparsityPattern, mask_from_scores
 from .importer import kernel_for
 from .kernels import BsrShape, compile_config
 from .partitioned import _SparseLinear
+from .sparse_calls import SparseCall
 from .target import host_target
 from .threads import set_threads
 
@@ -115,7 +116,9 @@ class TvmCostModel:
             values, cols, crow = to_bsr(w, (r, c), mask) if fmt == "bsr" else to_csr(w, mask)
             shape = BsrShape(out_features, in_features, r, c)
             args = (x, values, cols, crow, None)
-        linear = _SparseLinear(self._kernel(shape), shape, nm)
+        linear = _SparseLinear(
+            self._kernel(shape), SparseCall(shape, nm), host_target(self.threads)
+        )
         set_threads(self.threads)
         self._cache[key] = fastest_ms(lambda: linear(*args), self.repeats, self.threads)
         return self._cache[key]

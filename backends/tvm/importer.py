@@ -37,8 +37,17 @@ from sparsec.errors import BackendError
 
 from .activations import Activation, activation_of
 from .cuda_kernels import bsr_cuda_kernel
-from .kernels import BsrShape, KernelLayout, bsr_kernel, choose_schedule, panel_tile
+from .kernels import (
+    SLAB_FEATURES,
+    BsrShape,
+    KernelLayout,
+    Schedule,
+    bsr_kernel,
+    choose_schedule,
+    panel_tile,
+)
 from .layout import SparseChain, find_chains
+from .slabs import slab_major
 from .sparse_calls import SPARSE_OPS, SparseCall
 from .target import vector_lanes
 
@@ -49,6 +58,8 @@ __all__ = [
     "import_graph",
     "kernel_for",
     "kernel_name",
+    "kernel_operands",
+    "reads_slab_major",
 ]
 
 _LIFT_MIN_ELEMENTS = 64  # smaller constants (scalars, shapes) stay in the code
@@ -76,7 +87,28 @@ def kernel_name(shape: BsrShape, target: Target, layout: KernelLayout | None = N
         return f"sparse_linear_{base}_cuda"
     lanes = vector_lanes(target)
     schedule = choose_schedule(shape, lanes, layout)
-    return f"sparse_linear_{base}_{schedule.value}{lanes}{layout.suffix}"
+    order = f"_slab{SLAB_FEATURES}" if schedule is Schedule.TOKEN else ""
+    return f"sparse_linear_{base}_{schedule.value}{lanes}{layout.suffix}{order}"
+
+
+def reads_slab_major(shape: BsrShape, target: Target, layout: KernelLayout | None = None) -> bool:
+    """Whether `kernel_for(shape, target, layout)`'s kernel takes its weight slab-major
+    (`slabs.slab_major`); the others take CSR order."""
+    if target.kind.name == "cuda":
+        return False
+    return choose_schedule(shape, vector_lanes(target), layout) is Schedule.TOKEN
+
+
+def kernel_operands(
+    shape: BsrShape,
+    target: Target,
+    layout: KernelLayout | None,
+    operands: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(values, cols, crow) in the order `kernel_for(shape, target, layout)`'s kernel reads."""
+    if reads_slab_major(shape, target, layout):
+        return slab_major(shape, *operands)
+    return operands
 
 
 def kernel_for(
@@ -148,8 +180,8 @@ def _emit_sparse_linear(
     node: fx.Node,
     target: Target,
     shape: BsrShape,
-    tensors: tuple[relax.Expr, relax.Expr, relax.Expr],
-    bias_node: object,
+    operands: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    bias: relax.Expr,
     chains: _Chains,
 ) -> relax.Var:
     """Flatten x to [tokens, in], call the kernel, restore x's leading dims.
@@ -159,11 +191,6 @@ def _emit_sparse_linear(
     """
     bb: relax.BlockBuilder = importer.block_builder  # type: ignore[attr-defined]
     env = importer.env  # type: ignore[attr-defined]
-    bias = (
-        env[bias_node]
-        if isinstance(bias_node, fx.Node)
-        else relax.const(np.zeros(shape.out_features, np.float32), "float32")
-    )
     layout = KernelLayout()
     if node in chains.by_second:
         x2, tokens, leading = chains.handed_over.pop(node)
@@ -181,6 +208,11 @@ def _emit_sparse_linear(
     chain = chains.by_first.get(node)
     if chain is not None:
         layout, _ = chain_layouts(SparseCall.of(chain.second).shape, chain.activation, target)
+    tensors = [
+        relax.const(array.numpy(), str(array.dtype).removeprefix("torch."))  # else int64 → int32
+        for array in kernel_operands(shape, target, layout, operands)
+    ]
+    if chain is not None:
         tile = layout.output_tile
         panel = bb.emit(
             relax.call_tir(
@@ -203,43 +235,53 @@ def _emit_sparse_linear(
     return bb.emit(relax.op.reshape(y2, [*leading, shape.out_features]))
 
 
-def _convert_bsr(target: Target, chains: _Chains) -> Callable[[fx.Node, object], relax.Var]:
-    def convert(node: fx.Node, importer: object) -> relax.Var:
-        env = importer.env  # type: ignore[attr-defined]
-        _, values, cols, crow, bias, out_features, in_features = node.args[:7]
-        values_expr = env[values]
-        dims = _static_dims(values_expr, "values", node)
-        r, c = (dims[1], dims[2]) if len(dims) == 3 else (1, 1)
-        if len(dims) == 1:  # csr: values [nnz] is a block of 1×1
-            values_expr = importer.block_builder.emit(  # type: ignore[attr-defined]
-                relax.op.reshape(values_expr, [dims[0], 1, 1])
+def _program_constants(program: torch.export.ExportedProgram) -> dict[str, torch.Tensor]:
+    """The values of the program's parameter, buffer and constant placeholders, by name.
+
+    Why: the Relax importer converts ops while weights are still variables of `main` (it
+    binds them afterwards), but a sparse kernel's operands are reordered at import.
+    """
+    signature = program.graph_signature
+    sources = {
+        **signature.inputs_to_parameters,
+        **signature.inputs_to_buffers,
+        **signature.inputs_to_lifted_tensor_constants,
+    }
+    return {
+        name: program.state_dict[key] if key in program.state_dict else program.constants[key]
+        for name, key in sources.items()
+    }
+
+
+def _convert_sparse(
+    target: Target, chains: _Chains, constants: dict[str, torch.Tensor]
+) -> Callable[[fx.Node, object], relax.Var]:
+    """bsr_linear, csr_linear and nm_linear: a call of the kernel for their block shape."""
+
+    def constant(arg: object, node: fx.Node) -> object:
+        if not isinstance(arg, fx.Node):
+            return arg
+        if arg.name not in constants:
+            raise BackendError(
+                f"%{node.name}: the TVM kernels take a sparse op's weight arrays as constants, "
+                f"reordered at import, but %{arg.name} is computed or an input. Fix: keep "
+                "the arrays as parameters or buffers of the module (lower-sparse-weights does)."
             )
-        shape = BsrShape(int(out_features), int(in_features), r, c)
-        return _emit_sparse_linear(
-            importer, node, target, shape, (values_expr, env[cols], env[crow]), bias, chains
-        )
+        return constants[arg.name].detach()
 
-    return convert
-
-
-def _convert_nm(target: Target, chains: _Chains) -> Callable[[fx.Node, object], relax.Var]:
     def convert(node: fx.Node, importer: object) -> relax.Var:
-        bb: relax.BlockBuilder = importer.block_builder  # type: ignore[attr-defined]
         env = importer.env  # type: ignore[attr-defined]
-        _, values, indices, bias, n, m = node.args[:6]
-        out_features, kept = _static_dims(env[values], "values", node)
-        in_features = kept * int(m) // int(n)
-        nnz = out_features * kept
-        values3 = bb.emit(relax.op.reshape(env[values], [nnz, 1, 1]))
-        group_base = relax.const(
-            (np.arange(kept, dtype=np.int64) // int(n) * int(m))[None], "int64"
+        call = SparseCall.of(node)
+        args = [constant(arg, node) for arg in node.args[1 : 1 + call.arity]]
+        values, cols, crow, bias = call.operands(*args)
+        bias_node = node.args[3 if call.nm is not None else 4]
+        bias_expr = (
+            env[bias_node]
+            if bias is not None
+            else relax.const(np.zeros(call.shape.out_features, np.float32), "float32")
         )
-        absolute = relax.op.add(relax.op.astype(env[indices], "int64"), group_base)
-        cols = bb.emit(relax.op.reshape(absolute, [nnz]))
-        crow = relax.const(np.arange(out_features + 1, dtype=np.int64) * kept, "int64")
-        shape = BsrShape(out_features, in_features, 1, 1)
         return _emit_sparse_linear(
-            importer, node, target, shape, (values3, cols, crow), bias, chains
+            importer, node, target, call.shape, (values, cols, crow), bias_expr, chains
         )
 
     return convert
@@ -312,16 +354,14 @@ def import_graph(
     layout (module rules).
     """
     chains = _Chains()
-    decompose = True
+    # decomposed here, so that chains and constants are found on the very nodes the
+    # importer converts
+    program = program.run_decompositions()
     if fuse_chains and target.kind.name != "cuda":
-        # decomposed here, so the chains are found on the very nodes the importer converts
-        program = program.run_decompositions()
-        decompose = False
         chains = _Chains.of(find_chains(program.graph_module).chains)
+    sparse = _convert_sparse(target, chains, _program_constants(program))
     convert_map: dict[str, Callable[[fx.Node, object], relax.Expr]] = {
-        "bsr_linear.default": _convert_bsr(target, chains),
-        "csr_linear.default": _convert_bsr(target, chains),
-        "nm_linear.default": _convert_nm(target, chains),
+        op: sparse for op in SPARSE_OPS
     }
     if chains.activations:
         convert_map["gelu.default"] = convert_map["relu.default"] = _convert_activation(chains)
@@ -330,7 +370,7 @@ def import_graph(
             program,
             custom_convert_map=convert_map,
             keep_params_as_input=False,
-            run_ep_decomposition=decompose,
+            run_ep_decomposition=False,
         )
     except BackendError:
         raise

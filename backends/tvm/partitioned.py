@@ -37,7 +37,7 @@ from tvm.target import Target
 from sparsec.errors import ArtifactError, BackendError
 
 from ..torch_backend import PROGRAM_FILE, WEIGHTS_FILE, save_program
-from .importer import chain_layouts, kernel_for, kernel_name
+from .importer import chain_layouts, kernel_for, kernel_name, kernel_operands
 from .kernels import BsrShape, KernelLayout
 from .layout import ChainCall, FuseSparseChains
 from .relax_executable import compile_module
@@ -63,20 +63,50 @@ __all__ = [
 KERNELS_FILE = "tvm_kernels.so"
 
 
+class _Operands:
+    """A sparse call's kernel operands in its kernel's order, converted once per weight.
+
+    Why: the weight arrays are the module's constants; converting them on every call (N:M
+    columns, slab-major order) costs as much as a small layer's kernel. The arguments are
+    held, so a hit is the same tensors at the same version.
+    """
+
+    def __init__(self, call: SparseCall, target: Target, layout: KernelLayout | None) -> None:
+        self.call = call
+        self._target = target
+        self._layout = layout
+        self._args: tuple[Any, ...] = ()
+        self._versions: tuple[int, ...] = ()
+        self._operands: tuple[Any, ...] = ()
+
+    def __call__(
+        self, *args: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        versions = tuple(arg._version for arg in args if isinstance(arg, torch.Tensor))
+        same = len(args) == len(self._args) and all(
+            a is b for a, b in zip(args, self._args, strict=True)
+        )
+        if not same or versions != self._versions:
+            values, cols, crow, bias = self.call.operands(*args)
+            ordered = kernel_operands(
+                self.call.shape, self._target, self._layout, (values, cols, crow)
+            )
+            self._args, self._versions, self._operands = args, versions, (*ordered, bias)
+        return self._operands  # type: ignore[return-value]
+
+
 class _SparseLinear:
     """Stands in for one sparse op call: flattens x, runs the TVM kernel, restores x's dims."""
 
-    def __init__(
-        self, kernel: Callable[..., None], shape: BsrShape, nm: tuple[int, int] | None
-    ) -> None:
+    def __init__(self, kernel: Callable[..., None], call: SparseCall, target: Target) -> None:
         self._kernel = kernel
-        self._call = SparseCall(shape, nm)
-        self._zeros = torch.zeros(shape.out_features)
-        self.__name__ = f"tvm_sparse_linear_{shape.out_features}x{shape.in_features}"
+        self._operands = _Operands(call, target, None)
+        self._zeros = torch.zeros(call.shape.out_features)
+        self.__name__ = f"tvm_sparse_linear_{call.shape.out_features}x{call.shape.in_features}"
 
     def __call__(self, x: torch.Tensor, *args: Any) -> torch.Tensor:
-        shape = self._call.shape
-        values, cols, crow, bias = self._call.operands(*args)
+        shape = self._operands.call.shape
+        values, cols, crow, bias = self._operands(*args)
         x2 = x.reshape(-1, shape.in_features).contiguous()
         y = torch.empty(x2.shape[0], shape.out_features, dtype=x.dtype)
         self._kernel(x2, values, cols, crow, self._zeros if bias is None else bias, y)
@@ -87,12 +117,21 @@ class _SparseChain:
     """Stands in for a fused chain: the first kernel writes the second's panel, which reads it."""
 
     def __init__(
-        self, call: ChainCall, first: Callable[..., None], second: Callable[..., None], tile: int
+        self,
+        call: ChainCall,
+        kernels: tuple[Callable[..., None], Callable[..., None]],
+        layouts: tuple[KernelLayout, KernelLayout],
+        target: Target,
     ) -> None:
+        if layouts[0].output_tile is None:
+            raise BackendError(f"{call.__name__}: the first kernel of a chain writes no panel")
         self._call = call
-        self._first = first
-        self._second = second
-        self._tile = tile
+        self._first, self._second = kernels
+        self._tile = layouts[0].output_tile
+        self._operands = (
+            _Operands(call.first, target, layouts[0]),
+            _Operands(call.second, target, layouts[1]),
+        )
         self._zeros = (
             torch.zeros(call.first.shape.out_features),
             torch.zeros(call.second.shape.out_features),
@@ -105,10 +144,10 @@ class _SparseChain:
         x2 = x.reshape(-1, first.in_features).contiguous()
         tokens = x2.shape[0]
         panel = torch.empty((tokens + tile - 1) // tile, first.out_features, tile, dtype=x.dtype)
-        values, cols, crow, bias = self._call.first.operands(*first_args)
+        values, cols, crow, bias = self._operands[0](*first_args)
         self._first(x2, values, cols, crow, self._zeros[0] if bias is None else bias, panel)
         y = torch.empty(tokens, second.out_features, dtype=x.dtype)
-        values, cols, crow, bias = self._call.second.operands(*second_args)
+        values, cols, crow, bias = self._operands[1](*second_args)
         self._second(panel, values, cols, crow, self._zeros[1] if bias is None else bias, y)
         return y.reshape(*x.shape[:-1], second.out_features)
 
@@ -172,6 +211,15 @@ def _implements(library: Any, name: str) -> bool:
     return bool(module.implements_function(name, True))
 
 
+def _kernel(library: Any, name: str) -> Callable[..., None]:
+    if not _implements(library, name):
+        raise ArtifactError(
+            f"the kernel library has no {name}: it was built by another version of sparsec, "
+            "whose kernels read their weights in another order. Fix: rebuild the artifact."
+        )
+    return library[name]  # type: ignore[no-any-return]
+
+
 def _rewire(
     module: fx.GraphModule, library: Any, target: Target
 ) -> tuple[fx.GraphModule, list[str]]:
@@ -195,13 +243,16 @@ def _rewire(
         notes = ["sparse chains not fused: the kernel library was built without chain kernels"]
     for node in fused.graph.nodes:
         if isinstance(node.target, ChainCall):
-            (first, _, layout), (second, _, _) = _chain_kernels(node.target, target)
-            tile = layout.output_tile
-            node.target = _SparseChain(node.target, library[first], library[second], tile)
+            (first, _, first_layout), (second, _, second_layout) = _chain_kernels(
+                node.target, target
+            )
+            kernels = (_kernel(library, first), _kernel(library, second))
+            layouts = (first_layout, second_layout)
+            node.target = _SparseChain(node.target, kernels, layouts, target)
         elif is_sparse_call(node):
             call = SparseCall.of(node)
-            kernel = library[kernel_name(call.shape, target)]
-            node.target = _SparseLinear(kernel, call.shape, call.nm)
+            kernel = _kernel(library, kernel_name(call.shape, target))
+            node.target = _SparseLinear(kernel, call, target)
     fused.recompile()
     return fused, notes
 

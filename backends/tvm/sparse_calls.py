@@ -7,7 +7,7 @@ Rules:
 - `SparseCall.of(node)` reads the static part from the graph: the BsrShape (N:M and CSR
   are 1×1 blocks; array shapes from `node.meta["val"]`) and, for N:M, (n, m);
 - `SparseCall.operands(*args)` turns the op's arguments after x into the kernel's compact
-  (values [nnz, r, c], cols, crow) and the bias (None when the op has none): N:M slot k of
+  (values [nnz, r, c], cols and crow int64) and the bias (None when the op has none): N:M slot k of
   a row holds input column `k // n * m + indices[k]`, a fixed count per row; an empty
   weight gets one unread zero block (`kernel_arrays`).
 
@@ -122,5 +122,6 @@ class SparseCall:
             crow = torch.arange(shape.out_features + 1, dtype=torch.int64) * kept
         else:
             cols, crow, bias = rest[0], rest[1], rest[2]
-        values, cols = kernel_arrays(values, cols, shape)
-        return values, cols, crow.contiguous(), None if bias is None else bias.contiguous()
+        values, cols = kernel_arrays(values, cols.to(torch.int64), shape)
+        crow = crow.to(torch.int64).contiguous()
+        return values, cols, crow, None if bias is None else bias.contiguous()
