@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any
 
@@ -29,7 +30,7 @@ import tvm  # noqa: E402
 
 import sparsec  # noqa: E402
 from sparsec.backends.tvm.activations import Activation, reference_activation  # noqa: E402
-from sparsec.backends.tvm.importer import chain_layouts, import_graph  # noqa: E402
+from sparsec.backends.tvm.importer import chain_layouts, import_graph, kernel_for  # noqa: E402
 from sparsec.backends.tvm.kernels import (  # noqa: E402
     SLAB_FEATURES,
     BsrShape,
@@ -49,7 +50,7 @@ from sparsec.backends.tvm.partitioned import (  # noqa: E402
 from sparsec.backends.tvm.relax_executable import RelaxExecutable  # noqa: E402
 from sparsec.backends.tvm.slabs import slab_major  # noqa: E402
 from sparsec.backends.tvm.target import build_target, host_target, vector_lanes  # noqa: E402
-from sparsec.errors import BackendError  # noqa: E402
+from sparsec.errors import ArtifactError, BackendError  # noqa: E402
 from sparsec.frontends import trace  # noqa: E402
 from sparsec.ops import to_bsr  # noqa: E402
 
@@ -371,3 +372,23 @@ def test_library_without_chain_kernels_runs_unfused(ffn_graph) -> None:  # type:
     x = torch.randn(17, IN)
     with torch.no_grad():
         assert torch.allclose(executable(x), ffn_graph.module(x), atol=ATOL)
+
+
+def test_library_of_an_older_sparsec_is_refused(ffn_graph) -> None:  # type: ignore[no-untyped-def]
+    """Kernels named as before slab-major order (read CSR order) must not get reordered arrays."""
+    target = build_target("cpu", 1)
+    functions = {}
+    for node in FuseSparseChains().run(copy.deepcopy(ffn_graph.module)).fused:
+        call = node.target
+        first, second = chain_layouts(call.second.shape, call.activation, target)
+        for shape, layout in ((call.first.shape, first), (call.second.shape, second)):
+            name, func = kernel_for(shape, target, layout)
+            old_name = name.removesuffix(f"_slab{SLAB_FEATURES}")
+            functions[old_name] = func.with_attr("global_symbol", old_name)
+    assert len(functions) == 2
+    with tvm.transform.PassContext(config=compile_config()):
+        library = tvm.compile(tvm.IRModule(functions), target=target)
+    with pytest.raises(ArtifactError, match="another version of sparsec.*rebuild the artifact"):
+        PartitionedExecutable(
+            ffn_graph.module, library, ffn_graph.export_program, {"tvm_target": str(target)}, 1
+        )
