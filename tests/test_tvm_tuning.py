@@ -1,11 +1,18 @@
 """Meta-schedule tuning of the tvm backend's dense code: options are validated; a tuned
 RELAX build writes a record database, matches torch at the tuned shape and at others, and
 round-trips as an artifact; a second compile of the same workload reuses the records and
-tunes nothing."""
+tunes nothing; a time budget stops tuning early; a tuner waits for another's database lock."""
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 import re
+import shutil
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +24,7 @@ for _package in ("xgboost", "psutil", "cloudpickle"):  # meta-schedule's cost mo
     pytest.importorskip(_package)
 
 from sparsec.backends.base import BackendOptions  # noqa: E402
-from sparsec.backends.tvm import TvmBackend, TvmMode, TvmOptions  # noqa: E402
+from sparsec.backends.tvm import TvmBackend, TvmMode, TvmOptions, tuning  # noqa: E402
 from sparsec.backends.tvm.importer import import_graph  # noqa: E402
 from sparsec.backends.tvm.target import build_target  # noqa: E402
 from sparsec.backends.tvm.tuning import (  # noqa: E402
@@ -80,6 +87,13 @@ def _note(executable) -> str:  # type: ignore[no-untyped-def]
         ({"mode": TvmMode.RELAX, "tune_trials": 8, "tune_trials_per_task": 0}, "trials_per_task"),
         ({"mode": TvmMode.RELAX, "tune_trials": 8, "tune_search": "random"}, "SearchStrategy"),
         ({"mode": TvmMode.RELAX, "tune_trials": 8, "tuning_dir": 3}, "tuning_dir must be"),
+        ({"mode": TvmMode.RELAX, "tune_seconds": 30}, "sets tune_seconds but tune_trials is 0"),
+        ({"mode": TvmMode.RELAX, "tune_trials": 8, "tune_seconds": 0}, "tune_seconds must be"),
+        ({"mode": TvmMode.RELAX, "tune_trials": 8, "tune_seconds": -1.5}, "tune_seconds must"),
+        ({"mode": TvmMode.RELAX, "tune_trials": 8, "tune_seconds": True}, "tune_seconds must"),
+        ({"mode": TvmMode.RELAX, "tune_trials": 8, "tune_seconds": "30"}, "tune_seconds must"),
+        ({"mode": TvmMode.RELAX, "tune_trials": 8, "tune_seconds": math.inf}, "tune_seconds"),
+        ({"tune_seconds": math.nan}, "tune_seconds must be a number of seconds > 0"),
     ],
 )
 def test_options_are_validated(options: dict[str, object], message: str) -> None:
@@ -102,6 +116,19 @@ def test_budget_and_target_are_validated(graph, tmp_path: Path) -> None:  # type
             build_target("cuda"),
             TuneBudget(4),
         )
+
+
+def test_time_budget_is_validated() -> None:
+    options = TvmOptions(mode=TvmMode.RELAX, tune_trials=8, tune_seconds=30)
+    assert options.tune_budget() == TuneBudget(8, seconds=30)
+    assert TuneBudget(4, seconds=0.5).seconds == 0.5 and TuneBudget(4).seconds is None
+    for bad in (0, -1, True, "60", math.nan, math.inf):
+        with pytest.raises(BackendError, match=r"TuneBudget.seconds must be .*Fix: e.g. seconds="):
+            TuneBudget(4, seconds=bad)  # type: ignore[arg-type]
+    assert TuneBudget(4, lock_timeout_s=0).lock_timeout_s == 0  # 0: do not wait
+    for bad in (-1, True, None, math.nan):
+        with pytest.raises(BackendError, match="TuneBudget.lock_timeout_s must be"):
+            TuneBudget(4, lock_timeout_s=bad)  # type: ignore[arg-type]
 
 
 def test_database_folder_is_keyed_by_target(tmp_path: Path) -> None:
@@ -161,3 +188,129 @@ def test_tuned_build_round_trips(graph, tuned, tmp_path: Path) -> None:  # type:
     x = torch.randn(*EXAMPLE)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), graph.module(x), atol=ATOL, rtol=0)
+
+
+def test_time_budget_stops_tuning_early(graph, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # each round measures 2 candidates (~1 s here, more than the budget): the first round
+    # runs, the second task's round is not started
+    options = TvmOptions(
+        mode=TvmMode.RELAX,
+        tune_trials=4,
+        tune_search=SearchStrategy.RANDOM,
+        tuning_dir=tmp_path,
+        tune_seconds=0.5,
+    )
+    executable = TvmBackend(options).lower(graph, "cpu", BackendOptions(threads=1))
+    note = _note(executable)
+    stopped = re.search(r"stopped by the 0.5 s time budget after (\d+) of 4 trials", note)
+    assert stopped is not None and 0 < int(stopped.group(1)) < 4, note
+    assert note.startswith("tuned 1 of 2 TVM tasks") and "1 not reached in time" in note, note
+    records = database_dir(build_target("cpu", 1), tmp_path) / "database_tuning_record.json"
+    assert len(records.read_text().splitlines()) == int(stopped.group(1))
+    for batch in (EXAMPLE[0], 3):  # half-tuned entry, then the dynamic main
+        x = torch.randn(batch, EXAMPLE[1])
+        with torch.no_grad():
+            torch.testing.assert_close(executable(x), graph.module(x), atol=ATOL, rtol=0)
+
+
+@contextlib.contextmanager
+def _holding_lock(folder: Path) -> Iterator[int]:
+    """Hold the tuning lock of `folder` as another tuner would (a separate open file)."""
+    fcntl = pytest.importorskip("fcntl")
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield fd
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _locked(folder: Path) -> bool:
+    try:
+        with _holding_lock(folder):
+            return False
+    except BlockingIOError:
+        return True
+
+
+def _no_tuning(*args: object) -> None:
+    raise AssertionError("tuned although the records were there or the lock was not held")
+
+
+def test_tuner_waits_for_the_lock_then_reuses_new_records(
+    graph, tuned, tuning_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    # another tuner holds the lock and writes the records this compile needs; the compile
+    # waits for it, re-reads the database, and tunes nothing
+    target = build_target("cpu", 1)
+    source, folder = database_dir(target, tuning_dir), database_dir(target, tmp_path)
+    waiting, released = threading.Event(), []
+    real_lock = tuning._database_lock
+
+    def spy_lock(directory: Path, timeout_s: float):  # type: ignore[no-untyped-def]
+        waiting.set()
+        return real_lock(directory, timeout_s)
+
+    monkeypatch.setattr(tuning, "_database_lock", spy_lock)
+    monkeypatch.setattr(tuning, "_tune", _no_tuning)
+
+    def other_tuner(fd: int) -> None:
+        assert waiting.wait(60)
+        time.sleep(0.5)
+        for name in ("database_workload.json", "database_tuning_record.json"):
+            shutil.copy(source / name, folder / name)
+        released.append(time.monotonic())
+        os.close(fd)
+
+    with _holding_lock(folder) as held:
+        fd = os.dup(held)  # the same open file: closing both releases the lock
+    thread = threading.Thread(target=other_tuner, args=(fd,))
+    thread.start()
+    try:
+        module = import_graph(graph.export_program(), target).module
+        result = tune_module(module, target, TuneBudget(4, lock_timeout_s=60), tmp_path, [EXAMPLE])
+    finally:
+        thread.join()
+    assert released  # the other tuner finished while this one waited (it tuned nothing)
+    assert result.tuned == () and len(result.reused) == 2 and result.trials == 0
+    assert not _locked(folder)
+
+
+def test_tuner_holds_the_lock_while_tuning(
+    graph, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    target = build_target("cpu", 1)
+    folder = database_dir(target, tmp_path)
+    seen: list[bool] = []
+
+    def fake_tune(tasks, *args):  # type: ignore[no-untyped-def]
+        seen.append(_locked(folder))
+        return False, set()
+
+    monkeypatch.setattr(tuning, "_tune", fake_tune)
+    module = import_graph(graph.export_program(), target).module
+    result = tune_module(module, target, TuneBudget(4), tmp_path, [EXAMPLE])
+    assert seen == [True] and not _locked(folder)
+    assert len(result.failed) == 2 and not result.stopped_by_time  # the fake measured nothing
+
+
+def test_lock_timeout_names_the_folder(
+    graph, tuned, tuning_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(tuning, "_tune", _no_tuning)
+    target = build_target("cpu", 1)
+    module = import_graph(graph.export_program(), target).module
+    folder = database_dir(target, tmp_path)
+    with _holding_lock(folder):
+        started = time.monotonic()
+        with pytest.raises(BackendError, match=re.escape(str(folder))) as error:
+            tune_module(module, target, TuneBudget(4, lock_timeout_s=0.3), tmp_path, [EXAMPLE])
+        assert time.monotonic() - started >= 0.3
+        assert "wait for that compile" in str(error.value) and "tuning_dir" in str(error.value)
+        # a compile whose records are all there reads them without the lock
+        with _holding_lock(database_dir(target, tuning_dir)):
+            result = tune_module(
+                module, target, TuneBudget(4, lock_timeout_s=0), tuning_dir, [EXAMPLE]
+            )
+    assert len(result.reused) == 2 and result.trials == 0

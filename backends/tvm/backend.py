@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -83,7 +84,10 @@ class TvmOptions:
       61.8 ms with 1 vs 102.6 ms with 2; batch 1: 7.7 vs 9.0 ms; benchmarks/tvm_e2e.py);
     - `tune_trials_per_task` (None: an even share), `tune_search` and `tuning_dir` (None:
       `tuning.DEFAULT_TUNING_DIR`, ~/.cache/sparsec/tvm-tuning) refine tuning and need
-      `tune_trials > 0`.
+      `tune_trials > 0`;
+    - `tune_seconds` (None: no limit) caps tuning's wall-clock time as well as its trials, for
+      a compile that must end in time whatever the model (`TuneBudget.seconds`: no round
+      starts after it, so it may overshoot by the rounds in flight); needs `tune_trials > 0`.
     """
 
     mode: TvmMode = TvmMode.PARTITIONED
@@ -93,6 +97,7 @@ class TvmOptions:
     tune_trials_per_task: int | None = None
     tune_search: SearchStrategy = SearchStrategy.EVOLUTIONARY
     tuning_dir: Path | None = None
+    tune_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.mode, TvmMode):
@@ -119,6 +124,17 @@ class TvmOptions:
             raise BackendError(
                 f"TvmOptions.tuning_dir must be a Path or None, not {self.tuning_dir!r}"
             )
+        seconds = self.tune_seconds
+        if seconds is not None and (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not math.isfinite(seconds)
+            or seconds <= 0
+        ):
+            raise BackendError(
+                f"TvmOptions.tune_seconds must be a number of seconds > 0, or None for no time "
+                f"limit, not {seconds!r}. Fix: e.g. tune_seconds=600, or leave it out."
+            )
         if trials == 0:
             refinements = [
                 name
@@ -126,6 +142,7 @@ class TvmOptions:
                     ("tune_trials_per_task", self.tune_trials_per_task, None),
                     ("tune_search", self.tune_search, SearchStrategy.EVOLUTIONARY),
                     ("tuning_dir", self.tuning_dir, None),
+                    ("tune_seconds", self.tune_seconds, None),
                 )
                 if value != default
             ]
@@ -148,7 +165,12 @@ class TvmOptions:
         if self.tune_trials == 0:
             return None
         try:
-            return TuneBudget(self.tune_trials, self.tune_trials_per_task, search=self.tune_search)
+            return TuneBudget(
+                self.tune_trials,
+                self.tune_trials_per_task,
+                search=self.tune_search,
+                seconds=self.tune_seconds,
+            )
         except BackendError as exc:
             raise BackendError(f"TvmOptions: {exc}") from exc
 

@@ -21,6 +21,18 @@ Rules:
   is starved), in rounds of at most 16 so the cost model learns between rounds. A task
   left without a valid record keeps its untuned code, and the result says so. To tune
   further, point `tuning_dir` elsewhere or delete the target's folder;
+- a time budget (`TuneBudget.seconds`) is checked when a round would start, not during
+  one (stopping it would waste candidates already built), so tuning overshoots by the
+  rounds in flight: one per task at most, as meta-schedule starts every task's first round
+  before it measures any. The clock starts with `tune_module` (a wait for the lock counts:
+  the caller waits too), but the first round always runs: the setup before it (~5 s here)
+  is paid anyway, and one round turns it into records. The result says what was cut;
+- a compile that tunes holds an exclusive `flock` on the folder's `lock` file from reading
+  which tasks lack records to the last record written: two processes appending to one
+  JSONDatabase would interleave records and tune the same tasks twice. The second waits
+  up to `TuneBudget.lock_timeout_s`, then re-reads the records (often all it needed). A
+  compile that tunes nothing writes nothing and takes no lock; without `fcntl` (Windows)
+  there is no lock;
 - candidates are built in this process: TVM's LocalBuilder starts fresh worker processes
   for every batch, and each spends ~35 s importing `tvm.s_tir.tensor_intrin`. They run in
   one worker process (LocalRunner) with the target's `num-cores` threads, so a candidate
@@ -47,7 +59,8 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -92,6 +105,7 @@ _CPU_INTRINSICS = {
 # 64 trials: 5.9 ms in 138 s with rounds of 16, 11.1 ms in 234 s with one round of 64)
 _MAX_TRIALS_PER_ITER = 16
 _RUNNER_TIMEOUT_S = 60.0
+_LOCK_FILE = "lock"
 _LOGGER = "sparsec.tvm_tuning"
 
 
@@ -113,13 +127,20 @@ class TuneBudget:
     - `measure_ms` (>= 1): each candidate runs at least this long per measurement (TVM's
       `min_repeat_ms`, default 100); lower it only for smoke tests;
     - `search`: see SearchStrategy; RANDOM skips the evolutionary search's cost-model
-      rounds (seconds each), for small budgets and tests.
+      rounds (seconds each), for small budgets and tests;
+    - `seconds` (> 0 or None: no limit): wall-clock time after which no new round starts
+      (the first always does); rounds already started finish, so tuning may overshoot by
+      a round per task (tens of seconds each with EVOLUTIONARY);
+    - `lock_timeout_s` (>= 0): how long to wait for another process tuning into the same
+      database folder before giving up (BackendError); 0: do not wait.
     """
 
     trials: int
     trials_per_task: int | None = None
     measure_ms: int = 100
     search: SearchStrategy = SearchStrategy.EVOLUTIONARY
+    seconds: float | None = None
+    lock_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         for name in ("trials", "measure_ms"):
@@ -138,6 +159,25 @@ class TuneBudget:
                 f"TuneBudget.search must be a SearchStrategy, not {self.search!r}; valid: "
                 f"{', '.join(s.name for s in SearchStrategy)}"
             )
+        if self.seconds is not None and not _positive_number(self.seconds):
+            raise BackendError(
+                f"TuneBudget.seconds must be a number of seconds > 0, or None for no time "
+                f"limit, not {self.seconds!r}. Fix: e.g. seconds=600, or leave it out."
+            )
+        if not (_positive_number(self.lock_timeout_s) or self.lock_timeout_s == 0):
+            raise BackendError(
+                f"TuneBudget.lock_timeout_s must be a number of seconds >= 0 (0: do not wait "
+                f"for another tuner), not {self.lock_timeout_s!r}"
+            )
+
+
+def _positive_number(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
 
 
 @dataclass(frozen=True)
@@ -151,7 +191,10 @@ class TuningResult:
       shape, or scheduled already);
     - `trials`: candidates this call measured; `seconds`: time spent tuning (0 if none);
     - `tuned_shapes`: the input shapes `TUNED_ENTRY` serves, or None if the module has no
-      such entry (it was static, or no input shapes were given).
+      such entry (it was static, or no input shapes were given);
+    - `stopped_by_time`: the time budget kept a round from starting (tuning ended before
+      the trial budget was spent); `unreached`: tasks it stopped before their first round
+      (untuned code, not a failure: a larger `seconds` tunes them); `budget`: what was asked.
     """
 
     module: tvm.IRModule
@@ -163,15 +206,27 @@ class TuningResult:
     trials: int
     seconds: float
     tuned_shapes: tuple[tuple[int, ...], ...] | None
+    budget: TuneBudget | None = None
+    stopped_by_time: bool = False
+    unreached: tuple[str, ...] = ()
 
     def note(self) -> str:
         """One line for the report: what was tuned, what was reused, where the records are."""
-        total = len(self.tuned) + len(self.reused) + len(self.failed)
+        total = len(self.tuned) + len(self.reused) + len(self.failed) + len(self.unreached)
         parts = [
             f"tuned {len(self.tuned)} of {total} TVM tasks ({self.trials} trials, "
             f"{self.seconds:.1f} s)",
             f"reused {len(self.reused)}",
         ]
+        if self.stopped_by_time and self.budget is not None and self.budget.seconds is not None:
+            parts.append(
+                f"stopped by the {self.budget.seconds:g} s time budget after {self.trials} of "
+                f"{self.budget.trials} trials"
+            )
+        if self.unreached:
+            parts.append(
+                f"{len(self.unreached)} not reached in time (untuned): {', '.join(self.unreached)}"
+            )
         if self.failed:
             parts.append(f"{len(self.failed)} without a valid candidate: {', '.join(self.failed)}")
         if self.skipped:
@@ -283,15 +338,28 @@ def tune_module(
             f"TVM could not prepare the program for tuning: {exc}. Fix: set tune_trials=0."
         ) from exc
     tunable = [task for task in tasks if _tunable(task.dispatched[0]["main"])]
-    database = ms.database.JSONDatabase(work_dir=str(directory), module_equality="structural")
+    database = _open_database(directory)
     reused = tuple(task.task_name for task in tunable if _has_record(database, task))
     todo = [task for task in tunable if task.task_name not in reused]
-    records_before = len(database)
-    if todo:
-        _tune(todo, target, budget, database, directory)
-    tuned = tuple(task.task_name for task in todo if _has_record(database, task))
-    failed = tuple(task.task_name for task in todo if task.task_name not in tuned)
-    trials = len(database) - records_before
+    tuned: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()
+    unreached: tuple[str, ...] = ()
+    stopped = False
+    trials = 0
+    if todo:  # reading needs no lock; tuning does, and must see what the last holder wrote
+        with _database_lock(directory, budget.lock_timeout_s):
+            database = _open_database(directory)
+            reused = tuple(task.task_name for task in tunable if _has_record(database, task))
+            todo = [task for task in tunable if task.task_name not in reused]
+            records_before = len(database)
+            if todo:
+                deadline = None if budget.seconds is None else started + budget.seconds
+                stopped, cut = _tune(todo, target, budget, database, directory, deadline)
+                trials = len(database) - records_before
+                missing = [i for i, task in enumerate(todo) if not _has_record(database, task)]
+                tuned = tuple(t.task_name for i, t in enumerate(todo) if i not in missing)
+                failed = tuple(todo[i].task_name for i in missing if i not in cut)
+                unreached = tuple(todo[i].task_name for i in missing if i in cut)
     seconds = time.perf_counter() - started if todo else 0.0
     try:
         module = apply_database(module, target, directory)
@@ -310,7 +378,56 @@ def tune_module(
         trials,
         seconds,
         tuned_shapes,
+        budget,
+        stopped,
+        unreached,
     )
+
+
+def _open_database(directory: Path) -> Any:
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.database.JSONDatabase(work_dir=str(directory), module_equality="structural")
+
+
+@contextmanager
+def _database_lock(directory: Path, timeout_s: float) -> Iterator[None]:
+    """Hold an exclusive `flock` on `directory`'s `lock` file, waiting up to `timeout_s`."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no advisory locks to take
+        yield
+        return
+    path = directory / _LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise BackendError(
+            f"cannot open the tuning lock {path}: {exc}. Fix: pass a writable tuning_dir."
+        ) from exc
+    try:
+        deadline = time.monotonic() + timeout_s
+        pause = 0.05
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BackendError(
+                        f"another process has been tuning into {directory} for over "
+                        f"{timeout_s:g} s (it holds {path}). Fix: wait for that compile to "
+                        "finish (its records are then reused), or point tuning_dir elsewhere."
+                    ) from None
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, 1.0)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def _check_target(target: Target) -> None:
@@ -384,8 +501,19 @@ def _has_record(database: Any, task: Any) -> bool:
 
 
 def _tune(
-    tasks: list[Any], target: Target, budget: TuneBudget, database: Any, directory: Path
-) -> None:
+    tasks: list[Any],
+    target: Target,
+    budget: TuneBudget,
+    database: Any,
+    directory: Path,
+    deadline: float | None,
+) -> tuple[bool, set[int]]:
+    """Tune `tasks` in one task-scheduler run; (stopped by the deadline, tasks it cut off).
+
+    The deadline (a `time.perf_counter` value) is checked by each task's search strategy
+    when the scheduler asks it for a round, so the gradient scheduler and the search state
+    (which candidates were measured) carry over between rounds, as without a deadline.
+    """
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, LocalRunner
     from tvm.s_tir.meta_schedule.utils import fork_seed
@@ -393,6 +521,7 @@ def _tune(
     cores = int(target.attrs["num-cores"])
     per_task = budget.trials_per_task or math.ceil(budget.trials / len(tasks))
     loggers = _task_loggers(tasks, directory / "logs")
+    clock = _Clock(deadline)
     runner = None
     try:
         contexts = [
@@ -400,13 +529,17 @@ def _tune(
                 mod=task.dispatched[0],
                 target=task.target,
                 space_generator="post-order-apply",
-                search_strategy=budget.search.value,
+                search_strategy=_timed_search(
+                    ms.search_strategy.SearchStrategy.create(budget.search.value), clock, index
+                ),
                 task_name=task.task_name,
                 logger=logger,
                 rand_state=seed,
                 num_threads=cores,
             ).clone()
-            for task, logger, seed in zip(tasks, loggers, fork_seed(0, n=len(tasks)), strict=True)
+            for index, (task, logger, seed) in enumerate(
+                zip(tasks, loggers, fork_seed(0, n=len(tasks)), strict=True)
+            )
         ]
         runner = LocalRunner(
             timeout_sec=_RUNNER_TIMEOUT_S,
@@ -439,6 +572,54 @@ def _tune(
             for handler in list(logger.handlers):
                 logger.removeHandler(handler)
                 handler.close()
+    return bool(clock.stopped), clock.stopped - clock.started
+
+
+class _Clock:
+    """The deadline one tuning run's search strategies share, and what it stopped."""
+
+    def __init__(self, deadline: float | None) -> None:
+        self.deadline = deadline
+        self.started: set[int] = set()  # tasks that generated a round
+        self.stopped: set[int] = set()  # tasks refused a round by the deadline
+
+    def allows(self, task: int) -> bool:
+        late = self.deadline is not None and time.perf_counter() >= self.deadline
+        if late and self.started:  # the first round always runs: its setup is paid anyway
+            self.stopped.add(task)
+            return False
+        self.started.add(task)
+        return True
+
+
+def _timed_search(inner: Any, clock: _Clock, task: int) -> Any:
+    """`inner` (a meta-schedule search strategy) that ends its task once `clock` runs out."""
+    from tvm.s_tir.meta_schedule.search_strategy import PySearchStrategy
+
+    @derived_object
+    class TimedSearch(PySearchStrategy):  # type: ignore[misc]
+        """Delegates to `inner`; no candidates (the task ends) after the deadline."""
+
+        def _initialize_with_tune_context(self, context: Any) -> None:
+            inner._initialize_with_tune_context(context)
+
+        def pre_tuning(self, *args: Any) -> None:
+            inner.pre_tuning(*args)
+
+        def post_tuning(self) -> None:
+            inner.post_tuning()
+
+        def generate_measure_candidates(self) -> Any:
+            # None ends the task in the scheduler, which joins the rounds still running
+            return inner.generate_measure_candidates() if clock.allows(task) else None
+
+        def notify_runner_results(self, measure_candidates: Any, results: Any) -> None:
+            inner.notify_runner_results(measure_candidates, results)
+
+        def clone(self) -> Any:
+            return _timed_search(inner.clone(), clock, task)
+
+    return TimedSearch()
 
 
 def _task_loggers(tasks: list[Any], folder: Path) -> list[logging.Logger]:
