@@ -38,7 +38,7 @@ OUT, IN = 48, 36
 WIDE_IN = 600  # TOKEN: 3 slabs of 256 input features (2 for 1×4 blocks), ragged last slab
 BLOCKS = [(16, 1), (8, 1), (4, 1), (1, 1), (1, 4), (4, 2), (2, 3), (48, 1)]
 TOKENS = (1, 7, 16, 33, 64, 100, 300)  # 16: one FEATURE tile; 64: one TOKEN tile of 4×16
-# lanes; 300: passes over 128 tokens (FEATURE 8+8+2 tiles, TOKEN 2+2) and a tail
+# lanes; 300: passes of 32 tokens (FEATURE, 2 tiles each) and of 128 (TOKEN, 2+2 tiles) and a tail
 _LIBRARIES: dict[tuple[BsrShape, Schedule, int], tvm.runtime.Executable] = {}
 
 

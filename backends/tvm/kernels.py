@@ -84,9 +84,10 @@ _FEATURE_TILE = 16  # FEATURE: tokens per tile, one accumulator register each
 # FEATURE: output features a parallel task writes per token row and tile (halves the
 # time of writing y at 768 → 3072: y's rows are 12 KiB apart, one line per visit is slow)
 _FEATURE_GROUP_FEATURES = 64
-# blocks ahead whose panel line is prefetched: at K=3072 the panel is L2-resident and the
-# random block columns defeat the hardware prefetcher (0.83 → 0.52 ms at 90%, 16×1)
-_PREFETCH = 4
+# FEATURE: blocks ahead whose panel line is prefetched: at K=3072 the panel is L2-resident
+# and the random block columns defeat the hardware prefetcher (0.83 → 0.52 ms at 90%, 16×1
+# with 4; 8 vs 4: 0.409 vs 0.420 ms, ties at K=768)
+_PREFETCH = 8
 # FEATURE: tokens of a tile whose activation is broadcast from a register (vpermps of the
 # panel row, loaded once per block) instead of from memory (`vfmadd231ps mem{1to16}`).
 # Why: 16 memory broadcasts + 1 weight load per 16 FMAs leave the loop load-bound
@@ -97,9 +98,13 @@ _PREFETCH = 4
 # tokens: 5–18% faster, one tie at 1024 tokens, K=3072, 90%; 2, 3, 5, 6, 8 tokens: slower)
 _REGISTER_BROADCASTS = 4
 # tokens per pass over all block rows: each pass reads a slice of the panel that stays in
-# cache (K × 128 × 4 B ≤ 1.5 MiB); one pass over all tokens re-streams the whole panel from
-# memory for every group of block rows (1024 tokens: 2–5× the per-token time of 128)
-_CHUNK_TOKENS = 128
+# cache; one pass over all tokens re-streams the whole panel from memory for every group of
+# block rows (1024 tokens: 2–5× the per-token time of 128). FEATURE: 32 (K × 32 × 4 B ≤
+# 384 KiB, L2) against 128, 16×1, 1 thread, Zen 5, same runs: 128 tokens 0.41 vs 0.44 ms
+# (90%), 1.63 vs 1.75 (50%) at K=3072, 1.57 vs 1.66 (50%) and 0.333 vs 0.326 (90%) at
+# K=768; 1024 tokens 10–20% faster. TOKEN: 128 (two 64-token tiles per slab sweep)
+_FEATURE_CHUNK_TOKENS = 32
+_TOKEN_CHUNK_TOKENS = 128
 # TOKEN: input features per slab and output features per task. A task runs its block rows
 # over one slab of the panel at a time (SLAB_FEATURES × tile × 4 B, L1/L2-resident), its
 # outputs kept feature-major on the stack between slabs. Swept at 90%, 1×1 blocks, 1 thread,
@@ -256,7 +261,7 @@ def _shapes(shape: BsrShape, tile: int, layout: KernelLayout) -> tuple[Any, Any]
 def _feature_kernel(shape: BsrShape, tile: int, lanes: int, layout: KernelLayout) -> tirx.PrimFunc:
     n, k, r, nb = shape.out_features, shape.in_features, shape.r, shape.block_rows
     group = _feature_group(shape)
-    chunk_tiles = max(1, _CHUNK_TOKENS // tile)
+    chunk_tiles = max(1, _FEATURE_CHUNK_TOKENS // tile)
     passes, pass_of, grp_of = _task_index(nb // group, tile, chunk_tiles)
     x_shape, y_shape = _shapes(shape, tile, layout)
     panel_in = layout.panel_input
@@ -410,7 +415,7 @@ def _token_kernel(shape: BsrShape, lanes: int, vectors: int, layout: KernelLayou
     rows = _slab_rows(shape, lanes)
     width = rows * r  # output features of a task: a whole vector per token when r < lanes
     slabs = slab_count(shape)
-    chunk_tiles = max(1, _CHUNK_TOKENS // tile)
+    chunk_tiles = max(1, _TOKEN_CHUNK_TOKENS // tile)
     passes, pass_of, grp_of = _task_index(nb // rows, tile, chunk_tiles)
     x_shape, y_shape = _shapes(shape, tile, layout)
     panel_in = layout.panel_input
