@@ -200,15 +200,17 @@ def choose_schedule(shape: BsrShape, lanes: int, layout: KernelLayout | None = N
     """FEATURE when a block is one input column whose output features fill whole vectors
     and x and y are token-major; TOKEN for every kernel of a chain (a panel on either side).
 
-    Measured at [128, 768] × [3072, 768], 90%, 1 thread, AVX-512 (benchmarks/tvm_sparse.py):
-    16×1 blocks 0.44–0.58 ms feature-vectorised vs 0.72 ms token-vectorised; 8×1 blocks
-    0.86 ms feature-vectorised (half-width vectors) vs 0.63 ms token-vectorised; 4×1, 1×1
-    and 1×c blocks leave most lanes empty feature-vectorised.
+    Measured with 16×1 blocks, 128 tokens, 1 thread, AVX-512, FEATURE vs TOKEN (slabs) in
+    the same run: [128, 768] × [3072, 768] 0.42 vs 0.46 ms at 90%, 1.68 vs 1.81 at 50%;
+    [128, 3072] × [768, 3072] 0.51 vs 0.57 at 90%, 1.79 vs 2.46 at 50% (1.45 vs 1.41 at
+    70%). 8×1 blocks fill half a vector feature-vectorised (0.86 vs 0.63 ms at 90%, before
+    slabs); 4×1, 1×1 and 1×c blocks leave most lanes empty.
     In a chain TOKEN needs no transposed stores (its accumulators already hold a feature's
     tokens, a panel vector) and reads 4 tokens' vectors per weight: BERT-base FFN, 16×1,
-    90%, 1 thread, both kernels per call: 0.85–0.92 ms TOKEN→TOKEN vs 1.01–1.07 ms
-    FEATURE→FEATURE at 128 tokens, 0.22 vs 0.28 ms at 8, 10.1 vs 24.2 ms at 1024; at 50%
-    5.1 vs 4.7 ms at 128 tokens, but 40.8 vs 46.9 ms at 1024 and 0.88 vs 1.52 ms at 8.
+    90%, 1 thread, both kernels per call, before slabs: 0.85–0.92 ms TOKEN→TOKEN vs
+    1.01–1.07 ms FEATURE→FEATURE at 128 tokens, 0.22 vs 0.28 ms at 8, 10.1 vs 24.2 ms at
+    1024 (at 50% 5.1 vs 4.7 ms at 128 tokens, 40.8 vs 46.9 at 1024). Slabs then took the
+    TOKEN chain from 4.85 to 4.24 ms at 50% and left 90% as it was (0.72 vs 0.74 ms).
     """
     if layout is not None and (layout.panel_input or layout.output_tile is not None):
         return Schedule.TOKEN
