@@ -174,6 +174,36 @@ def test_relax_matches_torch(graph, relax_build, batch: int, seq: int) -> None: 
     _check(relax_build, graph.module, batch, seq)
 
 
+class WideSparse(nn.Module):
+    """Sparse linears over 320 input features, two 256-feature slabs of the TOKEN kernel: an
+    unstructured → ReLU → 2:4 chain and a lone 4×1 linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.up = BlockSparseLinear(nn.Linear(320, 320), 1, 1, 0.7)
+        self.down = NMLinear(nn.Linear(320, 48))
+        self.side = BlockSparseLinear(nn.Linear(320, 48), 4, 1, 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(torch.relu(self.up(x))) + self.side(x)
+
+
+@pytest.mark.parametrize("mode", [TvmMode.PARTITIONED, TvmMode.RELAX])
+def test_weights_over_several_slabs_match_torch(mode: TvmMode) -> None:
+    """The weights reach the kernels slab-major through the importer and the partitioned path."""
+    model = WideSparse().eval()
+    graph = trace(model, (torch.randn(2, 5, 320),))
+    executable = TvmBackend(TvmOptions(mode=mode)).lower(graph, "cpu", BackendOptions(threads=2))
+    for batch in (1, 13):  # 5 tokens (a tail), 65 (a whole 64-token tile and a tail)
+        x = torch.randn(batch, 5, 320)
+        with torch.no_grad():
+            expected = model(x)
+        assert torch.allclose(executable(x), expected, atol=ATOL), (
+            (executable(x) - expected).abs().max()
+        )
+
+
 def test_relax_calls_our_kernels(graph) -> None:  # type: ignore[no-untyped-def]
     from sparsec.backends.tvm.importer import import_graph, kernel_for
     from sparsec.backends.tvm.kernels import BsrShape
