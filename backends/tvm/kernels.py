@@ -7,6 +7,7 @@ Rules:
 - `x` is [m, K] with m symbolic (batch × sequence) and nnz symbolic, so one compiled kernel
   serves every layer of the same (N, K, r, c);
 - both schedules first copy x into a token-tiled, feature-major panel `XT [tiles, K, tile]`
+  by 16×16 register transposes (`_TRANSPOSE`)
   (`panel_tile`; one panel row is one to four cache lines, so the random block columns a
   block row reads spread over all L1 sets, which rows of a plain xᵀ with a power-of-two
   stride do not), then run parallel over groups of block rows with register accumulators,
