@@ -13,7 +13,10 @@ Rules:
 - every weight-sized constant is lifted into a parameter of `main` after the user inputs,
   so the compiled library holds code and the weights travel in a params file beside it;
 - N:M weights are CSR with a fixed count per row: slot k of a row holds input column
-  `k // n * m + indices[k]` (indices are positions within the group, sparsec/ops).
+  `k // n * m + indices[k]` (indices are positions within the group, sparsec/ops);
+- a sparse op's arrays are read from the program's constants (parameters and buffers) and
+  turned into the kernel's operands at import (`SparseCall.operands`; slab-major for
+  TOKEN kernels, `kernel_operands`); arrays computed in the graph are refused.
 
 Example:
     imported = import_graph(graph.export_program(), build_target("cpu"))
@@ -130,15 +133,6 @@ def chain_layouts(
     consumer = KernelLayout(panel_input=True)
     tile = panel_tile(second, choose_schedule(second, lanes, consumer), lanes)
     return KernelLayout(output_tile=tile, activation=activation), consumer
-
-
-def _static_dims(expr: relax.Expr, what: str, node: fx.Node) -> list[int]:
-    dims = []
-    for dim in expr.ty.shape.values:
-        if not isinstance(dim, tirx.IntImm):
-            raise BackendError(f"%{node.name}: {what} must have a static shape, got {expr.ty}")
-        dims.append(int(dim))
-    return dims
 
 
 @dataclass
