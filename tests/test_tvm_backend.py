@@ -204,6 +204,22 @@ def test_weights_over_several_slabs_match_torch(mode: TvmMode) -> None:
         )
 
 
+class ComputedWeights(BlockSparseLinear):
+    """A block-sparse linear whose values are computed in the graph, not a module constant."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        op = getattr(torch.ops, _NS).bsr_linear
+        return op(x, self.values * 2.0, self.cols, self.crow, self.bias, *self.shape)
+
+
+def test_relax_refuses_computed_weight_arrays() -> None:
+    model = ComputedWeights(nn.Linear(32, 32), 1, 1, 0.5).eval()
+    graph = trace(model, (torch.randn(2, 32),))
+    backend = TvmBackend(TvmOptions(mode=TvmMode.RELAX))
+    with pytest.raises(BackendError, match="is computed or an input.*parameters or buffers"):
+        backend.lower(graph, "cpu", BackendOptions(threads=1))
+
+
 def test_relax_calls_our_kernels(graph) -> None:  # type: ignore[no-untyped-def]
     from sparsec.backends.tvm.importer import import_graph, kernel_for
     from sparsec.backends.tvm.kernels import BsrShape
