@@ -25,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -54,7 +53,7 @@ from .params_io import LIBRARY_FILE, load_params
 from .partitioned import KERNELS_FILE, PartitionedExecutable, sparse_nodes
 from .relax_executable import RelaxExecutable, TuningJob
 from .target import DEFAULT_CUDA_ARCH, build_target, check_loadable
-from .tuning import SearchStrategy, TuneBudget
+from .tuning import SearchStrategy, TuneBudget, check_seconds
 
 if TYPE_CHECKING:
     from sparsec.ir.graph import Graph
@@ -124,17 +123,7 @@ class TvmOptions:
             raise BackendError(
                 f"TvmOptions.tuning_dir must be a Path or None, not {self.tuning_dir!r}"
             )
-        seconds = self.tune_seconds
-        if seconds is not None and (
-            isinstance(seconds, bool)
-            or not isinstance(seconds, int | float)
-            or not math.isfinite(seconds)
-            or seconds <= 0
-        ):
-            raise BackendError(
-                f"TvmOptions.tune_seconds must be a number of seconds > 0, or None for no time "
-                f"limit, not {seconds!r}. Fix: e.g. tune_seconds=600, or leave it out."
-            )
+        check_seconds(self.tune_seconds, "TvmOptions.tune_seconds")
         if trials == 0:
             refinements = [
                 name

@@ -555,6 +555,20 @@ def _pack_whole_tiles(k: int, tile: int) -> Any:
     gathered = k if blocks == 0 else k % n
 
     @T.macro
+    def swap_bits(src: Any, dst: Any, b: int, patterns: tuple[list[int], list[int]]) -> None:
+        # rows i and i + b (bit b of i clear) exchange the lanes whose bit b is set
+        for g in T.unroll(n // (2 * b)):
+            for o in T.unroll(b):
+                dst[g * 2 * b + o, T.Ramp(0, 1, n)] = T.Shuffle(
+                    [src[g * 2 * b + o, T.Ramp(0, 1, n)], src[g * 2 * b + o + b, T.Ramp(0, 1, n)]],
+                    patterns[0],
+                )
+                dst[g * 2 * b + o + b, T.Ramp(0, 1, n)] = T.Shuffle(
+                    [src[g * 2 * b + o, T.Ramp(0, 1, n)], src[g * 2 * b + o + b, T.Ramp(0, 1, n)]],
+                    patterns[1],
+                )
+
+    @T.macro
     def pack(X: Any, XT: Any) -> None:
         m = X.shape[0]
         for mo in T.parallel(m // tile):
@@ -564,33 +578,9 @@ def _pack_whole_tiles(k: int, tile: int) -> Any:
                 for kb in range(k // n):
                     for t in T.unroll(n):
                         A[t, T.Ramp(0, 1, n)] = X[mo * tile + vo * n + t, T.Ramp(kb * n, 1, n)]
-                    for g in T.unroll(8):
-                        B[g * 2, T.Ramp(0, 1, n)] = T.Shuffle(
-                            [A[g * 2, T.Ramp(0, 1, n)], A[g * 2 + 1, T.Ramp(0, 1, n)]], stages[0][0]
-                        )
-                        B[g * 2 + 1, T.Ramp(0, 1, n)] = T.Shuffle(
-                            [A[g * 2, T.Ramp(0, 1, n)], A[g * 2 + 1, T.Ramp(0, 1, n)]], stages[0][1]
-                        )
-                    for g in T.unroll(4):
-                        for o in T.unroll(2):
-                            A[g * 4 + o, T.Ramp(0, 1, n)] = T.Shuffle(
-                                [B[g * 4 + o, T.Ramp(0, 1, n)], B[g * 4 + o + 2, T.Ramp(0, 1, n)]],
-                                stages[1][0],
-                            )
-                            A[g * 4 + o + 2, T.Ramp(0, 1, n)] = T.Shuffle(
-                                [B[g * 4 + o, T.Ramp(0, 1, n)], B[g * 4 + o + 2, T.Ramp(0, 1, n)]],
-                                stages[1][1],
-                            )
-                    for g in T.unroll(2):
-                        for o in T.unroll(4):
-                            B[g * 8 + o, T.Ramp(0, 1, n)] = T.Shuffle(
-                                [A[g * 8 + o, T.Ramp(0, 1, n)], A[g * 8 + o + 4, T.Ramp(0, 1, n)]],
-                                stages[2][0],
-                            )
-                            B[g * 8 + o + 4, T.Ramp(0, 1, n)] = T.Shuffle(
-                                [A[g * 8 + o, T.Ramp(0, 1, n)], A[g * 8 + o + 4, T.Ramp(0, 1, n)]],
-                                stages[2][1],
-                            )
+                    swap_bits(A, B, 1, stages[0])
+                    swap_bits(B, A, 2, stages[1])
+                    swap_bits(A, B, 4, stages[2])
                     for o in T.unroll(8):
                         XT[mo, kb * n + o, T.Ramp(vo * n, 1, n)] = T.Shuffle(
                             [B[o, T.Ramp(0, 1, n)], B[o + 8, T.Ramp(0, 1, n)]], stages[3][0]

@@ -81,6 +81,7 @@ __all__ = [
     "TuneBudget",
     "TuningResult",
     "apply_database",
+    "check_seconds",
     "database_dir",
     "specialize",
     "tune_module",
@@ -159,16 +160,22 @@ class TuneBudget:
                 f"TuneBudget.search must be a SearchStrategy, not {self.search!r}; valid: "
                 f"{', '.join(s.name for s in SearchStrategy)}"
             )
-        if self.seconds is not None and not _positive_number(self.seconds):
-            raise BackendError(
-                f"TuneBudget.seconds must be a number of seconds > 0, or None for no time "
-                f"limit, not {self.seconds!r}. Fix: e.g. seconds=600, or leave it out."
-            )
+        check_seconds(self.seconds, "TuneBudget.seconds")
         if not (_positive_number(self.lock_timeout_s) or self.lock_timeout_s == 0):
             raise BackendError(
                 f"TuneBudget.lock_timeout_s must be a number of seconds >= 0 (0: do not wait "
                 f"for another tuner), not {self.lock_timeout_s!r}"
             )
+
+
+def check_seconds(value: object, field: str) -> None:
+    """A time budget is None (no limit) or a finite number of seconds > 0."""
+    if value is not None and not _positive_number(value):
+        name = field.rsplit(".", 1)[-1]
+        raise BackendError(
+            f"{field} must be a number of seconds > 0, or None for no time limit, not "
+            f"{value!r}. Fix: e.g. {name}=600, or leave it out."
+        )
 
 
 def _positive_number(value: object) -> bool:
