@@ -277,7 +277,7 @@ def _feature_kernel(shape: BsrShape, tile: int, lanes: int, layout: KernelLayout
     token_major_out = out_tile is None
     out_tile = out_tile or tile  # only read when y is a panel
     vectors = tile // lanes  # vectors of tokens per tile, when stored to a panel
-    pack_whole_tiles = _pack_whole_tiles(k, tile)
+    pack = _pack(k, tile)
     # AVX-512 (16 lanes, `vector_lanes`) and a block of one vector: the panel row is one vector
     permuted = _REGISTER_BROADCASTS if lanes == 16 and r == lanes and tile == lanes else 0
 
@@ -301,10 +301,7 @@ def _feature_kernel(shape: BsrShape, tile: int, lanes: int, layout: KernelLayout
             else T.alloc_buffer(((m + tile - 1) // tile, k, tile), "float32", align=64)
         )
         if not panel_in:
-            pack_whole_tiles(X, XT)
-            for kk in range(k):
-                for t in range(m % tile):
-                    XT[m // tile, kk, t] = X[m - m % tile + t, kk]
+            pack(X, XT)
         # tasks: (pass over up to chunk_tiles whole tiles) × (group of block rows); the last
         # pass also runs the tokens past the last whole tile (one pass when m < tile)
         for task in T.parallel(passes(m) * (nb // group)):
@@ -428,7 +425,7 @@ def _token_kernel(shape: BsrShape, lanes: int, vectors: int, layout: KernelLayou
     out_tile = layout.output_tile
     token_major_out = out_tile is None
     out_tile = out_tile or tile  # only read when y is a panel
-    pack_whole_tiles = _pack_whole_tiles(k, tile)
+    pack = _pack(k, tile)
 
     def act(value: Any) -> Any:
         return activation_expr(layout.activation, value)
@@ -477,13 +474,7 @@ def _token_kernel(shape: BsrShape, lanes: int, vectors: int, layout: KernelLayou
             else T.alloc_buffer(((m + tile - 1) // tile, k, tile), "float32", align=64)
         )
         if not panel_in:
-            pack_whole_tiles(X, XT)
-            # the last partial tile, padded with zeros
-            for kk in range(k * T.min(m % tile, 1)):
-                for t in range(tile):
-                    XT[m // tile, kk, t] = T.if_then_else(
-                        T.int64(t) < m % tile, X[T.min(m - m % tile + t, m - 1), kk], T.float32(0)
-                    )
+            pack(X, XT)
         # tasks: (pass over up to chunk_tiles whole tiles) × (group of block rows); the last
         # pass also runs the tokens past the last whole tile (one pass when m < tile)
         for task in T.parallel(passes(m) * (nb // rows)):
@@ -545,10 +536,10 @@ def _shuffle_stage(stage: int) -> tuple[list[int], list[int]]:
     return low, high
 
 
-def _pack_whole_tiles(k: int, tile: int) -> Any:
-    """A macro packing x's whole tiles into the panel, XT[mo, f, t] = X[mo·tile + t, f]:
-    16×16 blocks transposed in registers (`_TRANSPOSE`); the last K % 16 features and tiles
-    not a multiple of 16 tokens by gathers."""
+def _pack(k: int, tile: int) -> Any:
+    """A macro packing x into the panel, XT[mo, f, t] = X[mo·tile + t, f]: whole tiles by
+    16×16 blocks transposed in registers (`_TRANSPOSE`), their last K % 16 features (and
+    tiles not a multiple of 16 tokens) by gathers; the last partial tile padded with zeros."""
     n = _TRANSPOSE
     stages = [_shuffle_stage(stage) for stage in range(4)]
     blocks = tile // n if tile % n == 0 else 0
@@ -591,6 +582,11 @@ def _pack_whole_tiles(k: int, tile: int) -> Any:
             for kk in range(gathered):
                 for t in T.vectorized(tile):
                     XT[mo, k - gathered + kk, t] = X[mo * tile + t, k - gathered + kk]
+        for kk in range(k * T.min(m % tile, 1)):
+            for t in range(tile):
+                XT[m // tile, kk, t] = T.if_then_else(
+                    T.int64(t) < m % tile, X[T.min(m - m % tile + t, m - 1), kk], T.float32(0)
+                )
 
     return pack
 
