@@ -3,6 +3,11 @@
 Rules:
 - the user's model is never modified: it is traced in eval mode (restored afterwards) and
   every rewrite replaces tensors instead of editing them;
+- `compiled.module` is the user's own module tree with the graph's decisions applied
+  (`sparsec.materialize`): it trains in training mode and shares its tensors with the graph;
+  where that is impossible it is the graph module, and the report says why;
+- an executable is rebuilt before saving when the graph's weights changed after lowering
+  (fine-tuning `compiled.module`), so a saved artifact never pairs old code with new weights;
 - without `example_inputs`, compilation happens on the first call, with that call's inputs;
 - after lowering, the backend's outputs are compared with the pruned torch graph on the
   example inputs and the max error goes into the report;
@@ -36,9 +41,10 @@ from sparsec.backends.base import (
     get_backend,
 )
 from sparsec.calibration import Calibration
-from sparsec.errors import ConfigError, SparsecError
+from sparsec.errors import ConfigError, MaterializeError, SparsecError
 from sparsec.frontends import normalize_inputs, trace
 from sparsec.ir import Graph
+from sparsec.materialize import Materialized, materialize
 from sparsec.metrics import count_macs, layer_widths
 from sparsec.passes.analysis.dependency_groups import DependencyGroups
 from sparsec.pipeline import (
@@ -77,13 +83,56 @@ def _stats(graph: Graph) -> ModelStats:
     return ModelStats(graph.num_parameters(), count_macs(graph), graph.num_nodes(), tuple(layer_widths(graph)))
 
 
+def weights_key(graph: Graph) -> tuple[tuple[str, int, int], ...]:
+    """Identity and in-place version of every graph tensor: changes when training does."""
+    return tuple(
+        (name, id(tensor), tensor._version)
+        for name, tensor in graph.module.state_dict(keep_vars=True).items()
+    )
+
+
 @dataclass
 class _Build:
     graph: Graph
     executable: Executable
     report: Report
     pipeline: Pipeline
-    backend_name: str
+    backend: Backend
+    options: BackendOptions
+    lowered_from: tuple[tuple[str, int, int], ...]
+    tree: Materialized | MaterializeError
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    def relower_if_trained(self, progress: Progress) -> None:
+        """Lower again if the weights changed since the executable was built from them."""
+        if weights_key(self.graph) == self.lowered_from:
+            return
+        progress(f"weights changed since lowering: rebuilding the {self.backend.name} executable")
+        self.executable = self.backend.lower(self.graph, self.pipeline.target, self.options)
+        self.lowered_from = weights_key(self.graph)
+        self.report.notes.append(
+            "the executable was rebuilt after the weights changed (fine-tuning compiled.module)"
+        )
+
+
+def _materialize(model: torch.nn.Module, graph: Graph, progress: Progress) -> Materialized | MaterializeError:
+    progress(f"materializing the pruned graph into {type(model).__name__}")
+    try:
+        return materialize(model, graph)
+    except MaterializeError as exc:
+        return exc
+
+
+def _module_note(tree: Materialized | MaterializeError, model: torch.nn.Module) -> str:
+    if isinstance(tree, MaterializeError):
+        return f"compiled.module is the graph module (trains in eval mode only): {tree}"
+    return (
+        f"compiled.module is a {type(model).__name__} with the pruned widths "
+        f"(max deviation from the graph {tree.max_error:.2g}): it trains, saves and exports"
+    )
 
 
 def _group_rows(am: AnalysisManager, graph: Graph, results: list[tuple[Pass, Any]]) -> list[dict[str, Any]]:
@@ -122,6 +171,8 @@ def _build(
     with _eval_mode(model), torch.no_grad():
         graph = trace(model, kwargs or args)
         reference = graph.module(*graph.example_args, **graph.example_kwargs)
+    for note in graph.notes:
+        progress(note)
     before = _stats(graph)
     timing, stats, numeric = Timing(), Statistics(), NumericCheck(reference)
     instruments: list[Instrument] = [timing, stats, numeric]
@@ -145,8 +196,10 @@ def _build(
             reason += " with its backend_options"
     else:
         backend, reason = default_backend(pipeline.target, graph)
+    tree = _materialize(model, graph, progress)
     progress(f"lowering to {backend.name} for {pipeline.target}")
     executable = backend.lower(graph, pipeline.target, options)
+    lowered_from = weights_key(graph)
     with torch.no_grad():
         backend_error = max_abs_diff(
             executable(*graph.example_args, **graph.example_kwargs),
@@ -167,9 +220,9 @@ def _build(
         unruled_ops=am.get(DependencyGroups()).unruled_ops if am.is_cached(DependencyGroups()) else {},
         backend_error=backend_error,
         backend_reason=reason,
-        notes=list(getattr(executable, "notes", [])),
+        notes=[*graph.notes, _module_note(tree, model), *getattr(executable, "notes", [])],
     )
-    return _Build(graph, executable, report, pipeline, backend.name)
+    return _Build(graph, executable, report, pipeline, backend, options, lowered_from, tree)
 
 
 def _named_backend(pipeline: Pipeline) -> Backend:
@@ -191,7 +244,7 @@ def _given_options(backend: Backend) -> Any:
 
 
 class CompiledModel:
-    """A compiled model: call it like the original; `.module` is the pruned, trainable graph."""
+    """A compiled model: call it like the original; `.module` is the pruned model to train."""
 
     def __init__(
         self,
@@ -238,7 +291,9 @@ class CompiledModel:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self._build is None:
             self.compile_with(kwargs if kwargs and not args else args)
-        return self._built().executable(*args, **kwargs)
+        build = self._built()
+        build.relower_if_trained(self._progress)
+        return build.executable(*args, **kwargs)
 
     @property
     def graph(self) -> Graph:
@@ -246,8 +301,24 @@ class CompiledModel:
 
     @property
     def module(self) -> torch.nn.Module:
-        """The pruned program as a torch module: it trains, saves and exports."""
-        return self._built().graph.module
+        """The pruned model: the user's module tree (see `to_module`), else the graph module.
+
+        The report's notes say which, and why when it is the graph module.
+        """
+        tree = self._built().tree
+        return tree.module if isinstance(tree, Materialized) else self._built().graph.module
+
+    def to_module(self) -> torch.nn.Module:
+        """The pruned model as the user's own classes; MaterializeError says why it cannot be.
+
+        It is a normal module: `.train()`/`.eval()` switch dropout and BatchNorm, every
+        parameter trains, `state_dict()` keys are the original names, and it shares its
+        tensors with `compiled.graph`, so `save()` ships what was trained.
+        """
+        tree = self._built().tree
+        if isinstance(tree, MaterializeError):
+            raise tree
+        return tree.module
 
     @property
     def report(self) -> Report:
@@ -262,10 +333,15 @@ class CompiledModel:
         return self._pipeline
 
     def save(self, directory: str | Path) -> Path:
-        """Write a deployable artifact directory (atomically); returns its path."""
+        """Write a deployable artifact directory (atomically); returns its path.
+
+        If the weights changed since lowering (fine-tuning `module`), the executable is
+        rebuilt from them first.
+        """
         from sparsec.artifact import write_artifact
 
         build = self._built()
+        build.relower_if_trained(self._progress)
         return write_artifact(
             Path(directory),
             graph=build.graph,

@@ -13,6 +13,8 @@ __all__ = [
     "NumericMismatchError",
     "BackendError",
     "ArtifactError",
+    "MaterializeError",
+    "InputError",
 ]
 
 
@@ -54,3 +56,11 @@ class BackendError(SparsecError):
 
 class ArtifactError(SparsecError):
     """An artifact directory is missing, incomplete, tampered with or incompatible."""
+
+
+class MaterializeError(SparsecError):
+    """The pruned graph could not be put back into the user's own module tree."""
+
+
+class InputError(SparsecError):
+    """Inputs given at call time do not match what the model was compiled for."""

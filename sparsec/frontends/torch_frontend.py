@@ -20,6 +20,7 @@ from torch.export import Dim
 from torch.utils import _pytree as pytree
 
 from sparsec.errors import TraceError
+from sparsec.frontends.trace_settings import trace_settings
 from sparsec.ir.graph import Graph, InputSpec
 
 __all__ = ["trace", "normalize_inputs"]
@@ -127,8 +128,7 @@ def _fix_for(message: str) -> str:
     """The most likely fix for an export failure, from its message."""
     if "not a known type" in message and "pytree" in message:
         return (
-            "the model returns an object torch.export cannot flatten (for Hugging Face models "
-            "a KV cache: set model.config.use_cache = False); return tensors or "
+            "the model returns an object torch.export cannot flatten; return tensors or "
             "tuples/dicts of tensors"
         )
     if "Constraints violated" in message or "specialized" in message:
@@ -211,7 +211,8 @@ def trace(
     if not isinstance(model, torch.nn.Module):
         raise TraceError(f"expected a torch.nn.Module, got {type(model).__name__}")
     args, kwargs = normalize_inputs(example_inputs)
-    program, spec, trace_args, trace_kwargs = _export(model, args, kwargs, dynamic)
+    with trace_settings(model) as notes:
+        program, spec, trace_args, trace_kwargs = _export(model, args, kwargs, dynamic)
     gm = program.module()
     _drop_guards(gm)
     _own_tensors(gm)
@@ -226,4 +227,5 @@ def trace(
         symbol_names=names,
         input_specs=_input_specs(gm, names),
         output_names=output_names,
+        notes=tuple(notes),
     )

@@ -131,6 +131,7 @@ class Graph:
     symbol_names: dict[str, str] = field(default_factory=dict)
     input_specs: tuple[InputSpec, ...] = ()
     output_names: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # what the front end changed to trace the model
     version: int = 0
     _exported: tuple[Any, torch.export.ExportedProgram] | None = field(
         default=None, init=False, repr=False, compare=False
