@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from sparsec import hf
 from sparsec.backends.base import (
     Backend,
     BackendOptions,
@@ -121,9 +122,12 @@ class _Build:
 def _materialize(model: torch.nn.Module, graph: Graph, progress: Progress) -> Materialized | MaterializeError:
     progress(f"materializing the pruned graph into {type(model).__name__}")
     try:
-        return materialize(model, graph)
+        tree = materialize(model, graph)
     except MaterializeError as exc:
         return exc
+    if hf.is_transformers_model(tree.module):
+        hf.adopt_standard_config(tree.module)
+    return tree
 
 
 def _module_note(tree: Materialized | MaterializeError, model: torch.nn.Module) -> str:
@@ -331,6 +335,20 @@ class CompiledModel:
     @property
     def pipeline(self) -> Pipeline:
         return self._pipeline
+
+    def save_pretrained(
+        self, directory: str | Path, *, tokenizer: str | Path | None = None, overwrite: bool = False
+    ) -> hf.SavedCheckpoint:
+        """Write a Hugging Face checkpoint of the pruned model (see `sparsec.hf`).
+
+        `tokenizer`: a directory whose tokenizer files are copied alongside. The result says
+        whether plain transformers loads it, and why not when it cannot
+        (`sparsec.hf.from_pretrained` loads either kind).
+        """
+        tree = self._built().tree
+        if isinstance(tree, MaterializeError):
+            raise tree
+        return hf.save_pretrained(tree.module, tree.record, directory, tokenizer=tokenizer, overwrite=overwrite)
 
     def save(self, directory: str | Path) -> Path:
         """Write a deployable artifact directory (atomically); returns its path.
