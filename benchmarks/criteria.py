@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sparsec.calibration import Calibration  # noqa: E402
 from sparsec.frontends import trace  # noqa: E402
 from sparsec.ir import Graph  # noqa: E402
+from sparsec.materialize import materialize  # noqa: E402
 from sparsec.passes.analysis import (  # noqa: E402
     ActivationImportance,
     BNScaleImportance,
@@ -169,7 +170,7 @@ def _evaluate(
     )
     row["reconstruct_bn"] = _accuracy(graph_both, test)
     torch.manual_seed(SEED)
-    finetune(graph.module, train, _loss, epochs=1, lr=1e-3, inputs=_first)
+    finetune(materialize(model, graph).module, train, _loss, epochs=1, lr=1e-3, inputs=_first)
     row["finetuned_1ep"] = _accuracy(graph, test)
     return row
 

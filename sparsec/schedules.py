@@ -9,18 +9,21 @@ Rules:
   scores were computed from;
 - `cubic_sparsity` is Zhu & Gupta's gradual schedule
   s_t = s_f + (s_i - s_f) (1 - (t - t_0) / (t_1 - t_0))³, flat outside [t_0, t_1];
-- `finetune` is a plain recovery loop that leaves the module's mode alone: a traced graph
-  runs as it was traced (eval mode: BatchNorm keeps its running statistics, dropout is off;
-  exported modules refuse `.train()`); run `recalibrate-bn` after to refresh statistics.
+- `finetune` is a plain recovery loop in training mode (BatchNorm learns batch statistics,
+  dropout is on), restoring each module's mode afterwards; give it the user's module tree
+  (`compiled.module`, or `materialize(model, graph).module`, which shares the graph's
+  tensors); a traced graph module only runs as traced (`training=False`; it refuses
+  `.train()`), for which `recalibrate-bn` refreshes statistics after.
 
 Example:
     make = lambda r: [TaylorImportance(), PruneChannels(ratio=r, target="macs")]
-    prune_iteratively(graph, calibration, 0.5, steps=3, make_passes=make,
-                      callback=lambda step, g: finetune(g.module, loader, loss_fn, epochs=1))
+    tune = lambda step, g: finetune(materialize(model, g).module, loader, loss_fn, epochs=1)
+    prune_iteratively(graph, calibration, 0.5, steps=3, make_passes=make, callback=tune)
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
@@ -103,6 +106,12 @@ def one_shot(
     return run
 
 
+def _restore_modes(modes: dict[torch.nn.Module, bool]) -> None:
+    """Set each module's flag back (directly: traced graph modules refuse `.train()`)."""
+    for module, training in modes.items():
+        module.training = training
+
+
 def finetune(
     module: torch.nn.Module,
     batches: Iterable[Any],
@@ -111,14 +120,28 @@ def finetune(
     epochs: int = 1,
     lr: float = 1e-3,
     inputs: Callable[[Any], Any] | None = None,
+    training: bool = True,
 ) -> list[float]:
-    """Train `module` with Adam; returns the mean loss of each epoch.
+    """Train `module` with Adam in training mode; returns the mean loss of each epoch.
 
-    `loss_fn(outputs, batch)` and `inputs(batch)` work as in `Calibration`.
+    `loss_fn(outputs, batch)` and `inputs(batch)` work as in `Calibration`; `training=False`
+    keeps the module's current mode (a traced graph module can only run that way).
     """
     optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=lr)
     history = []
-    with torch.enable_grad():
+    modes = {m: m.training for m in module.modules()}
+    if training:
+        try:
+            module.train()
+        except NotImplementedError as exc:  # torch.export's modules refuse mode switches
+            raise PreconditionError(
+                f"{type(module).__name__} cannot switch to training mode (a traced graph module "
+                "runs as traced). Fix: fine-tune compiled.module or materialize(model, graph)"
+                ".module, or pass training=False to train it as traced"
+            ) from exc
+    with contextlib.ExitStack() as stack:
+        stack.callback(_restore_modes, modes)
+        stack.enter_context(torch.enable_grad())
         for _ in range(epochs):
             total, count = 0.0, 0
             for batch in batches:

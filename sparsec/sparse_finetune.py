@@ -4,13 +4,15 @@ Rules:
 - the masks are the ones `sparsify` recorded on the graph module (`sparsec.ops.masks`), linear
   and conv weights alike (a mask has its weight's shape); layers that `lower-sparse-weights`
   replaced by sparse ops have no dense weight left and drop out;
+- given a `CompiledModel`, the masks come from its graph and apply to `compiled.module`,
+  the user's module tree, which shares the graph's parameters;
 - while active, each masked parameter's gradient is multiplied by its mask (a tensor hook),
   so optimizers without weight decay never move a pruned weight; `reapply()` after each
   optimizer step zeroes them again, which covers weight decay and momentum;
 - it keeps no global state: `with preserve_masks(module) as masks: ...` removes its hooks.
 
 Example:
-    with preserve_masks(compiled.module) as masks:
+    with preserve_masks(compiled) as masks:
         for x, y in loader:
             loss_fn(compiled.module(x), y).backward()
             optimizer.step(); optimizer.zero_grad()
@@ -26,6 +28,7 @@ from typing import Any
 
 import torch
 
+from sparsec.compile import CompiledModel
 from sparsec.errors import PreconditionError
 from sparsec.ops.masks import recorded_masks
 
@@ -58,13 +61,14 @@ def _parameter(module: torch.nn.Module, target: str) -> torch.nn.Parameter:
 
 
 @contextlib.contextmanager
-def preserve_masks(module: torch.nn.Module) -> Iterator[MaskedParameters]:
-    """Mask gradients of every sparsified weight of `module` while the block runs."""
+def preserve_masks(model: torch.nn.Module | CompiledModel) -> Iterator[MaskedParameters]:
+    """Mask gradients of every sparsified weight of `model` while the block runs."""
+    module = model.graph.module if isinstance(model, CompiledModel) else model
     masks = recorded_masks(module)
     if not masks:
         raise PreconditionError(
-            "preserve_masks found no sparsity masks on this module: fine-tune the module a "
-            "sparsify pass produced (compiled.module), before lower-sparse-weights"
+            "preserve_masks found no sparsity masks: pass the CompiledModel (or its graph "
+            "module) of a pipeline with a sparsify pass and no lower-sparse-weights"
         )
     masked = MaskedParameters({t: (_parameter(module, t), m.mask) for t, m in masks.items()})
     for parameter, mask in masked.parameters.values():

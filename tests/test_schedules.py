@@ -85,5 +85,6 @@ def test_finetune_lowers_the_loss() -> None:
         epochs=3,
         lr=1e-2,
         inputs=lambda b: b[0],
+        training=False,
     )
     assert history[-1] < history[0]

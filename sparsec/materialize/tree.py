@@ -5,7 +5,7 @@ Rules:
   parameter names), so training the module trains what the backends lower, and it costs
   no second copy of the weights; tensors the trace never read are copied;
 - every module whose tensors changed shape, or that holds such a module, runs its class's
-  updater (`registry.py`); a class without one is checked for int attributes still holding
+  updater, children before parents (`registry.py`); a class without one is checked for int attributes still holding
   a width that changed, which are named if the outputs then disagree;
 - the result must reproduce the graph's outputs on the example inputs in eval mode, else
   `MaterializeError` names the module and attribute sparsec could not update, and the fix;
@@ -207,7 +207,7 @@ def materialize(model: nn.Module, graph: Graph, *, atol: float = 1e-4, rtol: flo
     prefixes = _changed_prefixes(changed)
     readers = _readers(graph)
     originals = dict(model.named_modules())
-    for name, module in tree.named_modules():
+    for name, module in reversed(list(tree.named_modules())):  # children first: parents read them
         update = updater_for(module)
         if name in prefixes and update is not None:
             update(module, _Facts(readers, f"{name}." if name else ""))
