@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import io
 import json
 import re
 import warnings
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.fx as fx
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch.export import ExportedProgram
 from torch.export.pt2_archive import constants as pt2
 from torch.utils import _pytree as pytree
@@ -147,7 +148,9 @@ def _write_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
             tensor = tensor.contiguous() if not tensor.is_contiguous() else tensor.clone()
         storages.add(pointer)
         stored[name] = tensor.cpu()
-    save_file(stored, str(path), metadata={_ALIASES_KEY: json.dumps(aliases, sort_keys=True)})
+    # bytes written by Python: the file gets the usual mode (save_file makes it 0600) and a
+    # failed write is a plain OSError
+    path.write_bytes(save(stored, metadata={_ALIASES_KEY: json.dumps(aliases, sort_keys=True)}))
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -173,11 +176,15 @@ def save_program(program: ExportedProgram, directory: Path) -> tuple[str, ...]:
         with warnings.catch_warnings():
             # stride-0 placeholders make torch warn that no tensor covers the storage.
             warnings.simplefilter("ignore")
-            torch.export.save(program, directory / PROGRAM_FILE)
+            # into memory first: torch's file writer aborts the process when a write fails
+            # (disk full); a Python write raises OSError, which the artifact writer reports
+            buffer = io.BytesIO()
+            torch.export.save(program, buffer)
     finally:
         program.state_dict.update(state_dict)
         program.constants.update(constants)
         program.example_inputs = example_inputs
+    (directory / PROGRAM_FILE).write_bytes(buffer.getvalue())
     _write_safetensors(tensors, directory / WEIGHTS_FILE)
     return (PROGRAM_FILE, WEIGHTS_FILE)
 

@@ -9,9 +9,17 @@ Layout (every file but the manifest is listed in it with its sha256):
 - the backend's files, e.g. `model.onnx`; `report.md` and `report.json`.
 
 Rules:
-- `write_artifact` fills a hidden temporary sibling and renames it into place, so a failure
-  leaves nothing half-written and an existing artifact is replaced only by a complete one;
-- a non-empty directory that is not an artifact is never overwritten;
+- a save writes a complete new version into `versions/<time>-<pid>-<id>/` (manifest last),
+  then, holding the artifact's lock (`.sparsec.lock`), points the `current` symlink at it
+  with an atomic rename and removes the version it replaced; top-level links
+  (`model.onnx -> current/model.onnx`, ...) keep the files where tools look for them;
+- so readers see one whole version, old or new, never a mix: `read_artifact` resolves
+  `current` once and starts again if a save switched versions while it read;
+- a failed save (disk full, read-only directory) raises ArtifactError naming the path and
+  the cause and leaves the previous version current; a killed save's version is removed by
+  the next save or load (its writer's pid is gone);
+- sparsec deletes only what it wrote: its versions, its links, and the files a pre-versioning
+  (flat) artifact's manifest lists; a non-empty directory that is not an artifact is refused;
 - `read_artifact` checks the format version, the manifest checksum, and every file's
   presence and sha256 before it loads anything; any mismatch is an ArtifactError naming the
   file and the fix.
@@ -26,13 +34,16 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import sys
-import tempfile
+import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -44,6 +55,7 @@ import sparsec
 from sparsec.backends.base import Executable, get_backend
 from sparsec.backends.torch_backend import PROGRAM_FILE, WEIGHTS_FILE, load_program, save_program
 from sparsec.errors import ArtifactError
+from sparsec.signature import check_inputs, input_specs_from_manifest
 
 if TYPE_CHECKING:
     from sparsec.ir.graph import Graph
@@ -61,6 +73,10 @@ __all__ = [
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+_CURRENT = "current"  # symlink to versions/<id>, replaced atomically
+_VERSIONS = "versions"
+_LOCK = ".sparsec.lock"
+_READ_ATTEMPTS = 5
 REPORT_MARKDOWN_FILE = "report.md"
 REPORT_JSON_FILE = "report.json"
 _REQUIRED_FILES = (PROGRAM_FILE, WEIGHTS_FILE, REPORT_MARKDOWN_FILE, REPORT_JSON_FILE)
@@ -78,6 +94,7 @@ class LoadedArtifact:
     executable: Executable
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        check_inputs(input_specs_from_manifest(self.manifest.get("inputs", [])), args, kwargs)
         return self.executable(*args, **kwargs)
 
 
@@ -111,6 +128,8 @@ def _version(package: str) -> str | None:
 
 
 def _is_artifact(directory: Path) -> bool:
+    if (directory / _CURRENT).is_symlink() or (directory / _VERSIONS).is_dir():
+        return True
     try:
         manifest = json.loads((directory / MANIFEST_FILE).read_text())
     except (OSError, ValueError):
@@ -126,6 +145,84 @@ def _check_replaceable(directory: Path) -> None:
             f"refusing to overwrite {directory}: it is not empty and holds no sparsec artifact "
             f"({MANIFEST_FILE}). Fix: choose another directory or empty it first."
         )
+
+
+def _files_root(directory: Path) -> Path:
+    """The folder holding the current version's files (the directory itself if flat)."""
+    link = directory / _CURRENT
+    if link.is_symlink():
+        return directory / _VERSIONS / Path(os.readlink(link)).name
+    return directory
+
+
+@contextlib.contextmanager
+def _locked(directory: Path, *, wait: bool = True) -> Iterator[bool]:
+    """Hold the artifact's lock (writers switching versions); yields False if not taken."""
+    try:
+        handle = (directory / _LOCK).open("a")
+    except OSError:
+        yield False  # a read-only artifact: nothing to switch or clean
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _writer_alive(version: Path) -> bool:
+    """Whether the process that wrote `version` (its pid is in the name) still runs."""
+    try:
+        pid = int(version.name.split("-")[1])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _clean_stale(directory: Path) -> None:
+    """Remove versions that are not current and whose writer died (killed saves)."""
+    current = _files_root(directory)
+    versions = directory / _VERSIONS
+    for version in versions.iterdir() if versions.is_dir() else ():
+        if version != current and not _writer_alive(version):
+            shutil.rmtree(version, ignore_errors=True)
+
+
+def _link(directory: Path, name: str, target: str) -> None:
+    """Point `directory/name` at `target` atomically (a new link renamed over the old)."""
+    temporary = directory / f".{name}.link-{uuid.uuid4().hex[:8]}"
+    os.symlink(target, temporary)
+    os.replace(temporary, directory / name)
+
+
+def _switch_to(directory: Path, version: Path, files: list[str]) -> None:
+    """Make `version` current; update the convenience links; drop what the old one owned."""
+    previous = _files_root(directory)
+    flat = previous == directory and (directory / MANIFEST_FILE).is_file() and not (directory / MANIFEST_FILE).is_symlink()
+    legacy = list(json.loads((directory / MANIFEST_FILE).read_text()).get("files", {})) if flat else []
+    _link(directory, _CURRENT, f"{_VERSIONS}/{version.name}")
+    for name in [*legacy, MANIFEST_FILE] if flat else []:
+        (directory / name).unlink(missing_ok=True)  # a flat artifact's own files only
+    for entry in directory.iterdir():
+        if entry.is_symlink() and os.readlink(entry).startswith(f"{_CURRENT}/") and entry.name not in files:
+            entry.unlink()
+    for name in files:
+        _link(directory, name, f"{_CURRENT}/{name}")
+    if previous != directory:
+        shutil.rmtree(previous, ignore_errors=True)
 
 
 def _fill(
@@ -173,21 +270,6 @@ def _fill(
     (staging / MANIFEST_FILE).write_text(_json(manifest, "manifest"))
 
 
-def _swap_in(staging: Path, directory: Path) -> None:
-    """Rename `staging` to `directory`; an existing one is moved aside until that succeeds."""
-    if not directory.exists():
-        os.replace(staging, directory)
-        return
-    retired = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex[:8]}")
-    os.replace(directory, retired)
-    try:
-        os.replace(staging, directory)
-    except BaseException:
-        os.replace(retired, directory)
-        raise
-    shutil.rmtree(retired, ignore_errors=True)
-
-
 def write_artifact(
     directory: Path,
     *,
@@ -199,15 +281,15 @@ def write_artifact(
     report_markdown: str,
     report: dict[str, Any],
 ) -> Path:
-    """Write an artifact directory atomically (see module docstring); return its path."""
+    """Write a new version of the artifact and switch to it (see module docstring)."""
     directory = Path(directory)
     _check_replaceable(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    created = not directory.exists()
+    version = directory / _VERSIONS / f"{time.time_ns():x}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     try:
-        staging.chmod(0o755)  # mkdtemp makes it private; an artifact is meant to be shared
+        version.mkdir(parents=True)  # modes from the umask, like every file in it
         _fill(
-            staging,
+            version,
             graph=graph,
             executable=executable,
             backend_name=backend_name,
@@ -216,9 +298,18 @@ def write_artifact(
             report_markdown=report_markdown,
             report=report,
         )
-        _swap_in(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        files = sorted(p.name for p in version.iterdir())
+        with _locked(directory):
+            _clean_stale(directory)
+            _switch_to(directory, version, files)
+    except BaseException as exc:
+        shutil.rmtree(directory if created else version, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise ArtifactError(
+                f"could not write the artifact {directory}: {exc.strerror or exc}"
+                f"{f' ({exc.filename})' if exc.filename else ''}. The artifact that was there, "
+                "if any, is unchanged."
+            ) from exc
         raise
     return directory
 
@@ -270,17 +361,41 @@ def _verify_files(directory: Path, manifest: dict[str, Any]) -> None:
 
 def verify_artifact(directory: str | Path) -> dict[str, Any]:
     """Check an artifact's manifest and every file's sha256 without loading anything."""
-    directory = Path(directory)
-    manifest = _read_manifest(directory)
-    _verify_files(directory, manifest)
+    root = _files_root(Path(directory))
+    manifest = _read_manifest(root)
+    _verify_files(root, manifest)
     return manifest
 
 
-def read_artifact(directory: str | Path) -> LoadedArtifact:
-    """Verify an artifact directory and load its torch program and backend executable."""
-    directory = Path(directory)
-    manifest = verify_artifact(directory)
-    program = load_program(directory).module()
+def _load(root: Path) -> LoadedArtifact:
+    manifest = _read_manifest(root)
+    _verify_files(root, manifest)
+    program = load_program(root).module()
     backend = get_backend(str(manifest.get("backend")))
-    executable = backend.load(directory, dict(manifest.get("backend_metadata") or {}))
-    return LoadedArtifact(directory, manifest, program, executable)
+    executable = backend.load(root, dict(manifest.get("backend_metadata") or {}))
+    return LoadedArtifact(root, manifest, program, executable)
+
+
+def read_artifact(directory: str | Path) -> LoadedArtifact:
+    """Verify the artifact's current version and load its program and executable.
+
+    A save that switches versions while this reads makes it start again on the new
+    version (a few times at most), so the result is one whole version, never a mix.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ArtifactError(f"no artifact at {directory}: not a directory")
+    with _locked(directory, wait=False) as locked:
+        if locked:
+            _clean_stale(directory)
+    for attempt in range(_READ_ATTEMPTS):
+        root = _files_root(directory)
+        try:
+            return _load(root)
+        except Exception as exc:  # files vanish under readers in many ways (OSError, safetensors' RuntimeError)
+            if _files_root(directory) != root and attempt + 1 < _READ_ATTEMPTS:
+                continue  # a writer switched versions under us: read the new one
+            if isinstance(exc, ArtifactError):
+                raise
+            raise ArtifactError(f"could not read the artifact {directory}: {exc}") from exc
+    raise AssertionError("unreachable")

@@ -63,6 +63,7 @@ from sparsec.pipeline import (
 )
 from sparsec.report import ModelStats, Report
 from sparsec.resolve import PipelineSpec, resolve_pipeline
+from sparsec.signature import check_inputs
 
 __all__ = ["CompiledModel", "compile"]
 
@@ -296,6 +297,7 @@ class CompiledModel:
         if self._build is None:
             self.compile_with(kwargs if kwargs and not args else args)
         build = self._built()
+        check_inputs(build.graph.input_specs, args, kwargs)
         build.relower_if_trained(self._progress)
         return build.executable(*args, **kwargs)
 

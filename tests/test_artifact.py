@@ -95,9 +95,9 @@ def test_onnxruntime_round_trip_at_another_batch(cnn, cnn_artifact: Path) -> Non
         expected = graph.module(x)
         _close(loaded(x), expected)
         _close(loaded.program(x), expected)
-    assert sorted(p.name for p in cnn_artifact.iterdir()) == sorted(
-        [MANIFEST_FILE, "model.onnx", PROGRAM_FILE, WEIGHTS_FILE, "report.md", "report.json"]
-    )
+    files = [MANIFEST_FILE, "model.onnx", PROGRAM_FILE, WEIGHTS_FILE, "report.md", "report.json"]
+    assert sorted(p.name for p in (cnn_artifact / "current").iterdir()) == sorted(files)
+    assert sorted(p.name for p in cnn_artifact.iterdir()) == sorted([*files, ".sparsec.lock", "current", "versions"])
 
 
 def test_manifest_describes_the_build(cnn_artifact: Path) -> None:
@@ -178,13 +178,13 @@ def test_a_modified_manifest_is_refused(cnn_artifact: Path) -> None:
 
 
 def test_a_missing_file_is_named(cnn_artifact: Path) -> None:
-    (cnn_artifact / "report.md").unlink()
+    (cnn_artifact / "current" / "report.md").unlink()  # the file itself, not its link
     with pytest.raises(ArtifactError, match=r"report\.md is missing.*re-export"):
         read_artifact(cnn_artifact)
 
 
 def test_a_missing_manifest_is_refused(cnn_artifact: Path) -> None:
-    (cnn_artifact / MANIFEST_FILE).unlink()
+    (cnn_artifact / "current" / MANIFEST_FILE).unlink()
     with pytest.raises(ArtifactError, match="manifest.json is missing"):
         read_artifact(cnn_artifact)
 
@@ -210,28 +210,34 @@ def _fail_midway(monkeypatch) -> None:
 def test_a_failed_write_leaves_nothing(cnn, tmp_path: Path, monkeypatch) -> None:
     graph, executable = cnn
     _fail_midway(monkeypatch)
-    with pytest.raises(OSError, match="injected"):
+    with pytest.raises(ArtifactError, match="injected"):
         _write(tmp_path / "model", graph, executable, "onnxruntime")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_failed_rewrite_keeps_the_previous_artifact(cnn, cnn_artifact: Path, monkeypatch) -> None:
     graph, executable = cnn
-    before = {p.name: p.read_bytes() for p in cnn_artifact.iterdir()}
+    def contents() -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in cnn_artifact.iterdir() if p.is_file()}
+
+    before, version = contents(), (cnn_artifact / "current").resolve()
     _fail_midway(monkeypatch)
-    with pytest.raises(OSError, match="injected"):
+    with pytest.raises(ArtifactError, match="injected"):
         _write(cnn_artifact, graph, executable, "onnxruntime")
     monkeypatch.undo()
-    assert {p.name: p.read_bytes() for p in cnn_artifact.iterdir()} == before
+    assert contents() == before and (cnn_artifact / "current").resolve() == version
+    assert [p.name for p in (cnn_artifact / "versions").iterdir()] == [version.name]
     assert [p.name for p in cnn_artifact.parent.iterdir()] == [cnn_artifact.name]
     read_artifact(cnn_artifact)
 
 
-def test_an_artifact_is_replaced_by_a_new_one(cnn, cnn_artifact: Path) -> None:
+def test_an_artifact_is_replaced_by_a_new_one_keeping_user_files(cnn, cnn_artifact: Path) -> None:
     graph, executable = cnn
-    (cnn_artifact / "stale.txt").write_text("from an older build")
+    (cnn_artifact / "notes.txt").write_text("the user's")
+    old = (cnn_artifact / "current").resolve()
     _write(cnn_artifact, graph, executable, "onnxruntime")
-    assert not (cnn_artifact / "stale.txt").exists()
+    assert (cnn_artifact / "notes.txt").read_text() == "the user's"
+    assert (cnn_artifact / "current").resolve() != old and not old.exists()
     assert [p.name for p in cnn_artifact.parent.iterdir()] == [cnn_artifact.name]
     read_artifact(cnn_artifact)
 

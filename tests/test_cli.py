@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,9 +49,7 @@ def test_run_on_npy_input(artifact: Path, tmp_path: Path) -> None:
 
 def test_tampered_artifact_is_refused(artifact: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy"
-    copy.mkdir()
-    for f in artifact.iterdir():
-        (copy / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(artifact / "current", copy)  # the current version's files, as a flat copy
     (copy / "model.onnx").write_bytes((copy / "model.onnx").read_bytes() + b"x")
     result = _sparsec("inspect", str(copy))
     assert result.returncode == 1

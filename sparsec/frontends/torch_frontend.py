@@ -5,8 +5,8 @@ Rules:
   (token ids, masks) is the dynamic `seq`; `dynamic=False` traces static shapes;
 - a size-1 example along a dynamic dim is repeated to size 2 first, since torch.export
   specialises sizes 0 and 1;
-- the result is unlifted (parameters as get_attr) and ATen-level; the user's model is not
-  modified.
+- the result is unlifted (parameters as get_attr) and ATen-level; the user's model and
+  example tensors are not modified (tracing runs on contiguous copies).
 """
 
 from __future__ import annotations
@@ -204,13 +204,20 @@ def _input_specs(gm: fx.GraphModule, names: dict[str, str]) -> tuple[InputSpec, 
     return tuple(specs)
 
 
+def _private_copy(value: Any) -> Any:
+    """A contiguous copy of a tensor input: a forward that writes into its input must not
+    change the caller's tensor, and a strided slice must not make export guard on the
+    padded size it was sliced from."""
+    return value.detach().clone(memory_format=torch.contiguous_format) if isinstance(value, torch.Tensor) else value
+
+
 def trace(
     model: torch.nn.Module, example_inputs: Any, *, dynamic: bool = True
 ) -> Graph:
     """Trace `model` on `example_inputs` into a Graph (see module docstring for the rules)."""
     if not isinstance(model, torch.nn.Module):
         raise TraceError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    args, kwargs = normalize_inputs(example_inputs)
+    args, kwargs = pytree.tree_map(_private_copy, normalize_inputs(example_inputs))
     with trace_settings(model) as notes:
         program, spec, trace_args, trace_kwargs = _export(model, args, kwargs, dynamic)
     gm = program.module()
