@@ -1,5 +1,47 @@
-"""sparsec's passes; importing this package registers them all by name."""
+"""sparsec's passes; importing this package registers them all by name.
+
+Every pass class is importable from here: `from sparsec.passes import PruneChannels`.
+"""
 
 from sparsec.passes import analysis, rewrite
+from sparsec.passes.analysis import (
+    ActivationImportance,
+    BNScaleImportance,
+    DependencyGroups,
+    FisherImportance,
+    LAMPImportance,
+    LayerInputStats,
+    MagnitudeImportance,
+    RandomImportance,
+    Sensitivity,
+    TaylorImportance,
+    WandaImportance,
+)
+from sparsec.passes.rewrite import (
+    CanonicalizeLinear,
+    LowerSparseWeights,
+    PruneChannels,
+    RecalibrateBN,
+    Sparsify,
+)
 
-__all__ = ["analysis", "rewrite"]
+__all__ = [
+    "ActivationImportance",
+    "BNScaleImportance",
+    "CanonicalizeLinear",
+    "DependencyGroups",
+    "FisherImportance",
+    "LAMPImportance",
+    "LayerInputStats",
+    "LowerSparseWeights",
+    "MagnitudeImportance",
+    "PruneChannels",
+    "RandomImportance",
+    "RecalibrateBN",
+    "Sensitivity",
+    "Sparsify",
+    "TaylorImportance",
+    "WandaImportance",
+    "analysis",
+    "rewrite",
+]

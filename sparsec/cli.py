@@ -46,7 +46,14 @@ def parse_input_spec(spec: str) -> torch.Tensor:
     generator = torch.Generator().manual_seed(0)
     if dtype.is_floating_point:
         return torch.randn(shape, generator=generator).to(dtype)
-    high = int(rest[1]) if len(rest) > 1 else 2
+    try:
+        high = int(rest[1]) if len(rest) > 1 else 2
+    except ValueError:
+        raise SparsecError(
+            f"bad --input {spec!r}: the bound {rest[1]!r} must be an integer, e.g. 2x16:int64:1000"
+        ) from None
+    if high < 1 or any(s < 1 for s in shape):
+        raise SparsecError(f"bad --input {spec!r}: sizes and the bound must be positive")
     return torch.randint(0, high, shape, generator=generator).to(dtype)
 
 
@@ -91,7 +98,13 @@ def load_model_factory(reference: str) -> torch.nn.Module:
     if not hasattr(module, attribute):
         raise SparsecError(f"module {module_name!r} has no attribute {attribute!r}")
     obj = getattr(module, attribute)
-    model = obj if isinstance(obj, torch.nn.Module) else obj()
+    try:
+        model = obj if isinstance(obj, torch.nn.Module) or not callable(obj) else obj()
+    except TypeError as exc:
+        raise SparsecError(
+            f"{reference} cannot be called without arguments ({exc}). Fix: point at a factory "
+            "that takes none, e.g. a function in your own module that builds the model"
+        ) from exc
     if not isinstance(model, torch.nn.Module):
         raise SparsecError(f"{reference} returned {type(model).__name__}, not a torch.nn.Module")
     return model

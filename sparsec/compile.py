@@ -225,7 +225,12 @@ def _build(
         unruled_ops=am.get(DependencyGroups()).unruled_ops if am.is_cached(DependencyGroups()) else {},
         backend_error=backend_error,
         backend_reason=reason,
-        notes=[*graph.notes, _module_note(tree, model), *getattr(executable, "notes", [])],
+        notes=[
+            *graph.notes,
+            *([] if pipeline.passes else ["the pipeline has no passes: the model was compiled as it is"]),
+            _module_note(tree, model),
+            *getattr(executable, "notes", []),
+        ],
     )
     return _Build(graph, executable, report, pipeline, backend, options, lowered_from, tree)
 

@@ -39,14 +39,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import pydantic
 import yaml
 
 from sparsec._config_locate import FieldPath, Locator, toml_locator, yaml_locator
 from sparsec._option_types import coerce_value, describe_option, field_types, option_names
 from sparsec._pipeline_text import parse_text
 from sparsec._suggest import did_you_mean, unknown_choice
-from sparsec.errors import ConfigError, SparsecError
+from sparsec.errors import ConfigError, PassOptionError, SparsecError
 from sparsec.pipeline import Pass, Pipeline, options_dict, registry
 
 __all__ = [
@@ -386,8 +385,8 @@ def _build_pass(entry: Any, index: int, problems: _Problems) -> Pass | None:
         return None
     try:
         return cls(**options)
-    except pydantic.ValidationError as exc:
-        for error in exc.errors(include_url=False):
+    except PassOptionError as exc:
+        for error in exc.errors:
             problems.add((*path, *error["loc"]), _explain(cls, error))
     except (TypeError, ValueError) as exc:
         problems.add(path, f"pass {name!r} rejected its options: {exc}")

@@ -10,6 +10,7 @@ __all__ = [
     "PassError",
     "PreconditionError",
     "ConfigError",
+    "PassOptionError",
     "NumericMismatchError",
     "BackendError",
     "ArtifactError",
@@ -44,6 +45,19 @@ class PreconditionError(PassError):
 
 class ConfigError(SparsecError):
     """A pipeline configuration is invalid."""
+
+
+class PassOptionError(ConfigError):
+    """A pass was constructed with invalid options; `errors` are pydantic's, one per option."""
+
+    def __init__(self, pass_name: str, errors: list[dict]) -> None:  # type: ignore[type-arg]
+        self.pass_name, self.errors = pass_name, errors
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'options'}: {e['msg'][:1].lower()}{e['msg'][1:]}"
+            + (f", got {e['input']!r}" if e["type"] != "missing" else "")
+            for e in errors
+        )
+        super().__init__(f"{pass_name}: {details}. `sparsec passes` lists every option")
 
 
 class NumericMismatchError(SparsecError):

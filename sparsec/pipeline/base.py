@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import pydantic
+
+from sparsec.errors import PassOptionError
 
 if TYPE_CHECKING:
     from sparsec.ir import Change, Graph
@@ -44,10 +46,30 @@ __all__ = [
 
 T = TypeVar("T", bound=type)
 
-pass_dataclass: Callable[[T], T] = pydantic.dataclasses.dataclass(  # type: ignore[assignment]
+_validated_dataclass = pydantic.dataclasses.dataclass(
     frozen=True, config=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 )
-"""Decorator for pass classes: frozen, typed, validated at construction."""
+
+
+def pass_dataclass(cls: T) -> T:
+    """Decorator for pass classes: frozen, typed, validated at construction.
+
+    Invalid options raise PassOptionError (a ConfigError naming the pass and each option),
+    not pydantic's ValidationError.
+    """
+    built = _validated_dataclass(cls)
+    validate = built.__init__
+
+    @functools.wraps(validate)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            validate(self, *args, **kwargs)
+        except pydantic.ValidationError as exc:
+            name = getattr(built, "name", "") or built.__name__
+            raise PassOptionError(name, exc.errors(include_url=False)) from None
+
+    built.__init__ = __init__
+    return built  # type: ignore[no-any-return]
 
 
 class Pass:

@@ -60,7 +60,15 @@ class Pipeline:
                     "backend_options must be the backend's options object (a dataclass such "
                     f"as TvmOptions), not {type(backend_options).__name__}"
                 )
-        object.__setattr__(self, "passes", tuple(passes))
+        passes = tuple(passes)
+        wrong = [p for p in passes if not isinstance(p, Pass)]
+        if wrong:
+            raise ConfigError(
+                f"Pipeline takes pass objects, not {type(wrong[0]).__name__} {wrong[0]!r}. Fix: "
+                "build them (sparsec.passes.MagnitudeImportance()), or pass the pipeline as text "
+                "to compile(pipeline='magnitude-importance,prune-channels{ratio=0.3}')"
+            )
+        object.__setattr__(self, "passes", passes)
         object.__setattr__(self, "target", target)
         object.__setattr__(self, "backend", backend)
         object.__setattr__(self, "backend_options", backend_options)
