@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -24,7 +25,7 @@ __all__ = ["trace_settings"]
 @contextlib.contextmanager
 def trace_settings(model: torch.nn.Module) -> Iterator[list[str]]:
     """Disable what cannot be traced (the KV cache) for the block; yields the report notes."""
-    config = getattr(model, "config", None)
+    config: Any = getattr(model, "config", None)
     notes: list[str] = []
     if getattr(config, "use_cache", False) is True:
         config.use_cache = False

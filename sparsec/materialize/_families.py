@@ -24,13 +24,13 @@ from sparsec.materialize.registry import GraphFacts, register_updater
 __all__ = ["block_widths"]
 
 
-def _out_width(layer: nn.Module) -> int:
+def _out_width(layer: Any) -> int:
     """Output width of a Linear or Hugging Face Conv1D (weight `[in, out]`)."""
     weight = layer.weight
     return int(weight.shape[1] if type(layer).__name__ == "Conv1D" else weight.shape[0])
 
 
-def _in_width(layer: nn.Module) -> int:
+def _in_width(layer: Any) -> int:
     weight = layer.weight
     return int(weight.shape[0] if type(layer).__name__ == "Conv1D" else weight.shape[1])
 

@@ -82,7 +82,7 @@ class _Facts:
     def call_arg(self, tensor: str, arg_name: str) -> Any:
         node = self.readers.get(f"{self.prefix}{tensor}")
         schema = getattr(node.target, "_schema", None) if node is not None else None
-        if schema is None:
+        if node is None or schema is None:
             return None
         for index, argument in enumerate(schema.arguments):
             if argument.name == arg_name:
@@ -258,7 +258,7 @@ def apply_record(model: nn.Module, record: Record) -> nn.Module:
         prefix, _, leaf = name.rpartition(".")
         owner = owners.get(prefix)
         old = getattr(owner, leaf, None) if owner is not None else None
-        if not isinstance(old, torch.Tensor):
+        if owner is None or not isinstance(old, torch.Tensor):
             raise MaterializeError(
                 f"the checkpoint resizes {name}, which this model does not have; it was saved "
                 "from another architecture"

@@ -66,10 +66,10 @@ def pass_dataclass(cls: T) -> T:
             validate(self, *args, **kwargs)
         except pydantic.ValidationError as exc:
             name = getattr(built, "name", "") or built.__name__
-            raise PassOptionError(name, exc.errors(include_url=False)) from None
+            raise PassOptionError(name, list(exc.errors(include_url=False))) from None  # type: ignore[arg-type]
 
-    built.__init__ = __init__
-    return built  # type: ignore[no-any-return]
+    built.__init__ = __init__  # type: ignore[method-assign]
+    return built  # type: ignore[return-value]
 
 
 class Pass:
