@@ -12,7 +12,9 @@ Rules:
 - after lowering, the backend's outputs are compared with the pruned torch graph on the
   example inputs and the max error goes into the report;
 - the backend is the Backend object given to compile() (its options win), else the one the
-  pipeline names, built with the pipeline's `backend_options`, else the target's default.
+  pipeline names, built with the pipeline's `backend_options`, else the target's default;
+  a default backend that cannot lower the graph (ONNX export fails) falls back to torch,
+  with the reason in the report; a backend the user named raises its error instead.
 
 Example:
     compiled = sparsec.compile(model, (x,), target="cpu", pipeline="structured-50")
@@ -42,7 +44,7 @@ from sparsec.backends.base import (
     get_backend,
 )
 from sparsec.calibration import Calibration
-from sparsec.errors import ConfigError, MaterializeError, SparsecError
+from sparsec.errors import BackendError, ConfigError, MaterializeError, SparsecError
 from sparsec.frontends import normalize_inputs, trace
 from sparsec.ir import Graph
 from sparsec.materialize import Materialized, materialize
@@ -203,7 +205,17 @@ def _build(
         backend, reason = default_backend(pipeline.target, graph)
     tree = _materialize(model, graph, progress)
     progress(f"lowering to {backend.name} for {pipeline.target}")
-    executable = backend.lower(graph, pipeline.target, options)
+    chosen = given_backend is not None or bool(pipeline.backend)
+    try:
+        executable = backend.lower(graph, pipeline.target, options)
+    except BackendError as exc:
+        if chosen or backend.name == "torch":
+            raise  # the user asked for this backend: its error is the answer
+        first = str(exc).splitlines()[0][:300]
+        reason = f"{reason}; {backend.name} failed ({first}), so the torch backend runs it"
+        progress(f"{backend.name} failed; falling back to torch")
+        backend = get_backend("torch")
+        executable = backend.lower(graph, pipeline.target, options)
     lowered_from = weights_key(graph)
     with torch.no_grad():
         backend_error = max_abs_diff(

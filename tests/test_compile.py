@@ -8,7 +8,7 @@ import torch
 from models import make_cnn_chain, make_mlp
 
 import sparsec
-from sparsec.errors import ConfigError, SparsecError, TraceError
+from sparsec.errors import BackendError, ConfigError, SparsecError, TraceError
 
 
 @pytest.fixture(scope="module", params=["cnn", "mlp"])
@@ -122,3 +122,27 @@ def test_save_and_load_round_trip(tmp_path, compiled_pair) -> None:
     with torch.no_grad():
         torch.testing.assert_close(loaded(xb), compiled.module(xb), atol=1e-4, rtol=1e-4)
     assert loaded.manifest["pipeline"]["text"] == str(compiled.pipeline)
+
+
+def test_default_backend_falls_back_to_torch_when_onnx_export_fails() -> None:
+    class ExportRefuses(torch.nn.Module):
+        """A custom op with no ONNX translation: torch runs it, the ONNX exporter cannot."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.ops.sparsec_test.no_onnx(self.fc(x))
+
+    library = torch.library.Library("sparsec_test", "DEF")  # noqa: F841 - kept alive for the test
+    library.define("no_onnx(Tensor x) -> Tensor")
+    library.impl("no_onnx", lambda x: x * 2, "CompositeExplicitAutograd")
+    library.impl("no_onnx", lambda x: torch.empty_like(x), "Meta")
+    x = torch.randn(2, 8)
+    compiled = sparsec.compile(ExportRefuses().eval(), (x,), pipeline="none")
+    assert compiled.report.backend == "torch"
+    assert "onnxruntime failed" in compiled.report.backend_reason
+    torch.testing.assert_close(compiled(x), ExportRefuses.forward(compiled.module, x))
+    with pytest.raises(BackendError):
+        sparsec.compile(ExportRefuses().eval(), (x,), pipeline="none", backend="onnxruntime")
