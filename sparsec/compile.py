@@ -172,11 +172,12 @@ def _build(
     progress: Progress,
     calibration: Calibration | None,
     given_backend: Backend | None = None,
+    dynamic: bool = True,
 ) -> _Build:
     args, kwargs = normalize_inputs(example_inputs)
     progress(f"tracing {type(model).__name__}")
     with _eval_mode(model), torch.no_grad():
-        graph = trace(model, kwargs or args)
+        graph = trace(model, kwargs or args, dynamic=dynamic)
         reference = graph.module(*graph.example_args, **graph.example_kwargs)
     for note in graph.notes:
         progress(note)
@@ -278,6 +279,7 @@ class CompiledModel:
         progress: Progress,
         calibration: Calibration | None = None,
         given_backend: Backend | None = None,
+        dynamic: bool = True,
     ) -> None:
         self._model = model
         self._given_backend = given_backend
@@ -287,6 +289,7 @@ class CompiledModel:
         self._dump_ir = dump_ir
         self._progress = progress
         self._calibration = calibration
+        self._dynamic = dynamic
         self._build: _Build | None = None
 
     def compile_with(self, example_inputs: Any) -> CompiledModel:
@@ -294,7 +297,7 @@ class CompiledModel:
         self._build = _build(
             self._model, example_inputs, self._pipeline, self._options,
             self._verify_each, self._dump_ir, self._progress, self._calibration,
-            self._given_backend,
+            self._given_backend, self._dynamic,
         )
         return self
 
@@ -404,6 +407,7 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
     dump_ir: str | Path | None = None,
     progress: Progress | None = None,
     calibration: Calibration | Iterable[Any] | None = None,
+    dynamic: bool = True,
 ) -> CompiledModel:
     """Compile `model` for `target` ("cpu" or "cuda") with `pipeline` (preset, file or object).
 
@@ -413,6 +417,8 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
     object carrying its own options, e.g. `TvmBackend(TvmOptions(mode=TvmMode.RELAX,
     tune_trials=64))`. `backend_options`: options by name for the named backend, merged over
     the pipeline file's `backend_options` table, e.g. `{"mode": "relax", "tune_trials": 64}`.
+    `dynamic=False` traces the example's exact shapes (for models that fix their sizes);
+    by default the batch, and the sequence of integer inputs, stay dynamic.
     """
     given_backend = None if backend is None or isinstance(backend, str) else backend
     if given_backend is not None and not isinstance(given_backend, Backend):
@@ -448,6 +454,7 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
         progress or (lambda message: None),
         calibration if isinstance(calibration, Calibration) or calibration is None else Calibration(calibration),
         given_backend,
+        dynamic,
     )
     if example_inputs is not None:
         compiled.compile_with(example_inputs)

@@ -24,7 +24,11 @@ class SparsecError(Exception):
 
 
 class TraceError(SparsecError):
-    """The model could not be traced into a graph."""
+    """The model could not be traced into a graph; `details` holds the tracer's full text."""
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details
 
 
 class VerificationError(SparsecError):

@@ -11,9 +11,11 @@ Rules:
 
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Any
 
+import numpy as np
 import torch
 import torch.fx as fx
 from torch.export import Dim
@@ -116,32 +118,75 @@ def _export(
 
 
 def _trace_error(model: torch.nn.Module, exc: Exception) -> TraceError:
+    """A one-screen TraceError for an export failure: the cause and its fix; torch's full
+    text (graph dumps included) goes to `details`, not to the user's terminal."""
     text = str(exc).strip()
-    first_line = text.splitlines()[0] if text else type(exc).__name__
+    first_line = text.splitlines()[0][:400] if text else type(exc).__name__
     return TraceError(
         f"torch.export could not trace {type(model).__name__}: {type(exc).__name__}: "
-        f"{first_line}\nFix: {_fix_for(text)}"
+        f"{first_line}\nFix: {_fix_for(text)}",
+        details=text,
     )
+
+
+# (pattern in torch's message, fix); the first that matches is the cause
+_FIXES: tuple[tuple[str, str], ...] = (
+    (
+        r"'indices'.*(Long|Int)|Expected tensor for argument #1 'indices'|embedding.*Float",
+        "an embedding got floating-point input: pass token ids as integers (ids.long())",
+    ),
+    (
+        r"data-dependent|GuardOnDataDependentSymNode|Could not extract specialized integer|unbacked",
+        "forward() depends on tensor values (an `if` on a tensor, .item(), .tolist(), a boolean "
+        "mask or nonzero() deciding a shape): use torch.where / torch.cond, keep shapes fixed, "
+        "or compile the submodules around that code",
+    ),
+    (
+        r"not a known type|pytree",
+        "the model takes or returns an object torch.export cannot flatten; pass and return "
+        "tensors or tuples/dicts of tensors",
+    ),
+    (
+        r"Constraints violated|specialized|specialize",
+        "the model fixes the size of a dimension sparsec traces as dynamic (batch, or the "
+        "sequence of integer inputs): pass sparsec.compile(..., dynamic=False) to trace the "
+        "example's exact shapes, or remove the size assumption from forward()",
+    ),
+)
 
 
 def _fix_for(message: str) -> str:
-    """The most likely fix for an export failure, from its message."""
-    if "not a known type" in message and "pytree" in message:
-        return (
-            "the model returns an object torch.export cannot flatten; return tensors or "
-            "tuples/dicts of tensors"
-        )
-    if "Constraints violated" in message or "specialized" in message:
-        return (
-            "the model fixes the size of a dimension sparsec traces as dynamic (batch, or the "
-            "sequence of integer inputs); trace with example inputs of the real sizes and "
-            "dynamic=False, or remove the size assumption from forward()"
-        )
+    """The fix for an export failure, from the cause its message names."""
+    for pattern, fix in _FIXES:
+        if re.search(pattern, message):
+            return fix
     return (
-        "remove data-dependent Python control flow from forward() (use torch.where / "
-        "torch.cond), return tensors or tuples/dicts of tensors, or pass dynamic=False if the "
-        "model only supports fixed shapes"
+        "remove Python control flow that depends on tensor values from forward() (use "
+        "torch.where / torch.cond), or pass sparsec.compile(..., dynamic=False) if the model "
+        "only supports fixed shapes; TraceError.details has torch's full message"
     )
+
+
+def _check_example_inputs(model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Refuse example inputs torch.export would reject with an obscure message."""
+    for where, value in [*((f"positional input {i}", a) for i, a in enumerate(args)), *kwargs.items()]:
+        if isinstance(value, np.ndarray) or isinstance(value, (int, float)) and not isinstance(value, bool):
+            kind = "a numpy array" if isinstance(value, np.ndarray) else f"a Python {type(value).__name__}"
+            raise TraceError(
+                f"example {where} is {kind}; sparsec traces torch tensors. Fix: pass "
+                "torch.from_numpy(x) / torch.tensor(x)"
+            )
+    try:
+        inspect.signature(model.forward).bind(*args, **kwargs)
+    except TypeError as exc:
+        params = ", ".join(inspect.signature(model.forward).parameters)
+        given = f"keywords {sorted(kwargs)}" if kwargs else f"{len(args)} positional inputs"
+        raise TraceError(
+            f"the example inputs ({given}) do not fit {type(model).__name__}.forward({params}): "
+            f"{exc}. Fix: pass them as forward() names them"
+        ) from None
+    except ValueError:  # no signature to check (builtins): torch.export will say
+        return
 
 
 def _symbol_names(gm: fx.GraphModule) -> dict[str, str]:
@@ -218,6 +263,7 @@ def trace(
     if not isinstance(model, torch.nn.Module):
         raise TraceError(f"expected a torch.nn.Module, got {type(model).__name__}")
     args, kwargs = pytree.tree_map(_private_copy, normalize_inputs(example_inputs))
+    _check_example_inputs(model, args, kwargs)
     with trace_settings(model) as notes:
         program, spec, trace_args, trace_kwargs = _export(model, args, kwargs, dynamic)
     gm = program.module()
