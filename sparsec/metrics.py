@@ -48,7 +48,9 @@ def _substitutions(graph: Graph) -> dict[sympy.Symbol, int]:
                 for sym in size.node.expr.free_symbols:
                     if sym not in subs:
                         is_batch = graph.symbol_names.get(str(sym)) == "batch"
-                        subs[sym] = 1 if is_batch else int(hints[sym])
+                        # a data-dependent size (u0: a boolean mask's count) has no example
+                        # value to read; it counts as 1, like the batch
+                        subs[sym] = 1 if is_batch or sym not in hints else int(hints[sym])
     return subs
 
 

@@ -146,3 +146,40 @@ def test_default_backend_falls_back_to_torch_when_onnx_export_fails() -> None:
     torch.testing.assert_close(compiled(x), ExportRefuses.forward(compiled.module, x))
     with pytest.raises(BackendError):
         sparsec.compile(ExportRefuses().eval(), (x,), pipeline="none", backend="onnxruntime")
+
+
+def test_data_dependent_output_shape_compiles() -> None:
+    class Masked(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = torch.nn.Linear(4, 16), torch.nn.Linear(16, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.fc2(torch.relu(self.fc1(x)))
+            return h[h > 0]
+
+    x = torch.randn(3, 4)
+    compiled = sparsec.compile(Masked().eval(), (x,), backend="torch", pipeline="structured-50")
+    assert compiled.report.after.parameters < compiled.report.before.parameters
+    assert compiled(x).dim() == 1
+
+
+def test_an_lstm_is_frozen_and_the_rest_is_pruned() -> None:
+    class WithLstm(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = torch.nn.Linear(4, 32), torch.nn.Linear(32, 16)
+            self.lstm = torch.nn.LSTM(16, 8, batch_first=True)
+            self.out = torch.nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y, _ = self.lstm(self.fc2(torch.relu(self.fc1(x))))
+            return self.out(y[:, -1])
+
+    torch.manual_seed(0)
+    model = WithLstm().eval()
+    compiled = sparsec.compile(model, (torch.randn(2, 5, 4),), backend="torch", pipeline="structured-50")
+    assert compiled.module.fc1.out_features == 16 and compiled.module.lstm.input_size == 16
+    x = torch.randn(3, 5, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), compiled.module(x))

@@ -71,7 +71,10 @@ class _FakePropagator(fx.Interpreter):
         if n.op == "placeholder":
             return next(self.inputs)
         try:
-            result = super().run_node(n)
+            try:
+                result = super().run_node(n)
+            except Exception:
+                result = self._run_static(n)
         except Exception as exc:  # any failure here is a shape or type error at this node
             shapes = ", ".join(
                 f"%{a.name}: {format_value(a.meta.get('val'), {})}"
@@ -85,6 +88,23 @@ class _FakePropagator(fx.Interpreter):
         if n.op != "output":
             n.meta["val"] = result
         return result
+
+    def _run_static(self, n: fx.Node) -> Any:
+        """Run a node whose kernel refuses symbolic sizes (aten.lstm) on static inputs.
+
+        Its inputs become fake tensors of their example sizes; its outputs are then static,
+        which only costs dynamic dims downstream in the metadata (export redoes them).
+        """
+        def static(value: Any) -> Any:
+            if isinstance(value, torch.Tensor) and any(isinstance(s, torch.SymInt) for s in value.shape):
+                hints = [int(s.node.hint) if isinstance(s, torch.SymInt) else int(s) for s in value.shape]
+                return self.fake_mode.from_tensor(torch.empty(hints, dtype=value.dtype), static_shapes=True)
+            return value
+
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        args, kwargs = torch.utils._pytree.tree_map(static, (args, kwargs))
+        with self.fake_mode:
+            return getattr(self, n.op)(n.target, args, kwargs)
 
 
 class _Snapshot:
