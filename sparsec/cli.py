@@ -26,7 +26,7 @@ from sparsec.errors import SparsecError
 
 __all__ = ["app", "load_model_factory", "parse_backend_options", "parse_input_spec"]
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="sparsec: a compiler for sparse neural networks.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, help="sparsec: a compiler for sparse neural networks.")
 console = Console(stderr=True)
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "int32": torch.int32, "bool": torch.bool}
@@ -85,8 +85,27 @@ def parse_backend_options(items: list[str]) -> dict[str, Any]:
 
 def load_model_factory(reference: str) -> torch.nn.Module:
     """`package.module:factory` → the module the factory returns (or the module attribute)."""
+    model = _load_reference(reference, "model", "examples.models:small_cnn")
+    if not isinstance(model, torch.nn.Module):
+        raise SparsecError(f"{reference} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def load_calibration(reference: str) -> Any:
+    """`package.module:factory` → a `Calibration` or an iterable of input batches."""
+    data = _load_reference(reference, "calibration", "mypkg.data:calibration")
+    if not hasattr(data, "__iter__") and not hasattr(data, "batches"):
+        raise SparsecError(
+            f"{reference} returned {type(data).__name__}; expected a sparsec.calibration."
+            "Calibration (batches and a loss, for gradient criteria) or an iterable of batches"
+        )
+    return data
+
+
+def _load_reference(reference: str, what: str, example: str) -> Any:
+    """The object `package.module:name` names, called if it is a factory."""
     if ":" not in reference:
-        raise SparsecError(f"bad model {reference!r}: use package.module:factory, e.g. examples.models:small_cnn")
+        raise SparsecError(f"bad {what} {reference!r}: use package.module:factory, e.g. {example}")
     module_name, attribute = reference.split(":", 1)
     sys.path.insert(0, str(Path.cwd()))
     try:
@@ -98,16 +117,15 @@ def load_model_factory(reference: str) -> torch.nn.Module:
     if not hasattr(module, attribute):
         raise SparsecError(f"module {module_name!r} has no attribute {attribute!r}")
     obj = getattr(module, attribute)
+    if isinstance(obj, torch.nn.Module) or not callable(obj) or isinstance(obj, type) and not issubclass(obj, torch.nn.Module):
+        return obj
     try:
-        model = obj if isinstance(obj, torch.nn.Module) or not callable(obj) else obj()
+        return obj()
     except TypeError as exc:
         raise SparsecError(
             f"{reference} cannot be called without arguments ({exc}). Fix: point at a factory "
-            "that takes none, e.g. a function in your own module that builds the model"
+            f"that takes none, e.g. a function in your own module that builds the {what}"
         ) from exc
-    if not isinstance(model, torch.nn.Module):
-        raise SparsecError(f"{reference} returned {type(model).__name__}, not a torch.nn.Module")
-    return model
 
 
 def _fail(exc: Exception) -> None:
@@ -131,6 +149,10 @@ def compile_command(
         ),
     ] = None,
     threads: Annotated[int | None, typer.Option(help="runtime threads")] = None,
+    calibration: Annotated[
+        str | None,
+        typer.Option(help="package.module:factory returning a Calibration or batches, for data-aware passes"),
+    ] = None,
     print_ir: Annotated[bool, typer.Option("--print-ir", help="print the IR after compiling")] = False,
     dump_ir: Annotated[Path | None, typer.Option(help="write numbered IR dumps per pass here")] = None,
 ) -> None:
@@ -147,10 +169,12 @@ def compile_command(
         )
         module = load_model_factory(model)
         examples = tuple(parse_input_spec(s) for s in input)
+        data = load_calibration(calibration) if calibration is not None else None
         with console.status("compiling") as status:
             compiled = sparsec.compile(
                 module, examples, pipeline=resolved,
-                threads=threads, dump_ir=dump_ir, progress=lambda m: (status.update(m), console.log(m)),
+                threads=threads, dump_ir=dump_ir, calibration=data,
+                progress=lambda m: (status.update(m), console.log(m)),
             )
             status.update("writing artifact")
             path = compiled.save(out)
@@ -181,16 +205,29 @@ def inspect(directory: Annotated[Path, typer.Argument(help="artifact directory")
 @app.command()
 def run(
     directory: Annotated[Path, typer.Argument(help="artifact directory")],
-    input: Annotated[list[Path], typer.Option("--input", "-i", help=".npy file per model input, in order")],
+    input: Annotated[
+        list[Path] | None, typer.Option("--input", "-i", help=".npy file per model input, in order")
+    ] = None,
+    random_input: Annotated[
+        bool, typer.Option("--random-input", help="run on random inputs of the compiled signature")
+    ] = False,
+    dims: Annotated[
+        str, typer.Option(help="sizes of the dynamic dims for --random-input")
+    ] = "batch=2,seq=16",
     output: Annotated[Path | None, typer.Option(help="write the first output here (.npy)")] = None,
 ) -> None:
-    """Run an artifact on .npy inputs."""
+    """Run an artifact on .npy inputs (float32 unless the model was compiled otherwise)."""
     import sparsec
 
     try:
         loaded = sparsec.load(directory)
-        arrays = [np.load(p, allow_pickle=False) for p in input]
-        result = loaded(*[torch.from_numpy(a) for a in arrays])
+        if (input is None) == (not random_input):
+            raise SparsecError("give --input x.npy (one per model input) or --random-input")
+        if input is not None:
+            tensors = [torch.from_numpy(np.load(p, allow_pickle=False)) for p in input]
+        else:
+            tensors = random_inputs(loaded.manifest.get("inputs", []), dims)
+        result = loaded(*tensors)
     except (SparsecError, OSError, ValueError) as exc:
         _fail(exc)
     leaves = [t for t in torch.utils._pytree.tree_leaves(result) if isinstance(t, torch.Tensor)]
@@ -199,6 +236,26 @@ def run(
     if output is not None and leaves:
         np.save(output, leaves[0].detach().numpy(), allow_pickle=False)
         console.print(f"[green]wrote[/] {output}")
+
+
+def random_inputs(specs: list[dict[str, Any]], sizes: str) -> list[torch.Tensor]:
+    """Random tensors for an artifact's inputs: `sizes` names the dynamic dims (batch=2,seq=16)."""
+    dims: dict[str, int] = {}
+    for item in sizes.split(","):
+        name, sep, value = item.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise SparsecError(f"bad --dims {sizes!r}: use name=size pairs, e.g. batch=4,seq=32")
+        dims[name.strip()] = int(value)
+    generator = torch.Generator().manual_seed(0)
+    tensors = []
+    for spec in specs:
+        shape = [d if isinstance(d, int) else dims.get(str(d), 2) for d in spec["shape"]]
+        dtype = getattr(torch, spec["dtype"])
+        if dtype.is_floating_point:
+            tensors.append(torch.randn(shape, generator=generator).to(dtype))
+        else:
+            tensors.append(torch.randint(0, 2, shape, generator=generator).to(dtype))
+    return tensors
 
 
 @app.command()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -394,6 +395,13 @@ class CompiledModel:
         )
 
 
+def _default_progress() -> Progress:
+    """Progress lines on stderr when it is a terminal; silence in pipes, logs and tests."""
+    if sys.stderr.isatty():
+        return lambda message: print(f"sparsec: {message}", file=sys.stderr, flush=True)
+    return lambda message: None
+
+
 def compile(  # noqa: A001 - the public name mirrors torch.compile
     model: torch.nn.Module,
     example_inputs: Any = None,
@@ -417,7 +425,8 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
     object carrying its own options, e.g. `TvmBackend(TvmOptions(mode=TvmMode.RELAX,
     tune_trials=64))`. `backend_options`: options by name for the named backend, merged over
     the pipeline file's `backend_options` table, e.g. `{"mode": "relax", "tune_trials": 64}`.
-    `dynamic=False` traces the example's exact shapes (for models that fix their sizes);
+    `progress(message)` receives a line per step (default: printed to stderr when it is a
+    terminal). `dynamic=False` traces the example's exact shapes (for models that fix their sizes);
     by default the batch, and the sequence of integer inputs, stay dynamic.
     """
     given_backend = None if backend is None or isinstance(backend, str) else backend
@@ -451,7 +460,7 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
         BackendOptions(threads=threads),
         verify_each,
         Path(dump_ir) if dump_ir is not None else None,
-        progress or (lambda message: None),
+        progress or _default_progress(),
         calibration if isinstance(calibration, Calibration) or calibration is None else Calibration(calibration),
         given_backend,
         dynamic,

@@ -99,7 +99,7 @@ class Report:
                 for key, value in details.items():
                     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
                         lines.append(f"- {key}:")
-                        lines += [f"  - {_compact(v)[1:-1]}" for v in value]
+                        lines += [f"  - {_compact(v)}" for v in value]
                     else:
                         lines.append(f"- {key}: {_compact(value)}")
                 lines.append("")
@@ -119,7 +119,7 @@ def _compact(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(_compact(v) for v in value)
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_compact(v)}" for k, v in value.items()) + "}"
+        return ", ".join(f"{k} = {_compact(v)}" for k, v in value.items())
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)

@@ -67,3 +67,24 @@ def test_bad_model_reference_and_pipeline(tmp_path: Path) -> None:
 def test_passes_and_presets_list() -> None:
     assert "prune-channels" in _sparsec("passes").stdout
     assert "structured-50" in _sparsec("presets").stdout
+
+
+def test_run_on_random_inputs_and_float64_is_refused(artifact: Path, tmp_path: Path) -> None:
+    result = _sparsec("run", str(artifact), "--random-input", "--dims", "batch=3")
+    assert result.returncode == 0, result.stderr
+    assert "output 0: shape [3, 10]" in result.stdout
+    np.save(tmp_path / "x64.npy", np.zeros((2, 64)))
+    result = _sparsec("run", str(artifact), "--input", str(tmp_path / "x64.npy"))
+    assert result.returncode == 1 and "float64" in result.stderr and "astype" in " ".join(result.stderr.split())
+
+
+def test_bad_input_bound_and_factory_needing_arguments(tmp_path: Path) -> None:
+    result = _sparsec("compile", "examples.models:small_cnn", "--input", "2x3x32x32:int64:abc", "--out", str(tmp_path / "x"))
+    assert result.returncode == 1 and "must be an integer" in result.stderr
+    result = _sparsec("compile", "examples.models:_randomize_batch_norm", "--input", "2x64", "--out", str(tmp_path / "x"))
+    assert result.returncode == 1 and "cannot be called without arguments" in " ".join(result.stderr.split())
+
+
+def test_help_shows_no_type_for_flags() -> None:
+    result = _sparsec("compile", "--help")
+    assert result.returncode == 0 and "<bool>" not in result.stdout and "--calibration" in result.stdout

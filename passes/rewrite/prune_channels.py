@@ -186,7 +186,12 @@ class PruneChannels(RewritePass):
         if target["within_tolerance"]:
             return
         most = target["most_possible"]
-        if target["overridden_groups"]:
+        if not target["prunable_channels"]:
+            target["note"] = (
+                "nothing could be pruned: every group is frozen or ignored (the report's group "
+                "table and 'Ops without a channel rule' say why for each)"
+            )
+        elif target["overridden_groups"]:
             target["note"] = (
                 f"overrides fix the ratio of {target['overridden_groups']} group(s), so the "
                 "total follows them rather than `ratio`"
