@@ -6,6 +6,8 @@ Rules:
 - `compiled.module` is the user's own module tree with the graph's decisions applied
   (`sparsec.materialize`): it trains in training mode and shares its tensors with the graph;
   where that is impossible it is the graph module, and the report says why;
+- a model that cannot be traced whole is compiled by its largest traceable parts
+  (`sparsec.parts`), unless a backend other than torch was asked for;
 - an executable is rebuilt before saving when the graph's weights changed after lowering
   (fine-tuning `compiled.module`), so a saved artifact never pairs old code with new weights;
 - without `example_inputs`, compilation happens on the first call, with that call's inputs;
@@ -45,11 +47,12 @@ from sparsec.backends.base import (
     get_backend,
 )
 from sparsec.calibration import Calibration
-from sparsec.errors import BackendError, ConfigError, MaterializeError, SparsecError
+from sparsec.errors import BackendError, ConfigError, MaterializeError, SparsecError, TraceError
 from sparsec.frontends import normalize_inputs, trace
 from sparsec.ir import Graph
 from sparsec.materialize import Materialized, materialize
 from sparsec.metrics import count_macs, layer_widths
+from sparsec.parts import CompiledParts, compile_parts
 from sparsec.passes.analysis.dependency_groups import DependencyGroups
 from sparsec.pipeline import (
     AnalysisManager,
@@ -416,7 +419,7 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
     progress: Progress | None = None,
     calibration: Calibration | Iterable[Any] | None = None,
     dynamic: bool = True,
-) -> CompiledModel:
+) -> CompiledModel | CompiledParts:
     """Compile `model` for `target` ("cpu" or "cuda") with `pipeline` (preset, file or object).
 
     `example_inputs`: a tensor, a tuple of positional inputs or a dict of keyword inputs;
@@ -425,7 +428,9 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
     object carrying its own options, e.g. `TvmBackend(TvmOptions(mode=TvmMode.RELAX,
     tune_trials=64))`. `backend_options`: options by name for the named backend, merged over
     the pipeline file's `backend_options` table, e.g. `{"mode": "relax", "tune_trials": 64}`.
-    `progress(message)` receives a line per step (default: printed to stderr when it is a
+    A model that cannot be traced whole (a detector's data-dependent post-processing) is
+    compiled by parts: its largest traceable submodules, put back into a copy of it
+    (`sparsec.parts`; the torch backend runs it). `progress(message)` receives a line per step (default: printed to stderr when it is a
     terminal). `dynamic=False` traces the example's exact shapes (for models that fix their sizes);
     by default the batch, and the sequence of integer inputs, stay dynamic.
     """
@@ -465,6 +470,21 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
         given_backend,
         dynamic,
     )
-    if example_inputs is not None:
+    if example_inputs is None:
+        return compiled
+    try:
         compiled.compile_with(example_inputs)
+    except TraceError as exc:
+        if given_backend is not None or resolved.backend not in (None, "torch"):
+            raise  # parts run eagerly in torch: a named backend cannot take them
+        progress_fn = progress or _default_progress()
+        progress_fn("the whole model cannot be traced; compiling its traceable parts")
+        part_pipeline = Pipeline(resolved.passes, target=resolved.target, backend="torch")
+
+        def compile_part(module: torch.nn.Module, inputs: Any) -> CompiledModel:
+            progress_fn(f"compiling part {type(module).__name__}")
+            return compile(module, inputs, pipeline=part_pipeline, threads=threads,
+                           verify_each=verify_each, dynamic=dynamic)
+
+        return compile_parts(model, example_inputs, compile_part, str(exc))
     return compiled
