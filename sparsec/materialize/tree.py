@@ -167,8 +167,7 @@ def _failing_call(tree: nn.Module, graph: Graph) -> str:
     def pop(module: nn.Module, args: Any, output: Any) -> None:
         stack.pop()
 
-    enter = nn.modules.module.register_module_forward_pre_hook(push)
-    leave = nn.modules.module.register_module_forward_hook(pop)
+    handles = [h for m in tree.modules() for h in (m.register_forward_pre_hook(push), m.register_forward_hook(pop))]
     try:
         _outputs(tree, graph)
         return ""
@@ -176,8 +175,8 @@ def _failing_call(tree: nn.Module, graph: Graph) -> str:
         first = str(exc).splitlines()[0] if str(exc) else ""
         return f"its forward raised {type(exc).__name__} in {' > '.join(stack[-2:])}: {first}"
     finally:
-        enter.remove()
-        leave.remove()
+        for handle in handles:
+            handle.remove()
 
 
 def _max_error(actual: Any, expected: Any) -> tuple[float, float]:
