@@ -51,8 +51,11 @@ class ConfigError(SparsecError):
     """A pipeline configuration is invalid."""
 
 
-class PassOptionError(ConfigError):
-    """A pass was constructed with invalid options; `errors` are pydantic's, one per option."""
+class PassOptionError(ConfigError, ValueError):
+    """A pass was constructed with invalid options; `errors` are pydantic's, one per option.
+
+    Also a ValueError, as pydantic's own error was, so existing handlers keep working.
+    """
 
     def __init__(self, pass_name: str, errors: list[dict]) -> None:  # type: ignore[type-arg]
         self.pass_name, self.errors = pass_name, errors

@@ -65,7 +65,7 @@ def pass_dataclass(cls: T) -> T:
         try:
             validate(self, *args, **kwargs)
         except pydantic.ValidationError as exc:
-            name = getattr(built, "name", "") or built.__name__
+            name = f"{getattr(built, 'name', '') or built.__name__} ({built.__name__})"
             raise PassOptionError(name, list(exc.errors(include_url=False))) from None  # type: ignore[arg-type]
 
     built.__init__ = __init__  # type: ignore[method-assign]
