@@ -63,6 +63,7 @@ class PartsReport:
             f"# sparsec report: {self.model} (compiled by parts)",
             "",
             f"- the whole model could not be traced: {self.reason.splitlines()[0]}",
+            *[f"- {line}" for line in self.reason.splitlines()[1:] if line.startswith("Fix:")],
             f"- {len(compiled)} part(s) compiled: parameters {before:,} → {after:,}; the rest run as they were",
             "",
             "| part | class | params before → after | outcome |",
@@ -138,6 +139,8 @@ def compile_parts(model: nn.Module, example_inputs: Any, compile_part: CompilePa
     model.eval()
     try:
         inputs = _record_inputs(model, example_inputs)
+    except Exception as exc:  # the model does not even run eagerly: the trace error says why
+        raise TraceError(reason) from exc
     finally:
         for module, training in modes.items():
             module.training = training

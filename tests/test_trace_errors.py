@@ -14,6 +14,7 @@ from torch import nn
 
 import sparsec
 from sparsec.errors import TraceError
+from sparsec.parts import CompiledParts
 
 
 class Embed(nn.Module):
@@ -47,8 +48,9 @@ class FixedBatch(nn.Module):
 
 
 def _trace_error(model: nn.Module, inputs: object, **kwargs: object) -> TraceError:
+    """The TraceError of a compile that may not fall back to parts (a named ONNX backend)."""
     with pytest.raises(TraceError) as info:
-        sparsec.compile(model.eval(), inputs, backend="torch", pipeline="none", **kwargs)
+        sparsec.compile(model.eval(), inputs, backend="onnxruntime", pipeline="none", **kwargs)
     return info.value
 
 
@@ -70,6 +72,13 @@ def test_data_dependent_control_flow() -> None:
     error = _trace_error(Branches(), (torch.randn(2, 4),))
     assert "torch.cond" in str(error) and "depends on tensor values" in str(error)
     assert len(str(error).splitlines()) <= 3 and error.details
+    by_parts = sparsec.compile(Branches().eval(), (torch.randn(2, 4),), pipeline="none")
+    assert isinstance(by_parts, CompiledParts) and "depends on tensor values" in by_parts.report.to_markdown()
+
+
+def test_inputs_the_model_cannot_run_keep_the_trace_error() -> None:
+    with pytest.raises(TraceError, match="ids.long"):
+        sparsec.compile(Embed().eval(), {"input_ids": torch.rand(2, 5)}, pipeline="none")
 
 
 def test_fixed_size_suggests_dynamic_false_which_works() -> None:
