@@ -192,7 +192,7 @@ class TvmBackend:
                 Diagnostic(
                     Severity.WARNING,
                     "the graph has no sparse linear ops: TVM has nothing to add over ONNX "
-                    "Runtime here (partitioned mode refuses it; relax mode runs untuned dense "
+                    "Runtime here (it builds the whole program with Relax: untuned dense "
                     "loops). Fix: run lower-sparse-weights, or use the onnxruntime backend.",
                 )
             )
@@ -208,7 +208,16 @@ class TvmBackend:
                 "Fix: TvmOptions(tune_trials=0) for 'cuda'."
             )
         tvm_target = build_target(target, options.threads, self.options.cuda_arch)
-        if target == "cpu" and self.options.mode is TvmMode.PARTITIONED:
+        dense_only = ""
+        if target == "cpu" and self.options.mode is TvmMode.PARTITIONED and not sparse_nodes(graph.module):
+            # asked for by name, so it builds: the whole program as Relax, and says why
+            dense_only = (
+                "no sparse linear ops in the graph (none was sparsified, or the break-even gate "
+                "kept every layer dense), so partitioned mode had no kernels to call: the whole "
+                "program was built with Relax instead (untuned dense loops; the onnxruntime "
+                "backend is usually faster for a dense graph)"
+            )
+        elif target == "cpu" and self.options.mode is TvmMode.PARTITIONED:
             return PartitionedExecutable.build(
                 graph.module,
                 graph.export_program,
@@ -232,7 +241,7 @@ class TvmBackend:
                 if isinstance(leaf, torch.Tensor)
             )
             tuning = TuningJob(budget, self.options.tuning_dir, shapes)
-        return RelaxExecutable.build(
+        executable = RelaxExecutable.build(
             imported,
             tvm_target,
             target,
@@ -241,6 +250,9 @@ class TvmBackend:
             options.threads,
             tuning,
         )
+        if dense_only:
+            executable.notes.append(dense_only)
+        return executable
 
     def load(self, directory: Path, metadata: dict[str, Any]) -> Executable:
         record = metadata.get("target")
