@@ -22,6 +22,7 @@ from torch import nn
 
 __all__ = [
     "ALL_MODELS",
+    "DataDependent",
     "ZERO_EQUIVALENT_MODELS",
     "CNNChain",
     "MLP",
@@ -78,6 +79,19 @@ def _conv_bn(cin: int, cout: int, k: int = 3, groups: int = 1) -> nn.Sequential:
         nn.BatchNorm2d(cout),
         nn.ReLU(),
     )
+
+
+class DataDependent(nn.Module):
+    """Branches on a tensor's value in Python: torch.export cannot trace it whole."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return self.fc(x)
+        return -self.fc(x)
 
 
 class CNNChain(nn.Module):

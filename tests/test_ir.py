@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models import make_cnn_chain, make_mlp, make_tiny_mlp
+from models import DataDependent, make_cnn_chain, make_mlp, make_tiny_mlp
 from torch import nn
 
 from sparsec.errors import RewriteError, TraceError, VerificationError
@@ -54,21 +54,10 @@ def test_trace_does_not_modify_the_model(chain: tuple[nn.Module, torch.Tensor, G
         torch.testing.assert_close(p, q, msg=name)
 
 
-class _DataDependent(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(4, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.sum() > 0:
-            return self.fc(x)
-        return -self.fc(x)
-
-
 def test_untraceable_model_raises_trace_error_with_fix() -> None:
     with pytest.raises(TraceError, match="Fix") as info:
-        trace(_DataDependent(), (torch.randn(2, 4),))
-    assert "_DataDependent" in str(info.value)
+        trace(DataDependent(), (torch.randn(2, 4),))
+    assert "DataDependent" in str(info.value)
 
 
 def test_trace_rejects_non_module() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from models import DataDependent
 from torch import nn
 
 import sparsec
@@ -25,17 +26,6 @@ class Embed(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.fc(self.embed(input_ids).mean(1))
-
-
-class Branches(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(4, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.sum() > 0:
-            return self.fc(x)
-        return -self.fc(x)
 
 
 class FixedBatch(nn.Module):
@@ -69,10 +59,10 @@ def test_float_where_ids_are_expected() -> None:
 
 
 def test_data_dependent_control_flow() -> None:
-    error = _trace_error(Branches(), (torch.randn(2, 4),))
+    error = _trace_error(DataDependent(), (torch.randn(2, 4),))
     assert "torch.cond" in str(error) and "depends on tensor values" in str(error)
     assert len(str(error).splitlines()) <= 3 and error.details
-    by_parts = sparsec.compile(Branches().eval(), (torch.randn(2, 4),), pipeline="none")
+    by_parts = sparsec.compile(DataDependent().eval(), (torch.randn(2, 4),), pipeline="none")
     assert isinstance(by_parts, CompiledParts) and "depends on tensor values" in by_parts.report.to_markdown()
 
 
