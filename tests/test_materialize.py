@@ -178,7 +178,7 @@ def test_both_onnx_exporters(name: str, dynamo: bool, tmp_path: Any) -> None:
     np.testing.assert_allclose(session.run(None, feeds)[0], expected, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["cnn", "llama-gqa", "bert"])
+@pytest.mark.parametrize("name", NAMES)
 def test_torch_compile(name: str) -> None:
     _, inputs, compiled = _compiled(name)
     module = copy.deepcopy(compiled.module).eval()
