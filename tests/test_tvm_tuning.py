@@ -248,9 +248,9 @@ def test_tuner_waits_for_the_lock_then_reuses_new_records(
     waiting, released = threading.Event(), []
     real_lock = tuning._database_lock
 
-    def spy_lock(directory: Path, timeout_s: float):  # type: ignore[no-untyped-def]
+    def spy_lock(directory: Path, timeout_s: float, **kwargs):  # type: ignore[no-untyped-def]
         waiting.set()
-        return real_lock(directory, timeout_s)
+        return real_lock(directory, timeout_s, **kwargs)
 
     monkeypatch.setattr(tuning, "_database_lock", spy_lock)
     monkeypatch.setattr(tuning, "_tune", _no_tuning)
@@ -308,9 +308,9 @@ def test_lock_timeout_names_the_folder(
             tune_module(module, target, TuneBudget(4, lock_timeout_s=0.3), tmp_path, [EXAMPLE])
         assert time.monotonic() - started >= 0.3
         assert "wait for that compile" in str(error.value) and "tuning_dir" in str(error.value)
-        # a compile whose records are all there reads them without the lock
-        with _holding_lock(database_dir(target, tuning_dir)):
-            result = tune_module(
-                module, target, TuneBudget(4, lock_timeout_s=0), tuning_dir, [EXAMPLE]
-            )
+        # a compile whose records are all there still waits for a tuner: the record it
+        # reads may be half-written
+        with _holding_lock(database_dir(target, tuning_dir)), pytest.raises(BackendError, match="wait for that compile"):
+            tune_module(module, target, TuneBudget(4, lock_timeout_s=0), tuning_dir, [EXAMPLE])
+    result = tune_module(module, target, TuneBudget(4, lock_timeout_s=0), tuning_dir, [EXAMPLE])
     assert len(result.reused) == 2 and result.trials == 0

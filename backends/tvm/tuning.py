@@ -27,12 +27,13 @@ Rules:
   before it measures any. The clock starts with `tune_module` (a wait for the lock counts:
   the caller waits too), but the first round always runs: the setup before it (~5 s here)
   is paid anyway, and one round turns it into records. The result says what was cut;
+- readers hold the same `flock` shared, so a record half-written by a tuner is never read;
 - a compile that tunes holds an exclusive `flock` on the folder's `lock` file from reading
   which tasks lack records to the last record written: two processes appending to one
   JSONDatabase would interleave records and tune the same tasks twice. The second waits
   up to `TuneBudget.lock_timeout_s`, then re-reads the records (often all it needed). A
-  compile that tunes nothing writes nothing and takes no lock; without `fcntl` (Windows)
-  there is no lock;
+  compile that tunes nothing writes nothing and takes the lock shared only; without
+  `fcntl` (Windows) there is no lock;
 - candidates are built in this process: TVM's LocalBuilder starts fresh worker processes
   for every batch, and each spends ~35 s importing `tvm.s_tir.tensor_intrin`. They run in
   one worker process (LocalRunner) with the target's `num-cores` threads, so a candidate
@@ -345,7 +346,8 @@ def tune_module(
             f"TVM could not prepare the program for tuning: {exc}. Fix: set tune_trials=0."
         ) from exc
     tunable = [task for task in tasks if _tunable(task.dispatched[0]["main"])]
-    database = _open_database(directory)
+    with _database_lock(directory, budget.lock_timeout_s, shared=True):
+        database = _open_database(directory)
     reused = tuple(task.task_name for task in tunable if _has_record(database, task))
     todo = [task for task in tunable if task.task_name not in reused]
     tuned: tuple[str, ...] = ()
@@ -353,7 +355,7 @@ def tune_module(
     unreached: tuple[str, ...] = ()
     stopped = False
     trials = 0
-    if todo:  # reading needs no lock; tuning does, and must see what the last holder wrote
+    if todo:  # tuning holds the lock exclusively, and must see what the last holder wrote
         with _database_lock(directory, budget.lock_timeout_s):
             database = _open_database(directory)
             reused = tuple(task.task_name for task in tunable if _has_record(database, task))
@@ -369,7 +371,10 @@ def tune_module(
                 unreached = tuple(todo[i].task_name for i in missing if i in cut)
     seconds = time.perf_counter() - started if todo else 0.0
     try:
-        module = apply_database(module, target, directory)
+        with _database_lock(directory, budget.lock_timeout_s, shared=True):
+            module = apply_database(module, target, directory)
+    except BackendError:
+        raise
     except Exception as exc:  # TVM raises its own error types from C++
         raise BackendError(
             f"TVM could not apply the tuning records in {directory}: {exc}. Fix: delete that "
@@ -398,8 +403,13 @@ def _open_database(directory: Path) -> Any:
 
 
 @contextmanager
-def _database_lock(directory: Path, timeout_s: float) -> Iterator[None]:
-    """Hold an exclusive `flock` on `directory`'s `lock` file, waiting up to `timeout_s`."""
+def _database_lock(directory: Path, timeout_s: float, *, shared: bool = False) -> Iterator[None]:
+    """Hold a `flock` on `directory`'s `lock` file, waiting up to `timeout_s`.
+
+    Tuners hold it exclusively; readers (`shared=True`) hold it shared, so they never read
+    a record a tuner is still writing. A read-only database has no writer: reading it
+    takes no lock.
+    """
     try:
         import fcntl
     except ImportError:  # not POSIX: no advisory locks to take
@@ -409,6 +419,9 @@ def _database_lock(directory: Path, timeout_s: float) -> Iterator[None]:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
+        if shared:
+            yield
+            return
         raise BackendError(
             f"cannot open the tuning lock {path}: {exc}. Fix: pass a writable tuning_dir."
         ) from exc
@@ -417,7 +430,7 @@ def _database_lock(directory: Path, timeout_s: float) -> Iterator[None]:
         pause = 0.05
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 left = deadline - time.monotonic()
