@@ -183,3 +183,20 @@ def test_an_lstm_is_frozen_and_the_rest_is_pruned() -> None:
     x = torch.randn(3, 5, 4)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), compiled.module(x))
+
+
+def test_buffers_updated_in_forward_are_reported() -> None:
+    class Counter(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 4)
+            self.register_buffer("calls", torch.zeros(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls.add_(1)
+            return self.fc(x)
+
+    model = Counter().eval()
+    compiled = sparsec.compile(model, (torch.randn(2, 4),), backend="torch", pipeline="none")
+    assert any("updates buffers in place (calls)" in note for note in compiled.report.notes)
+    assert float(model.calls) == 0.0  # traced on the graph's own copies

@@ -237,6 +237,19 @@ def _own_tensors(gm: fx.GraphModule) -> None:
                 store[leaf] = copies[id(value)]
 
 
+def _mutated_buffers(gm: fx.GraphModule) -> list[str]:
+    """Buffers that forward updates in place (running counters, caches), by name."""
+    mutated = []
+    for node in gm.graph.nodes:
+        schema = getattr(node.target, "_schema", None)
+        if node.op != "call_function" or schema is None or not schema.is_mutable:
+            continue
+        for argument, value in zip(schema.arguments, node.args, strict=False):
+            if argument.is_write and isinstance(value, fx.Node) and value.op == "get_attr":
+                mutated.append(str(value.target))
+    return sorted(set(mutated))
+
+
 def _input_specs(gm: fx.GraphModule, names: dict[str, str]) -> tuple[InputSpec, ...]:
     specs = []
     for node in gm.graph.nodes:
@@ -280,5 +293,16 @@ def trace(
         symbol_names=names,
         input_specs=_input_specs(gm, names),
         output_names=output_names,
-        notes=tuple(notes),
+        notes=(*notes, *_mutation_notes(gm)),
     )
+
+
+def _mutation_notes(gm: fx.GraphModule) -> list[str]:
+    mutated = _mutated_buffers(gm)
+    if not mutated:
+        return []
+    return [
+        f"forward updates buffers in place ({', '.join(mutated[:5])}"
+        f"{', ...' if len(mutated) > 5 else ''}): the compiled program updates its own copies "
+        "on every call, never the original model's"
+    ]
