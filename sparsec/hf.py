@@ -57,8 +57,10 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     "num_attention_heads": ("num_attention_heads",),
     "num_key_value_heads": ("num_key_value_heads",),
     "head_dim": ("head_dim",),
-    "intermediate_size": ("intermediate_size", "n_inner", "hidden_dim", "d_ff"),
+    "intermediate_size": ("intermediate_size", "n_inner", "hidden_dim", "d_ff", "ffn_dim"),
 }
+# fields that repeat the model width in some families; they follow it when they equalled it
+_HIDDEN_COPIES = ("word_embed_proj_dim", "embedding_size")
 _TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
     "vocab.json", "merges.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model",
@@ -91,6 +93,10 @@ def uniform_widths(model: nn.Module) -> dict[str, int] | None:
 
 
 def _set_field(config: Any, width: str, value: int) -> None:
+    if width == "hidden_size":
+        for copy_name in _HIDDEN_COPIES:
+            if getattr(config, copy_name, None) == config.hidden_size:
+                setattr(config, copy_name, value)
     for name in _FIELDS[width]:
         if name in config.attribute_map or hasattr(config, name):
             setattr(config, name, value)

@@ -169,3 +169,32 @@ def test_existing_directory_needs_overwrite_and_failures_leave_nothing(tmp_path:
     compiled.save_pretrained(target, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
     sparsec.hf.from_pretrained(target)
+
+
+def _more_families() -> dict[str, Any]:
+    import transformers
+
+    small = {"num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100, "max_position_embeddings": 64}
+    return {
+        "opt": lambda: transformers.OPTForCausalLM(transformers.OPTConfig(hidden_size=64, ffn_dim=128, word_embed_proj_dim=64, **small)),
+        "gpt-neox": lambda: transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(hidden_size=64, intermediate_size=128, **small)),
+        "phi": lambda: transformers.PhiForCausalLM(transformers.PhiConfig(hidden_size=64, intermediate_size=128, **small)),
+    }
+
+
+@pytest.mark.parametrize("name", ["opt", "gpt-neox", "phi"])
+def test_more_causal_lm_families_round_trip(name: str, tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = _more_families()[name]().eval()
+    ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(0))
+    compiled = sparsec.compile(model, {"input_ids": ids}, backend="torch", pipeline="structured-50")
+    module = compiled.to_module().eval()
+    assert type(module) is type(model)
+    saved = compiled.save_pretrained(tmp_path / "ck")
+    assert saved.loads_in_transformers, saved.reason
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ck").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, module(ids).logits, atol=1e-5, rtol=0)
+    before = module.generate(ids[:1], max_new_tokens=4, do_sample=False)
+    assert torch.equal(before, reloaded.generate(ids[:1], max_new_tokens=4, do_sample=False))

@@ -62,7 +62,9 @@ _SPECS: dict[str, AttentionSpec] = {
     **dict.fromkeys(
         ("LlamaAttention", "Qwen2Attention", "Qwen3Attention", "MistralAttention", "GemmaAttention",
          "Gemma2Attention", "OlmoAttention", "Olmo2Attention", "GraniteAttention", "ViTAttention",
-         "DeiTAttention", "Qwen2MoeAttention", "MixtralAttention", "Qwen3MoeAttention"),
+         "DeiTAttention", "Qwen2MoeAttention", "MixtralAttention", "Qwen3MoeAttention",
+         "PhiAttention", "Phi3Attention", "OPTAttention", "BartAttention", "MBartAttention",
+         "WhisperAttention", "StableLmAttention", "CohereAttention"),
         _ROPE,
     ),
     **dict.fromkeys(
@@ -77,13 +79,17 @@ _SPECS: dict[str, AttentionSpec] = {
         query="c_attn", head_dim="head_dim", heads=("num_heads",),
         query_width=("split_size", "embed_dim"), fused=3,
     ),
+    "GPTNeoXAttention": AttentionSpec(
+        query="query_key_value", head_dim="head_size", heads=("num_attention_heads",), fused=3,
+    ),
     "T5Attention": AttentionSpec(
         query="q", head_dim="key_value_proj_dim", heads=("n_heads",), query_width=("inner_dim",),
         hidden=("d_model",),
     ),
 }
 
-# MLP blocks: the child whose output width is the intermediate size
+# MLP blocks (or layers holding the MLP's linears): the child whose output width is the
+# intermediate size
 _MLPS: dict[str, str] = {
     **dict.fromkeys(
         ("LlamaMLP", "Qwen2MLP", "Qwen3MLP", "MistralMLP", "GemmaMLP", "OlmoMLP", "GraniteMLP"),
@@ -91,6 +97,12 @@ _MLPS: dict[str, str] = {
     ),
     **dict.fromkeys(("BertIntermediate", "RobertaIntermediate", "ElectraIntermediate"), "dense"),
     "GPT2MLP": "c_fc",
+    "GPTNeoXMLP": "dense_h_to_4h",
+    **dict.fromkeys(
+        ("PhiMLP", "CLIPMLP", "OPTDecoderLayer", "BartEncoderLayer", "BartDecoderLayer",
+         "WhisperEncoderLayer", "WhisperDecoderLayer"),
+        "fc1",
+    ),
     "FFN": "lin1",
     "T5DenseActDense": "wi",
     "T5DenseGatedActDense": "wi_0",
