@@ -223,8 +223,9 @@ def materialize(model: nn.Module, graph: Graph, *, atol: float = 1e-4, rtol: flo
         named = (
             "; attributes sparsec has no updater for: " + "; ".join(suspects)
             if suspects else
-            "; no attribute holds a pruned width, so forward() computes a size in code (a "
-            "chunk, split or view) that sparsec rewrote in the graph but cannot change in Python"
+            "; no attribute holds a pruned width, so forward() derives a size in code (from a "
+            "tensor's shape, or a chunk, split or view) that the graph fixed at trace time and "
+            "sparsec cannot change in Python"
         )
         raise MaterializeError(
             f"the pruned graph could not be put back into {type(model).__name__}: {cause}"
