@@ -37,6 +37,7 @@ from sparsec.errors import MaterializeError
 from sparsec.frontends.trace_settings import trace_settings
 from sparsec.ir import Graph
 from sparsec.materialize.registry import updater_for
+from sparsec.pipeline import max_abs_diff
 
 __all__ = ["Materialized", "Record", "apply_record", "materialize"]
 
@@ -156,8 +157,8 @@ def _outputs(module: nn.Module, graph: Graph) -> Any:
         return module(*graph.example_args, **graph.example_kwargs)
 
 
-def _failing_call(tree: nn.Module, graph: Graph) -> str:
-    """Run `tree`; '' if it runs, else where it failed: the module path and the error."""
+def _located_call(tree: nn.Module, graph: Graph) -> tuple[Any, str]:
+    """Run `tree` once: (its outputs, ''), or (None, where it failed: module path and error)."""
     stack: list[str] = []
     names = {id(m): name for name, m in tree.named_modules()}
 
@@ -169,25 +170,19 @@ def _failing_call(tree: nn.Module, graph: Graph) -> str:
 
     handles = [h for m in tree.modules() for h in (m.register_forward_pre_hook(push), m.register_forward_hook(pop))]
     try:
-        _outputs(tree, graph)
-        return ""
+        return _outputs(tree, graph), ""
     except Exception as exc:  # the user's forward failed on the new widths: explained
         first = str(exc).splitlines()[0] if str(exc) else ""
-        return f"its forward raised {type(exc).__name__} in {' > '.join(stack[-2:])}: {first}"
+        return None, f"its forward raised {type(exc).__name__} in {' > '.join(stack[-2:])}: {first}"
     finally:
         for handle in handles:
             handle.remove()
 
 
-def _max_error(actual: Any, expected: Any) -> tuple[float, float]:
-    """(largest absolute difference, largest |expected|) over tensor leaves; inf if unlike."""
-    a = [x for x in pytree.tree_leaves(actual) if isinstance(x, torch.Tensor)]
-    b = [x for x in pytree.tree_leaves(expected) if isinstance(x, torch.Tensor)]
-    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b, strict=True)):
-        return float("inf"), 0.0
-    error = max((float((x.double() - y.double()).abs().max()) for x, y in zip(a, b, strict=True) if x.numel()), default=0.0)
-    scale = max((float(y.double().abs().max()) for y in b if y.numel() and y.is_floating_point()), default=0.0)
-    return error, scale
+def _scale(expected: Any) -> float:
+    """Largest |value| over the floating-point tensor leaves (the relative tolerance's base)."""
+    leaves = [x for x in pytree.tree_leaves(expected) if isinstance(x, torch.Tensor)]
+    return max((float(y.abs().max()) for y in leaves if y.numel() and y.is_floating_point()), default=0.0)
 
 
 def materialize(model: nn.Module, graph: Graph, *, atol: float = 1e-4, rtol: float = 1e-4) -> Materialized:
@@ -213,10 +208,10 @@ def materialize(model: nn.Module, graph: Graph, *, atol: float = 1e-4, rtol: flo
 
     modes = {name: m.training for name, m in model.named_modules()}
     tree.eval()
-    failure = _failing_call(tree, graph)
-    error, scale = (
-        _max_error(_outputs(tree, graph), _outputs(graph.module, graph)) if not failure else (float("inf"), 0.0)
-    )
+    actual, failure = _located_call(tree, graph)
+    expected = _outputs(graph.module, graph)
+    error = float("inf") if failure else max_abs_diff(actual, expected)
+    scale = _scale(expected)
     if failure or error > atol + rtol * scale:
         suspects = _suspects(tree, prefixes, old_widths)
         cause = failure or f"its outputs differ from the pruned graph's by {error:.3g}"
