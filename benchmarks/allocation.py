@@ -47,16 +47,33 @@ def main() -> None:
                 try:
                     compiled = sparsec.compile(model, inputs, pipeline=text, backend="torch")
                 except Exception as exc:  # a failure is a result to report
-                    rows.append({"model": name, "target": kind, "allocation": allocation, "error": str(exc).splitlines()[0]})
+                    rows.append(
+                        {
+                            "model": name,
+                            "target": kind,
+                            "allocation": allocation,
+                            "error": str(exc).splitlines()[0],
+                        }
+                    )
                     continue
                 t = _target_summary(compiled)
-                rows.append({
-                    "model": name, "target": kind, "allocation": allocation,
-                    "requested": t["requested"], "estimated": t["estimated"], "achieved": t["achieved"],
-                    "within_2pct": t["within_tolerance"], "note": t.get("note", ""),
-                })
-                print(f"{name:18s} {kind:8s} {allocation:6s} requested {t['requested']:.3f} "
-                      f"achieved {t['achieved']:.3f} {'ok' if t['within_tolerance'] else 'MISS: ' + t.get('note', '')}", flush=True)
+                rows.append(
+                    {
+                        "model": name,
+                        "target": kind,
+                        "allocation": allocation,
+                        "requested": t["requested"],
+                        "estimated": t["estimated"],
+                        "achieved": t["achieved"],
+                        "within_2pct": t["within_tolerance"],
+                        "note": t.get("note", ""),
+                    }
+                )
+                print(
+                    f"{name:18s} {kind:8s} {allocation:6s} requested {t['requested']:.3f} "
+                    f"achieved {t['achieved']:.3f} {'ok' if t['within_tolerance'] else 'MISS: ' + t.get('note', '')}",
+                    flush=True,
+                )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"ratio": args.ratio, "rows": rows}, indent=2))
     within = sum(r.get("within_2pct", False) for r in rows)

@@ -77,12 +77,17 @@ def _resnet50() -> Any:
             super().__init__()
             cout = mid * 4
             self.conv1, self.bn1 = nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid)
-            self.conv2, self.bn2 = nn.Conv2d(mid, mid, 3, stride, 1, bias=False), nn.BatchNorm2d(mid)
+            self.conv2, self.bn2 = (
+                nn.Conv2d(mid, mid, 3, stride, 1, bias=False),
+                nn.BatchNorm2d(mid),
+            )
             self.conv3, self.bn3 = nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout)
             self.relu = nn.ReLU(inplace=True)
             self.downsample = None
             if stride != 1 or cin != cout:
-                self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                self.downsample = nn.Sequential(
+                    nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+                )
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             identity = x if self.downsample is None else self.downsample(x)
@@ -121,9 +126,14 @@ def _llama7b(kv_heads: int) -> Any:
     import transformers
 
     config = transformers.LlamaConfig(
-        hidden_size=4096, intermediate_size=11008, num_attention_heads=32,
-        num_key_value_heads=kv_heads, num_hidden_layers=32, vocab_size=32000,
-        use_cache=False, attn_implementation="sdpa",
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_attention_heads=32,
+        num_key_value_heads=kv_heads,
+        num_hidden_layers=32,
+        vocab_size=32000,
+        use_cache=False,
+        attn_implementation="sdpa",
     )
     with torch.device("meta"):
         model = transformers.LlamaForCausalLM(config).eval()
@@ -171,7 +181,9 @@ def run_case(name: str, repeats: int) -> dict[str, Any]:
         analysis_s.append(time.perf_counter() - start)
         analysis_peak.append(_peak())
 
-    graph_devices = sorted({str(t.device) for t in [*graph.module.parameters(), *graph.module.buffers()]})
+    graph_devices = sorted(
+        {str(t.device) for t in [*graph.module.parameters(), *graph.module.buffers()]}
+    )
     frozen = [g for g in info.groups if len(g.frozen_units) == len(g.units)]
     result = {
         "case": name,
@@ -234,12 +246,16 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=5, help="runs of the ResNet-50 case")
     parser.add_argument("--llama-repeats", type=int, default=1, help="runs of each LLaMA-7B case")
     parser.add_argument("--cases", nargs="*", default=list(CASES))
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case, print JSON
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "analysis_speed.json")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "analysis_speed.json"
+    )
     args = parser.parse_args()
     if args.case:
         repeats = args.repeats if args.case == "resnet50" else args.llama_repeats
@@ -249,8 +265,16 @@ def main() -> None:
     load_before = os.getloadavg()
     rows = []
     for name in args.cases:
-        cmd = [sys.executable, __file__, "--case", name, "--repeats", str(args.repeats),
-               "--llama-repeats", str(args.llama_repeats)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--case",
+            name,
+            "--repeats",
+            str(args.repeats),
+            "--llama-repeats",
+            str(args.llama_repeats),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
@@ -258,7 +282,7 @@ def main() -> None:
             rows.append({"case": name, "error": err[-1] if err else f"exit {proc.returncode}"})
             print(proc.stderr[-3000:], file=sys.stderr)
         else:
-            rows.append(json.loads(lines[-1][len("RESULT "):]))
+            rows.append(json.loads(lines[-1][len("RESULT ") :]))
         print(f"{name}: done", file=sys.stderr, flush=True)
     load_after = os.getloadavg()
 
@@ -272,8 +296,12 @@ def main() -> None:
     print(header + "\n\n" + table(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
-        "torch": torch.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
-        "loadavg_before": load_before, "loadavg_after": load_after, "meta_growth_limit_bytes": META_GROWTH_LIMIT,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+        "meta_growth_limit_bytes": META_GROWTH_LIMIT,
     }
     args.out.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
     if any("error" in r for r in rows):

@@ -130,7 +130,8 @@ def _heads(entry: Any, groups: list[dict[str, Any]]) -> tuple[str, str]:
         return "n.a.", ""
     for pattern in entry.attention:
         rows = [
-            g for g in groups
+            g
+            for g in groups
             if any(fnmatch.fnmatch(layer.strip(), pattern) for layer in g["layers"].split(","))
         ]
         if not rows:
@@ -165,12 +166,16 @@ def _sparsec(entry: Any) -> dict[str, Any]:
         return row
     report = compiled.report
     row.update(
-        params_before=report.before.parameters, params_after=report.after.parameters,
-        macs_before=report.before.macs, macs_after=report.after.macs,
+        params_before=report.before.parameters,
+        params_after=report.after.parameters,
+        macs_before=report.before.macs,
+        macs_after=report.after.macs,
     )
     errors = [e for b in (2, 3) if (e := _check_runs(compiled.module, inputs, reference, b))]
     row["pruned_ok"] = not errors and report.after.parameters < report.before.parameters
-    row["pruned_error"] = errors[0] if errors else ("" if row["pruned_ok"] else "no parameters removed")
+    row["pruned_error"] = (
+        errors[0] if errors else ("" if row["pruned_ok"] else "no parameters removed")
+    )
     if row["onnx_error"]:
         row["onnx_ok"], row["onnx_rel_error"] = False, None
     else:
@@ -191,11 +196,18 @@ def _sparsec(entry: Any) -> dict[str, Any]:
 
 def _head_module(model: torch.nn.Module) -> torch.nn.Module:
     """The final layer: the last leaf module that holds parameters (classifier, lm_head, out)."""
-    leaves = [m for m in model.modules() if not list(m.children()) and list(m.parameters(recurse=False))]
+    leaves = [
+        m for m in model.modules() if not list(m.children()) and list(m.parameters(recurse=False))
+    ]
     return leaves[-1]
 
 
-_QKV = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("q_lin", "k_lin", "v_lin"), ("q", "k", "v"))
+_QKV = (
+    ("q_proj", "k_proj", "v_proj"),
+    ("query", "key", "value"),
+    ("q_lin", "k_lin", "v_lin"),
+    ("q", "k", "v"),
+)
 
 
 def _num_heads(model: torch.nn.Module) -> dict[torch.nn.Module, int]:
@@ -228,17 +240,30 @@ def _peer(entry: Any) -> dict[str, Any]:
     heads = _num_heads(model)
     options: dict[str, Any] = {}
     if heads:
-        options = {"num_heads": heads, "prune_num_heads": True, "prune_head_dims": False, "head_pruning_ratio": RATIO}
+        options = {
+            "num_heads": heads,
+            "prune_num_heads": True,
+            "prune_head_dims": False,
+            "head_pruning_ratio": RATIO,
+        }
     row: dict[str, Any] = {"peer_num_heads": bool(heads)}
     start = time.perf_counter()
     try:
         pruner = tp.pruner.MagnitudePruner(
-            model, inputs, importance=tp.importance.GroupMagnitudeImportance(p=2),
-            pruning_ratio=RATIO, ignored_layers=[_head_module(model)], **options,
+            model,
+            inputs,
+            importance=tp.importance.GroupMagnitudeImportance(p=2),
+            pruning_ratio=RATIO,
+            ignored_layers=[_head_module(model)],
+            **options,
         )
         pruner.step()
     except Exception as exc:
-        row.update(peer_ok=False, peer_error="pruning: " + _first_line(exc), peer_s=time.perf_counter() - start)
+        row.update(
+            peer_ok=False,
+            peer_error="pruning: " + _first_line(exc),
+            peer_s=time.perf_counter() - start,
+        )
         return row
     row["peer_s"] = time.perf_counter() - start
     row["peer_params_after"] = _params(model)
@@ -275,13 +300,17 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         if r.get("compile_error"):
-            lines.append(f"| {r['model']} | - | - | no: {_cell(r['compile_error'])} | - | - | - | "
-                         f"{_peer_cell(r)} |")
+            lines.append(
+                f"| {r['model']} | - | - | no: {_cell(r['compile_error'])} | - | - | - | "
+                f"{_peer_cell(r)} |"
+            )
             continue
         pruned = "yes" if r["pruned_ok"] else f"no: {_cell(r['pruned_error'])}"
         onnx = "yes" if r["onnx_ok"] else f"no: {_cell(r['onnx_error'])}"
         heads = r["heads"] if r["heads"] != "no" else f"no: {_cell(r['heads_reason'])}"
-        frozen = str(r["frozen_groups"]) + (f" ({_cell(r['first_frozen'])})" if r["first_frozen"] else "")
+        frozen = str(r["frozen_groups"]) + (
+            f" ({_cell(r['first_frozen'])})" if r["first_frozen"] else ""
+        )
         lines.append(
             f"| {r['model']} | {_fmt(r['params_before'])} → {_fmt(r['params_after'])} "
             f"({r['params_after'] / r['params_before']:.2f}) | {_fmt(r['macs_before'])} → {_fmt(r['macs_after'])} "
@@ -295,12 +324,18 @@ def _peer_cell(r: dict[str, Any]) -> str:
         return f"n.a.: {r.get('peer_error', '')}"
     heads = " (num_heads)" if r.get("peer_num_heads") else ""
     after = r.get("peer_params_after")
-    size = f", {_fmt(after)} params ({after / r['params_before']:.2f})" if after and r.get("params_before") else ""
+    size = (
+        f", {_fmt(after)} params ({after / r['params_before']:.2f})"
+        if after and r.get("params_before")
+        else ""
+    )
     return ("yes" + heads + size) if r["peer_ok"] else f"no{heads}{size}: {_cell(r['peer_error'])}"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--only", nargs="*", default=None, help="zoo entries to run (default: all)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
@@ -314,15 +349,21 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         if entry.needs and not zoo.hf_available(entry.needs):
-            rows.append({"model": name, "compile_error": f"transformers.{entry.needs} not available"})
+            rows.append(
+                {"model": name, "compile_error": f"transformers.{entry.needs} not available"}
+            )
             continue
         noise = io.StringIO()  # exporters print progress; keep the table readable
         with contextlib.redirect_stdout(noise), contextlib.redirect_stderr(noise):
             row = _sparsec(entry)
             row.update(_peer(entry))
         rows.append(row)
-        print(f"{name}: sparsec {row['compile_s']:.1f}s, pruned_ok={row.get('pruned_ok')}, "
-              f"onnx_ok={row.get('onnx_ok')}, peer_ok={row.get('peer_ok')}", file=sys.stderr, flush=True)
+        print(
+            f"{name}: sparsec {row['compile_s']:.1f}s, pruned_ok={row.get('pruned_ok')}, "
+            f"onnx_ok={row.get('onnx_ok')}, peer_ok={row.get('peer_ok')}",
+            file=sys.stderr,
+            flush=True,
+        )
     total = time.perf_counter() - start
     table = markdown(rows)
     load = os.getloadavg()
@@ -336,14 +377,21 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "coverage.md").write_text(header + "\n\n" + table + "\n")
     meta = {
-        "torch": torch.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
-        "loadavg": load, "total_s": total, "ratio": RATIO, "pipeline": "structured-50",
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "loadavg": load,
+        "total_s": total,
+        "ratio": RATIO,
+        "pipeline": "structured-50",
     }
     with contextlib.suppress(Exception):
         import torch_pruning
 
         meta["torch_pruning"] = torch_pruning.__version__
-    (args.out / "coverage.json").write_text(json.dumps({**meta, "rows": rows}, indent=2, default=str) + "\n")
+    (args.out / "coverage.json").write_text(
+        json.dumps({**meta, "rows": rows}, indent=2, default=str) + "\n"
+    )
 
 
 if __name__ == "__main__":

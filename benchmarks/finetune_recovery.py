@@ -41,10 +41,15 @@ class ResidualCnn(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
         self.body = nn.Sequential(
-            nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32),
+            nn.Conv2d(32, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
         )
-        self.down = nn.Sequential(nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU())
+        self.down = nn.Sequential(
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU()
+        )
         self.drop = nn.Dropout(0.2)
         self.fc = nn.Linear(64, 10)
 
@@ -65,7 +70,7 @@ def _data(seed: int) -> tuple[Any, Any]:
 def _batches(data: tuple[torch.Tensor, torch.Tensor], seed: int, size: int = 32) -> list[Any]:
     x, y = data
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    return [(x[order[i:i + size]], y[order[i:i + size]]) for i in range(0, len(x), size)]
+    return [(x[order[i : i + size]], y[order[i : i + size]]) for i in range(0, len(x), size)]
 
 
 def _accuracy(module: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> float:
@@ -76,8 +81,14 @@ def _accuracy(module: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> flo
 def _tune(module: nn.Module, train: Any, epochs: int, seed: int, training: bool) -> None:
     torch.manual_seed(seed)
     for epoch in range(epochs):
-        finetune(module, _batches(train, seed + epoch), lambda out, b: F.cross_entropy(out, b[1]),
-                 lr=1e-3, inputs=lambda b: b[0], training=training)
+        finetune(
+            module,
+            _batches(train, seed + epoch),
+            lambda out, b: F.cross_entropy(out, b[1]),
+            lr=1e-3,
+            inputs=lambda b: b[0],
+            training=training,
+        )
 
 
 def _eval(module: nn.Module) -> nn.Module:
@@ -88,7 +99,9 @@ def _eval(module: nn.Module) -> nn.Module:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -98,8 +111,14 @@ def main() -> None:
     model = ResidualCnn()
     _tune(model, train, 10, args.seed, training=True)
     model.eval()
-    rows: list[dict[str, Any]] = [{"variant": "dense", "params": sum(p.numel() for p in model.parameters()),
-                                   "pruned": _accuracy(model, test), "finetuned": None}]
+    rows: list[dict[str, Any]] = [
+        {
+            "variant": "dense",
+            "params": sum(p.numel() for p in model.parameters()),
+            "pruned": _accuracy(model, test),
+            "finetuned": None,
+        }
+    ]
     example = train[0][:8]
 
     compiled = sparsec.compile(model, (example,), backend="torch", pipeline="structured-50")
@@ -107,37 +126,73 @@ def main() -> None:
     pruned_accuracy = _accuracy(_eval(copy.deepcopy(compiled.module)), test)
     for variant, module, training in (
         ("sparsec, compiled.module in training mode", copy.deepcopy(compiled.module), True),
-        ("sparsec, graph module as traced (eval mode)", copy.deepcopy(compiled.graph.module), False),
+        (
+            "sparsec, graph module as traced (eval mode)",
+            copy.deepcopy(compiled.graph.module),
+            False,
+        ),
     ):
         _tune(module, train, args.epochs, args.seed, training)
-        rows.append({"variant": variant, "params": params, "pruned": pruned_accuracy,
-                     "finetuned": _accuracy(_eval(module), test)})
+        rows.append(
+            {
+                "variant": variant,
+                "params": params,
+                "pruned": pruned_accuracy,
+                "finetuned": _accuracy(_eval(module), test),
+            }
+        )
     try:
         import torch_pruning as tp
 
         peer = copy.deepcopy(model)
-        tp.pruner.MagnitudePruner(peer, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                  pruning_ratio=0.5, ignored_layers=[peer.fc]).step()
+        tp.pruner.MagnitudePruner(
+            peer,
+            example,
+            importance=tp.importance.GroupMagnitudeImportance(p=2),
+            pruning_ratio=0.5,
+            ignored_layers=[peer.fc],
+        ).step()
         peer.eval()
         before = _accuracy(peer, test)
         _tune(peer, train, args.epochs, args.seed, training=True)
-        rows.append({"variant": "Torch-Pruning, training mode", "params": sum(p.numel() for p in peer.parameters()),
-                     "pruned": before, "finetuned": _accuracy(peer.eval(), test)})
+        rows.append(
+            {
+                "variant": "Torch-Pruning, training mode",
+                "params": sum(p.numel() for p in peer.parameters()),
+                "pruned": before,
+                "finetuned": _accuracy(peer.eval(), test),
+            }
+        )
     except ImportError:
-        rows.append({"variant": "Torch-Pruning", "params": None, "pruned": None, "finetuned": None,
-                     "note": "not installed (pip install torch-pruning)"})
+        rows.append(
+            {
+                "variant": "Torch-Pruning",
+                "params": None,
+                "pruned": None,
+                "finetuned": None,
+                "note": "not installed (pip install torch-pruning)",
+            }
+        )
 
-    print(f"machine: {platform.processor() or platform.machine()}, load average {os.getloadavg()[0]:.2f}, "
-          f"1 thread, {args.epochs} fine-tuning epochs, digits test split of {len(test[0])}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, load average {os.getloadavg()[0]:.2f}, "
+        f"1 thread, {args.epochs} fine-tuning epochs, digits test split of {len(test[0])}"
+    )
     print("| variant | params | accuracy after pruning | after fine-tuning |")
     print("|---|---:|---:|---:|")
     for row in rows:
+
         def fmt(v: Any) -> str:
             return "-" if v is None else f"{100 * v:.1f}%"
-        print(f"| {row['variant']} | {row['params'] or '-'} | {fmt(row['pruned'])} | "
-              f"{fmt(row['finetuned'])}{' ' + row.get('note', '') if row.get('note') else ''} |")
+
+        print(
+            f"| {row['variant']} | {row['params'] or '-'} | {fmt(row['pruned'])} | "
+            f"{fmt(row['finetuned'])}{' ' + row.get('note', '') if row.get('note') else ''} |"
+        )
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"epochs": args.epochs, "seed": args.seed, "rows": rows}, indent=2))
+    RESULTS.write_text(
+        json.dumps({"epochs": args.epochs, "seed": args.seed, "rows": rows}, indent=2)
+    )
 
 
 if __name__ == "__main__":

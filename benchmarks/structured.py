@@ -49,14 +49,19 @@ def _torch_pruning(model: torch.nn.Module, example: torch.Tensor, ratio: float) 
 
     last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
     pruner = tp.pruner.MagnitudePruner(
-        model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
-        pruning_ratio=ratio, ignored_layers=[last],
+        model,
+        example,
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=ratio,
+        ignored_layers=[last],
     )
     pruner.step()
     return model
 
 
-def _peer_variant(factory, example: torch.Tensor, ratio: float, threads: int) -> tuple[object | None, str]:
+def _peer_variant(
+    factory, example: torch.Tensor, ratio: float, threads: int
+) -> tuple[object | None, str]:
     try:
         import torch_pruning  # noqa: F401
     except ImportError:
@@ -89,7 +94,9 @@ def main() -> None:
                 text = f"magnitude-importance{{norm=2}},prune-channels{{ratio={r}{extra}}}"
                 ours = sparsec.compile(factory(), (example,), pipeline=text, threads=args.threads)
                 variants.append((f"sparsec-{r:g}{suffix}", ours, ""))
-            variants.append((f"torch-pruning-{r:g}", *_peer_variant(factory, example, r, args.threads)))
+            variants.append(
+                (f"torch-pruning-{r:g}", *_peer_variant(factory, example, r, args.threads))
+            )
         for batch in args.batches:
             x = make_input(batch)
             dense_ms = _median_ms(dense, x, args.repeats)
@@ -99,22 +106,38 @@ def main() -> None:
                     rows.append({**row, "failed": failure})
                     continue
                 ms = dense_ms if label == "dense" else _median_ms(compiled, x, args.repeats)
-                rows.append({
-                    **row,
-                    "params": compiled.report.after.parameters, "macs": compiled.report.after.macs,
-                    "macs_ratio": compiled.report.after.macs / dense.report.after.macs,
-                    "median_ms": ms, "speedup": dense_ms / ms,
-                })
-    print(f"ONNX Runtime CPU, {args.threads} thread(s), median of {args.repeats} runs; machine: {platform.processor() or platform.machine()}")
-    print(f"| {'model':18s} | {'variant':18s} | {'batch':>5s} | {'params':>9s} | {'MACs ratio':>10s} | {'ms':>8s} | {'speedup':>8s} |")
+                rows.append(
+                    {
+                        **row,
+                        "params": compiled.report.after.parameters,
+                        "macs": compiled.report.after.macs,
+                        "macs_ratio": compiled.report.after.macs / dense.report.after.macs,
+                        "median_ms": ms,
+                        "speedup": dense_ms / ms,
+                    }
+                )
+    print(
+        f"ONNX Runtime CPU, {args.threads} thread(s), median of {args.repeats} runs; machine: {platform.processor() or platform.machine()}"
+    )
+    print(
+        f"| {'model':18s} | {'variant':18s} | {'batch':>5s} | {'params':>9s} | {'MACs ratio':>10s} | {'ms':>8s} | {'speedup':>8s} |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
         if "failed" in r:
-            print(f"| {r['model']:18s} | {r['variant']:18s} | {r['batch']:5d} | failed: {r['failed']} | | | |")
+            print(
+                f"| {r['model']:18s} | {r['variant']:18s} | {r['batch']:5d} | failed: {r['failed']} | | | |"
+            )
             continue
-        print(f"| {r['model']:18s} | {r['variant']:18s} | {r['batch']:5d} | {r['params']:9,d} | {r['macs_ratio']:10.3f} | {r['median_ms']:8.3f} | {r['speedup']:7.2f}x |")
+        print(
+            f"| {r['model']:18s} | {r['variant']:18s} | {r['batch']:5d} | {r['params']:9,d} | {r['macs_ratio']:10.3f} | {r['median_ms']:8.3f} | {r['speedup']:7.2f}x |"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": platform.machine(), "torch": torch.__version__, "rows": rows}, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {"machine": platform.machine(), "torch": torch.__version__, "rows": rows}, indent=2
+        )
+    )
     print(f"wrote {args.out}")
 
 

@@ -31,6 +31,7 @@ import tvm
 from onnx import TensorProto, helper, numpy_helper
 
 from sparsec.backends.tvm.importer import import_graph
+from sparsec.backends.tvm.isa import ISAS, isa_of, isa_target, runs_here
 from sparsec.backends.tvm.kernels import (
     BsrShape,
     Schedule,
@@ -40,7 +41,7 @@ from sparsec.backends.tvm.kernels import (
 )
 from sparsec.backends.tvm.relax_executable import compile_module
 from sparsec.backends.tvm.slabs import slab_major
-from sparsec.backends.tvm.target import host_target, vector_lanes
+from sparsec.backends.tvm.target import host_target
 from sparsec.backends.tvm.threads import set_threads
 from sparsec.backends.tvm.tuning import DEFAULT_TUNING_DIR, TuneBudget, tune_module
 
@@ -139,7 +140,19 @@ def main() -> None:
         help="persistent tuning records (reused by later runs)",
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/tvm_sparse.json"))
+    parser.add_argument(
+        "--isa",
+        choices=sorted(ISAS),
+        default=isa_of(host_target()).name,
+        help="the ISA the kernels are generated for (default: this host's)",
+    )
     args = parser.parse_args()
+    if not runs_here(ISAS[args.isa]):
+        sys.exit(
+            f"{args.isa} kernels cannot run here: this host ({host_target().attrs['mcpu']}) lacks "
+            f"{list(ISAS[args.isa].features)}. Their code builds here (tests check it); time "
+            "them on such a host."
+        )
     rng = np.random.default_rng(0)
     rows = []
     load_before = os.getloadavg()
@@ -155,8 +168,8 @@ def main() -> None:
         x = rng.standard_normal((tokens, in_f)).astype(np.float32)
         weight = rng.standard_normal((out_f, in_f)).astype(np.float32)
         for threads in args.threads:
-            target = host_target(threads)
-            lanes = vector_lanes(target)
+            target = isa_target(args.isa, threads)
+            isa = isa_of(target)
             set_threads(threads)
             torch.set_num_threads(threads)
             x_t, w_t = torch.from_numpy(x), torch.from_numpy(weight)
@@ -188,7 +201,7 @@ def main() -> None:
             for block in args.blocks:
                 r, c = (int(part) for part in block.split("x"))
                 shape = BsrShape(out_f, in_f, r, c)
-                func = bsr_kernel(shape, choose_schedule(shape, lanes), lanes)
+                func = bsr_kernel(shape, choose_schedule(shape, isa), isa)
                 with tvm.transform.PassContext(config=compile_config()):
                     library = tvm.compile(
                         tvm.IRModule({"k": func.with_attr("global_symbol", "k")}), target=target
@@ -198,7 +211,7 @@ def main() -> None:
                 for (r, c), kernel in kernels.items():
                     shape = BsrShape(out_f, in_f, r, c)
                     values, cols, crow = _bsr(out_f, in_f, r, c, sparsity, rng)
-                    if choose_schedule(shape, lanes) is Schedule.TOKEN:
+                    if choose_schedule(shape, isa) is Schedule.TOKEN:
                         values, cols, crow = (
                             a.numpy()
                             for a in slab_major(
@@ -224,7 +237,8 @@ def main() -> None:
                         "threads": threads,
                         "sparsity": sparsity,
                         "block": f"{r}x{c}",
-                        "schedule": choose_schedule(shape, lanes).value,
+                        "schedule": choose_schedule(shape, isa).value,
+                        "isa": isa.name,
                         "tvm_sparse_ms": tvm_ms,
                         "ort_dense_ms": ort_ms,
                         "torch_dense_ms": torch_ms,

@@ -21,7 +21,8 @@ import tvm  # noqa: E402
 from sparsec.artifact import read_artifact, write_artifact  # noqa: E402
 from sparsec.backends.base import BackendOptions, Severity, get_backend  # noqa: E402
 from sparsec.backends.tvm import TvmBackend, TvmMode, TvmOptions  # noqa: E402
-from sparsec.backends.tvm.target import check_loadable, host_cpu  # noqa: E402
+from sparsec.backends.tvm.isa import AVX512, isa_of, runs_here  # noqa: E402
+from sparsec.backends.tvm.target import check_loadable, host_cpu, host_target  # noqa: E402
 from sparsec.errors import ArtifactError, BackendError  # noqa: E402
 from sparsec.frontends import trace  # noqa: E402
 
@@ -162,7 +163,9 @@ def test_registered_and_checks(graph) -> None:  # type: ignore[no-untyped-def]
     built = backend.lower(dense, "cpu", BackendOptions(threads=1))  # asked for: it builds, as Relax
     assert any("no sparse linear ops" in note and "Relax" in note for note in built.notes)
     x = torch.randn(3, 4)
-    torch.testing.assert_close(torch.as_tensor(np.asarray(built(x))), dense.module(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        torch.as_tensor(np.asarray(built(x))), dense.module(x), atol=1e-5, rtol=1e-5
+    )
     with pytest.raises(BackendError, match="no target"):
         backend.lower(graph, "tpu", BackendOptions())
 
@@ -280,6 +283,16 @@ def test_foreign_build_refuses_to_load(graph, partitioned, tmp_path: Path) -> No
     if not tvm.cuda(0).exist:
         with pytest.raises(ArtifactError, match="no CUDA device"):
             TvmBackend().load(tmp_path, cuda)
+
+
+def test_build_records_its_isa_and_another_isa_refuses_to_load(partitioned, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    metadata = partitioned.save(tmp_path)
+    assert metadata["target"]["isa"] == isa_of(host_target()).name
+    if runs_here(AVX512):
+        pytest.skip("this host runs every ISA sparsec builds for (it has AVX-512)")
+    foreign = {**metadata, "target": {**metadata["target"], "isa": "avx512"}}
+    with pytest.raises(ArtifactError, match="kernels for avx512.*Fix: rebuild"):
+        TvmBackend().load(tmp_path, foreign)
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")

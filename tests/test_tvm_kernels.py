@@ -18,6 +18,7 @@ pytest.importorskip("tvm")
 import tvm  # noqa: E402
 
 from sparsec.backends.tvm.cuda_kernels import bsr_cuda_kernel  # noqa: E402
+from sparsec.backends.tvm.isa import AVX2, AVX512, GENERIC, Isa, isa_of, isa_target, runs_here  # noqa: E402
 from sparsec.backends.tvm.kernels import (  # noqa: E402
     BsrShape,
     Schedule,
@@ -29,7 +30,7 @@ from sparsec.backends.tvm.kernels import (  # noqa: E402
 )
 from sparsec.backends.tvm.partitioned import kernel_arrays  # noqa: E402
 from sparsec.backends.tvm.slabs import slab_major  # noqa: E402
-from sparsec.backends.tvm.target import build_target, host_target, vector_lanes  # noqa: E402
+from sparsec.backends.tvm.target import build_target, host_target  # noqa: E402
 from sparsec.backends.tvm.threads import set_threads  # noqa: E402
 from sparsec.errors import BackendError  # noqa: E402
 
@@ -39,7 +40,19 @@ WIDE_IN = 600  # TOKEN: 3 slabs of 256 input features (2 for 1×4 blocks), ragge
 BLOCKS = [(16, 1), (8, 1), (4, 1), (1, 1), (1, 4), (4, 2), (2, 3), (48, 1)]
 TOKENS = (1, 7, 16, 33, 64, 100, 300)  # 16: one FEATURE tile; 64: one TOKEN tile of 4×16
 # lanes; 300: passes of 32 tokens (FEATURE, 2 tiles each) and of 128 (TOKEN, 2+2 tiles) and a tail
-_LIBRARIES: dict[tuple[BsrShape, Schedule, int], tvm.runtime.Executable] = {}
+_LIBRARIES: dict[tuple[BsrShape, Schedule, Isa], tvm.runtime.Executable] = {}
+HOST_ISA = isa_of(host_target())
+# the x86 ISAs whose kernels are checked against torch: each runs where the host has it
+ISA_PARAMS = [
+    pytest.param(
+        isa,
+        id=isa.name,
+        marks=pytest.mark.skipif(
+            not runs_here(isa), reason=f"this host's CPU has no {isa.name} ({isa.features})"
+        ),
+    )
+    for isa in (AVX512, AVX2)
+]
 
 
 def _random_bsr(
@@ -55,12 +68,12 @@ def _random_bsr(
     return values, cols, crow, dense.reshape(OUT, in_features)
 
 
-def _library(shape: BsrShape, schedule: Schedule, lanes: int) -> tvm.runtime.Executable:
-    key = (shape, schedule, lanes)
+def _library(shape: BsrShape, schedule: Schedule, isa: Isa) -> tvm.runtime.Executable:
+    key = (shape, schedule, isa)
     if key not in _LIBRARIES:
-        func = bsr_kernel(shape, schedule, lanes).with_attr("global_symbol", "k")
+        func = bsr_kernel(shape, schedule, isa).with_attr("global_symbol", "k")
         with tvm.transform.PassContext(config=compile_config()):
-            _LIBRARIES[key] = tvm.compile(tvm.IRModule({"k": func}), target=host_target(2))
+            _LIBRARIES[key] = tvm.compile(tvm.IRModule({"k": func}), target=isa_target(isa.name, 2))
     return _LIBRARIES[key]
 
 
@@ -83,10 +96,12 @@ CASES = [
 ]
 
 
-def _check_kernel(schedule: Schedule, r: int, c: int, sparsity: float, in_features: int) -> None:
-    lanes = 4 if (r, c) == (2, 3) else vector_lanes(host_target())  # also a narrow vector
+def _check_kernel(
+    schedule: Schedule, r: int, c: int, sparsity: float, in_features: int, isa: Isa = HOST_ISA
+) -> None:
+    isa = GENERIC if (r, c) == (2, 3) else isa  # also a narrow vector
     shape = BsrShape(OUT, in_features, r, c)
-    library = _library(shape, schedule, lanes)
+    library = _library(shape, schedule, isa)
     values, cols, crow, dense = _random_bsr(r, c, sparsity, r * 10 + c, in_features)
     v, k, p = _operands(shape, schedule, values, cols, crow)
     bias = torch.randn(OUT)
@@ -98,10 +113,13 @@ def _check_kernel(schedule: Schedule, r: int, c: int, sparsity: float, in_featur
         assert torch.allclose(y, expected, atol=ATOL), (tokens, (y - expected).abs().max())
 
 
+@pytest.mark.parametrize("isa", ISA_PARAMS)
 @pytest.mark.parametrize(("schedule", "r", "c"), CASES)
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 1.0])
-def test_kernel_matches_torch(schedule: Schedule, r: int, c: int, sparsity: float) -> None:
-    _check_kernel(schedule, r, c, sparsity, IN)
+def test_kernel_matches_torch(
+    schedule: Schedule, r: int, c: int, sparsity: float, isa: Isa
+) -> None:
+    _check_kernel(schedule, r, c, sparsity, IN, isa)
 
 
 @pytest.mark.parametrize(("r", "c"), [(1, 1), (4, 1), (1, 4), (2, 3)])
@@ -134,24 +152,27 @@ def test_slab_major_order_keeps_each_row_in_order() -> None:
     assert torch.equal(dense, original)
 
 
-def test_schedule_choice_follows_vector_width() -> None:
-    assert choose_schedule(BsrShape(64, 64, 16, 1), 16) is Schedule.FEATURE
-    assert choose_schedule(BsrShape(64, 64, 8, 1), 16) is Schedule.TOKEN
-    assert choose_schedule(BsrShape(64, 64, 8, 1), 8) is Schedule.FEATURE
-    assert choose_schedule(BsrShape(64, 64, 1, 1), 16) is Schedule.TOKEN
+def test_schedule_choice_follows_the_isa() -> None:
+    assert choose_schedule(BsrShape(64, 64, 16, 1), AVX512) is Schedule.FEATURE
+    assert choose_schedule(BsrShape(64, 64, 8, 1), AVX512) is Schedule.TOKEN
+    assert choose_schedule(BsrShape(64, 64, 1, 1), AVX512) is Schedule.TOKEN
+    # AVX2's 16 registers cannot hold a FEATURE tile: TOKEN for every block
+    assert choose_schedule(BsrShape(64, 64, 8, 1), AVX2) is Schedule.TOKEN
+    assert choose_schedule(BsrShape(64, 64, 16, 1), AVX2) is Schedule.TOKEN
 
 
 def test_feature_schedule_refuses_wide_blocks() -> None:
     with pytest.raises(BackendError, match="r×1 blocks"):
-        bsr_kernel(BsrShape(48, 36, 4, 2), Schedule.FEATURE, 16)
+        bsr_kernel(BsrShape(48, 36, 4, 2), Schedule.FEATURE, AVX512)
 
 
+@pytest.mark.parametrize("isa", [AVX512, AVX2, GENERIC], ids=lambda isa: isa.name)
 @pytest.mark.parametrize(("r", "c"), [*BLOCKS, (3, 1), (32, 1)])
-def test_token_tile_fits_the_registers(r: int, c: int) -> None:
+def test_token_tile_fits_the_registers(r: int, c: int, isa: Isa) -> None:
     shape = BsrShape(96, 96, r, c)
-    vectors = token_vectors(shape)
+    vectors = token_vectors(shape, isa)
     sub_rows = min(r, 4)
-    assert 1 <= vectors <= 4 and sub_rows * vectors <= 16
+    assert 1 <= vectors <= 4 and sub_rows * vectors <= max(isa.accumulators, sub_rows)
 
 
 @pytest.mark.parametrize("schedule", list(Schedule))
@@ -162,16 +183,21 @@ def test_kernels_keep_accumulators_on_the_stack(schedule: Schedule) -> None:
     workspaces, LLVM then stores every FMA's result to memory, and the kernels run 7-10x
     slower while staying correct; only the generated code shows it.
     """
-    library = _library(BsrShape(OUT, IN, 16, 1), schedule, vector_lanes(host_target()))
+    library = _library(BsrShape(OUT, IN, 16, 1), schedule, HOST_ISA)
     ll = library.mod.inspect_source("ll")
     assert ll.count("load ptr, ptr @__TVMBackendAllocWorkspace") == 1
 
 
 def test_feature_kernel_fmas_take_broadcast_operands() -> None:
-    if vector_lanes(host_target()) != 16:
-        pytest.skip("the instruction pattern checked is AVX-512's")
-    asm = _library(BsrShape(OUT, IN, 16, 1), Schedule.FEATURE, 16).mod.inspect_source("asm")
+    """Checked on the generated code, so it holds on a host without AVX-512 too."""
+    asm = _library(BsrShape(OUT, IN, 16, 1), Schedule.FEATURE, AVX512).mod.inspect_source("asm")
     assert asm.count("{1to16}") >= 16  # one FMA per token of a tile, activation broadcast
+    assert "\tvperm" in asm and "zmm" in asm  # the register broadcasts (vpermps or vpermd)
+
+
+def test_avx2_kernels_use_ymm_registers_only() -> None:
+    asm = _library(BsrShape(OUT, IN, 16, 1), Schedule.TOKEN, AVX2).mod.inspect_source("asm")
+    assert "vfmadd" in asm and "ymm" in asm and "zmm" not in asm
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity on this OS")
@@ -182,7 +208,7 @@ def test_kernels_leave_the_callers_cpu_affinity_alone() -> None:
         set_threads(threads)
         values, cols, crow, _ = _random_bsr(16, 1, 0.5, seed=3)
         v, k = kernel_arrays(torch.tensor(values), torch.tensor(cols), BsrShape(OUT, IN, 16, 1))
-        library = _library(BsrShape(OUT, IN, 16, 1), Schedule.FEATURE, vector_lanes(host_target()))
+        library = _library(BsrShape(OUT, IN, 16, 1), Schedule.FEATURE, HOST_ISA)
         library["k"](
             torch.randn(33, IN), v, k, torch.tensor(crow), torch.zeros(OUT), torch.empty(33, OUT)
         )

@@ -31,6 +31,7 @@ import tvm  # noqa: E402
 import sparsec  # noqa: E402
 from sparsec.backends.tvm.activations import Activation, reference_activation  # noqa: E402
 from sparsec.backends.tvm.importer import chain_layouts, import_graph, kernel_for  # noqa: E402
+from sparsec.backends.tvm.isa import AVX2, AVX512, isa_of  # noqa: E402
 from sparsec.backends.tvm.kernels import (  # noqa: E402
     SLAB_FEATURES,
     BsrShape,
@@ -49,7 +50,7 @@ from sparsec.backends.tvm.partitioned import (  # noqa: E402
 )
 from sparsec.backends.tvm.relax_executable import RelaxExecutable  # noqa: E402
 from sparsec.backends.tvm.slabs import slab_major  # noqa: E402
-from sparsec.backends.tvm.target import build_target, host_target, vector_lanes  # noqa: E402
+from sparsec.backends.tvm.target import build_target, host_target  # noqa: E402
 from sparsec.errors import ArtifactError, BackendError  # noqa: E402
 from sparsec.frontends import trace  # noqa: E402
 from sparsec.ops import to_bsr  # noqa: E402
@@ -58,26 +59,26 @@ ATOL = 1e-4
 IN, HIDDEN, OUT = 48, 320, 32  # HIDDEN: two slabs of the down kernel when TOKEN
 TOKENS = (1, 7, 17, 130, 300)  # 130: two 64-token TOKEN tiles and eight 16-token FEATURE tiles + 2;
 # 300: several 128-token passes and a tail
-HOST_LANES = vector_lanes(host_target())
+HOST_ISA = isa_of(host_target())
 F, T = Schedule.FEATURE, Schedule.TOKEN
-# (first block, second block, activation, lanes, schedules): chains get TOKEN → TOKEN
+# (first block, second block, activation, ISA, schedules): chains get TOKEN → TOKEN
 # (choose_schedule); the kernels take panels under FEATURE too, tested here as well
 CHAINS = [
-    *[((16, 1), (16, 1), act, HOST_LANES, (T, T)) for act in Activation],
-    ((16, 1), (16, 1), Activation.GELU, HOST_LANES, (F, F)),
-    ((4, 1), (1, 1), Activation.GELU_TANH, HOST_LANES, (T, T)),
-    ((16, 1), (4, 2), Activation.RELU, HOST_LANES, (F, T)),
-    ((1, 4), (16, 1), Activation.GELU, HOST_LANES, (T, F)),
-    ((16, 1), (2, 4), Activation.NONE, 8, (F, T)),  # 8 lanes: 2 vectors per FEATURE tile
+    *[((16, 1), (16, 1), act, HOST_ISA, (T, T)) for act in Activation],
+    ((16, 1), (16, 1), Activation.GELU, HOST_ISA, (F, F)),
+    ((4, 1), (1, 1), Activation.GELU_TANH, HOST_ISA, (T, T)),
+    ((16, 1), (4, 2), Activation.RELU, HOST_ISA, (F, T)),
+    ((1, 4), (16, 1), Activation.GELU, HOST_ISA, (T, F)),
+    ((16, 1), (2, 4), Activation.NONE, AVX2, (F, T)),  # 8 lanes: 2 vectors per FEATURE tile
 ]
 
 
 def _chain_kernels(case: tuple[Any, ...]) -> tuple[tuple[str, BsrShape, KernelLayout], ...]:
     """(name, shape, layout) of a CHAINS case's first and second kernel."""
-    first, second, act, lanes, (first_schedule, second_schedule) = case
+    first, second, act, isa, (first_schedule, second_schedule) = case
     up, down = BsrShape(HIDDEN, IN, *first), BsrShape(OUT, HIDDEN, *second)
-    tile = panel_tile(down, second_schedule, lanes)
-    tag = f"{first_schedule.value}_{second_schedule.value}_{lanes}"
+    tile = panel_tile(down, second_schedule, isa)
+    tag = f"{first_schedule.value}_{second_schedule.value}_{isa.name}"
     return (
         (
             f"up_{first[0]}x{first[1]}_to{tile}_{act.value}_{tag}",
@@ -89,8 +90,8 @@ def _chain_kernels(case: tuple[Any, ...]) -> tuple[tuple[str, BsrShape, KernelLa
 
 
 def _case_id(case: tuple[Any, ...]) -> str:
-    (r1, c1), (r2, c2), act, lanes, (s1, s2) = case
-    return f"{r1}x{c1}-{r2}x{c2}-{act.value}-{s1.value}-{s2.value}-{lanes}lanes"
+    (r1, c1), (r2, c2), act, isa, (s1, s2) = case
+    return f"{r1}x{c1}-{r2}x{c2}-{act.value}-{s1.value}-{s2.value}-{isa.name}"
 
 
 @pytest.fixture(scope="module")
@@ -147,17 +148,17 @@ def test_layout_refuses_what_no_kernel_does() -> None:
     with pytest.raises(BackendError, match="no token-major buffer"):
         KernelLayout(panel_input=True, output_tile=16)
     with pytest.raises(BackendError, match="whole vectors"):
-        bsr_kernel(BsrShape(64, 48, 16, 1), F, 16, KernelLayout(output_tile=24))
+        bsr_kernel(BsrShape(64, 48, 16, 1), F, AVX512, KernelLayout(output_tile=24))
     assert KernelLayout(output_tile=16, activation=Activation.GELU).suffix == "_pout16_gelu"
 
 
 def test_chains_get_the_token_schedule() -> None:
     shape = BsrShape(64, 64, 16, 1)
-    assert choose_schedule(shape, 16) is F  # alone, token-major: FEATURE
-    assert choose_schedule(shape, 16, KernelLayout(panel_input=True)) is T
-    assert choose_schedule(shape, 16, KernelLayout(output_tile=64)) is T
+    assert choose_schedule(shape, AVX512) is F  # alone, token-major: FEATURE (AVX-512)
+    assert choose_schedule(shape, AVX512, KernelLayout(panel_input=True)) is T
+    assert choose_schedule(shape, AVX512, KernelLayout(output_tile=64)) is T
     first, second = chain_layouts(shape, Activation.RELU, build_target("cpu", 1))
-    assert first.output_tile == panel_tile(shape, T, HOST_LANES) and second.panel_input
+    assert first.output_tile == panel_tile(shape, T, HOST_ISA) and second.panel_input
 
 
 # ------------------------------------------------------------------ the FX rewrite
@@ -346,8 +347,8 @@ def test_relax_import_hands_panels_over(ffn_graph) -> None:  # type: ignore[no-u
     names = {gv.name_hint for gv in imported.module.get_global_vars()} - {"main"}
     first, second = chain_layouts(BsrShape(IN, HIDDEN, 16, 1), Activation.GELU, target)
     assert names == {
-        f"sparse_linear_{HIDDEN}x{IN}_b16x1_token{HOST_LANES}{first.suffix}_slab{SLAB_FEATURES}",
-        f"sparse_linear_{IN}x{HIDDEN}_b16x1_token{HOST_LANES}{second.suffix}_slab{SLAB_FEATURES}",
+        f"sparse_linear_{HIDDEN}x{IN}_b16x1_token_{HOST_ISA.name}{first.suffix}_slab{SLAB_FEATURES}",
+        f"sparse_linear_{IN}x{HIDDEN}_b16x1_token_{HOST_ISA.name}{second.suffix}_slab{SLAB_FEATURES}",
     }
     assert "R.nn.gelu" not in imported.module["main"].script()
     executable = RelaxExecutable.build(

@@ -209,7 +209,11 @@ class TvmBackend:
             )
         tvm_target = build_target(target, options.threads, self.options.cuda_arch)
         dense_only = ""
-        if target == "cpu" and self.options.mode is TvmMode.PARTITIONED and not sparse_nodes(graph.module):
+        if (
+            target == "cpu"
+            and self.options.mode is TvmMode.PARTITIONED
+            and not sparse_nodes(graph.module)
+        ):
             # asked for by name, so it builds: the whole program as Relax, and says why
             dense_only = (
                 "no sparse linear ops in the graph (none was sparsified, or the break-even gate "

@@ -40,6 +40,7 @@ from sparsec.errors import BackendError
 
 from .activations import Activation, activation_of
 from .cuda_kernels import bsr_cuda_kernel
+from .isa import isa_of
 from .kernels import (
     SLAB_FEATURES,
     BsrShape,
@@ -52,7 +53,6 @@ from .kernels import (
 from .layout import SparseChain, find_chains
 from .slabs import slab_major
 from .sparse_calls import SPARSE_OPS, SparseCall
-from .target import vector_lanes
 
 __all__ = [
     "SPARSE_OPS",
@@ -88,10 +88,10 @@ def kernel_name(shape: BsrShape, target: Target, layout: KernelLayout | None = N
                 "Fix: fuse sparse chains on CPU targets only."
             )
         return f"sparse_linear_{base}_cuda"
-    lanes = vector_lanes(target)
-    schedule = choose_schedule(shape, lanes, layout)
+    isa = isa_of(target)
+    schedule = choose_schedule(shape, isa, layout)
     order = f"_slab{SLAB_FEATURES}" if schedule is Schedule.TOKEN else ""
-    return f"sparse_linear_{base}_{schedule.value}{lanes}{layout.suffix}{order}"
+    return f"sparse_linear_{base}_{schedule.value}_{isa.name}{layout.suffix}{order}"
 
 
 def reads_slab_major(shape: BsrShape, target: Target, layout: KernelLayout | None = None) -> bool:
@@ -99,7 +99,7 @@ def reads_slab_major(shape: BsrShape, target: Target, layout: KernelLayout | Non
     (`slabs.slab_major`); the others take CSR order."""
     if target.kind.name == "cuda":
         return False
-    return choose_schedule(shape, vector_lanes(target), layout) is Schedule.TOKEN
+    return choose_schedule(shape, isa_of(target), layout) is Schedule.TOKEN
 
 
 def kernel_operands(
@@ -121,17 +121,17 @@ def kernel_for(
     name = kernel_name(shape, target, layout)
     if target.kind.name == "cuda":
         return name, bsr_cuda_kernel(shape)
-    lanes = vector_lanes(target)
-    return name, bsr_kernel(shape, choose_schedule(shape, lanes, layout), lanes, layout)
+    isa = isa_of(target)
+    return name, bsr_kernel(shape, choose_schedule(shape, isa, layout), isa, layout)
 
 
 def chain_layouts(
     second: BsrShape, activation: Activation, target: Target
 ) -> tuple[KernelLayout, KernelLayout]:
     """The layouts of a fused chain's kernels: the first writes the second's panel."""
-    lanes = vector_lanes(target)
+    isa = isa_of(target)
     consumer = KernelLayout(panel_input=True)
-    tile = panel_tile(second, choose_schedule(second, lanes, consumer), lanes)
+    tile = panel_tile(second, choose_schedule(second, isa, consumer), isa)
     return KernelLayout(output_tile=tile, activation=activation), consumer
 
 

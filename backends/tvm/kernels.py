@@ -44,14 +44,14 @@ Rules:
   an empty block row (100% sparsity) yields the bias (then the activation).
 
 Example:
-    func = bsr_kernel(BsrShape(3072, 768, 16, 1), Schedule.FEATURE, lanes=16)
+    func = bsr_kernel(BsrShape(3072, 768, 16, 1), Schedule.FEATURE, AVX512)
     with tvm.transform.PassContext(config=compile_config()):
         lib = tvm.compile(tvm.IRModule({"bsr": func}), target=host_target())
     # an FFN chain: up writes GELU(x·W₁ᵀ + b₁) as down's panel, down reads it
-    tile = panel_tile(down_shape, Schedule.TOKEN, 16)
+    tile = panel_tile(down_shape, Schedule.TOKEN, AVX512)
     up_layout = KernelLayout(output_tile=tile, activation=Activation.GELU)
-    up = bsr_kernel(up_shape, Schedule.TOKEN, 16, up_layout)
-    down = bsr_kernel(down_shape, Schedule.TOKEN, 16, KernelLayout(panel_input=True))
+    up = bsr_kernel(up_shape, Schedule.TOKEN, AVX512, up_layout)
+    down = bsr_kernel(down_shape, Schedule.TOKEN, AVX512, KernelLayout(panel_input=True))
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ from tvm.script import tirx as T
 from sparsec.errors import BackendError
 
 from .activations import Activation, activation_expr
+from .isa import Isa
 
 __all__ = [
     "BsrShape",
@@ -121,7 +122,6 @@ _SLAB_ROW_FEATURES = 128
 # multiple of 4 KiB. [128, 3072] into 16-token tiles: 0.103 ms by gathers, 0.034 ms here
 # (0.016 / 0.008 at K=768); 64-token tiles by scalar copies of whole cache lines: ~0.2 ms
 _TRANSPOSE = 16
-_ACC_REGISTERS = 16  # TOKEN: sub-rows × vectors accumulators; AVX-512 has 32 registers
 _MAX_VECTORS = 4  # TOKEN: at most 4 vectors of tokens per tile (64 tokens at 16 lanes)
 _MAX_SUB_ROWS = 4  # TOKEN: output features of a block per pass over its block row
 _ON_STACK = {"disable_lower_builtin": True}
@@ -202,9 +202,10 @@ def compile_config() -> dict[str, Any]:
     return {"tirx.disable_storage_rewrite": True}
 
 
-def choose_schedule(shape: BsrShape, lanes: int, layout: KernelLayout | None = None) -> Schedule:
-    """FEATURE when a block is one input column whose output features fill whole vectors
-    and x and y are token-major; TOKEN for every kernel of a chain (a panel on either side).
+def choose_schedule(shape: BsrShape, isa: Isa, layout: KernelLayout | None = None) -> Schedule:
+    """FEATURE when the ISA's registers hold its tile (`Isa.feature_schedule`, AVX-512), a
+    block is one input column whose output features fill whole vectors and x and y are
+    token-major; TOKEN otherwise, and for every kernel of a chain (a panel on either side).
 
     Measured with 16×1 blocks, 128 tokens, 1 thread, AVX-512, FEATURE vs TOKEN (slabs) in
     the same run: [128, 768] × [3072, 768] 0.42 vs 0.46 ms at 90%, 1.68 vs 1.81 at 50%;
@@ -220,27 +221,32 @@ def choose_schedule(shape: BsrShape, lanes: int, layout: KernelLayout | None = N
     """
     if layout is not None and (layout.panel_input or layout.output_tile is not None):
         return Schedule.TOKEN
-    return Schedule.FEATURE if shape.c == 1 and shape.r % lanes == 0 else Schedule.TOKEN
+    fits = isa.feature_schedule and shape.c == 1 and shape.r % isa.lanes == 0
+    return Schedule.FEATURE if fits else Schedule.TOKEN
 
 
-def token_vectors(shape: BsrShape) -> int:
-    """TOKEN: vectors of tokens per tile, so that sub-rows × vectors accumulators fit."""
-    return max(1, min(_MAX_VECTORS, _ACC_REGISTERS // _sub_rows(shape)))
+def token_vectors(shape: BsrShape, isa: Isa) -> int:
+    """TOKEN: vectors of tokens per tile, so that sub-rows × vectors accumulators fit the
+    ISA's registers beside the operands (`Isa.accumulators`)."""
+    return max(1, min(_MAX_VECTORS, isa.accumulators // _sub_rows(shape)))
 
 
-def panel_tile(shape: BsrShape, schedule: Schedule, lanes: int) -> int:
+def panel_tile(shape: BsrShape, schedule: Schedule, isa: Isa) -> int:
     """Tokens per tile of the panel the kernel of `shape` reads (what a producer must write)."""
-    return _FEATURE_TILE if schedule is Schedule.FEATURE else lanes * token_vectors(shape)
+    if schedule is Schedule.FEATURE:
+        return _FEATURE_TILE
+    return isa.lanes * token_vectors(shape, isa)
 
 
 def bsr_kernel(
-    shape: BsrShape, schedule: Schedule, lanes: int, layout: KernelLayout | None = None
+    shape: BsrShape, schedule: Schedule, isa: Isa, layout: KernelLayout | None = None
 ) -> tirx.PrimFunc:
     """The TIR kernel of `shape` under `schedule`; args (x, values, cols, crow, bias, y).
 
     x and y are token-major unless `layout` makes one of them a panel (module rules).
     """
     layout = layout or KernelLayout()
+    lanes = isa.lanes
     if layout.output_tile is not None and layout.output_tile % lanes:
         raise BackendError(
             f"an output panel of {layout.output_tile} tokens per tile does not hold whole "
@@ -249,8 +255,8 @@ def bsr_kernel(
     if schedule is Schedule.FEATURE:
         if shape.c != 1:
             raise BackendError(f"the FEATURE schedule needs r×1 blocks, not {shape.r}×{shape.c}")
-        return _feature_kernel(shape, _FEATURE_TILE, lanes, layout)
-    return _token_kernel(shape, lanes, token_vectors(shape), layout)
+        return _feature_kernel(shape, _FEATURE_TILE, isa, layout)
+    return _token_kernel(shape, lanes, token_vectors(shape, isa), layout)
 
 
 def _shapes(shape: BsrShape, tile: int, layout: KernelLayout) -> tuple[Any, Any]:
@@ -266,8 +272,9 @@ def _shapes(shape: BsrShape, tile: int, layout: KernelLayout) -> tuple[Any, Any]
     return x_shape, y_shape
 
 
-def _feature_kernel(shape: BsrShape, tile: int, lanes: int, layout: KernelLayout) -> tirx.PrimFunc:
+def _feature_kernel(shape: BsrShape, tile: int, isa: Isa, layout: KernelLayout) -> tirx.PrimFunc:
     n, k, r, nb = shape.out_features, shape.in_features, shape.r, shape.block_rows
+    lanes = isa.lanes
     group = _feature_group(shape)
     chunk_tiles = max(1, _FEATURE_CHUNK_TOKENS // tile)
     passes, pass_of, grp_of = _task_index(nb // group, tile, chunk_tiles)
@@ -278,8 +285,9 @@ def _feature_kernel(shape: BsrShape, tile: int, lanes: int, layout: KernelLayout
     out_tile = out_tile or tile  # only read when y is a panel
     vectors = tile // lanes  # vectors of tokens per tile, when stored to a panel
     pack = _pack(k, tile)
-    # AVX-512 (16 lanes, `vector_lanes`) and a block of one vector: the panel row is one vector
-    permuted = _REGISTER_BROADCASTS if lanes == 16 and r == lanes and tile == lanes else 0
+    # AVX-512 and a block of one vector: the panel row is one vector
+    registers = isa.register_broadcasts and r == lanes and tile == lanes
+    permuted = _REGISTER_BROADCASTS if registers else 0
 
     def act(value: Any) -> Any:
         return activation_expr(layout.activation, value)

@@ -48,5 +48,3 @@ def load_params(directory: Path, count: int) -> list[np.ndarray]:
             f"{missing[:3]}). Fix: re-export the artifact."
         )
     return [tensors[f"param_{i}"] for i in range(count)]
-
-

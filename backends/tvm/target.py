@@ -4,9 +4,10 @@ Rules:
 - "cpu" is LLVM for the host: `mcpu` is `llvm_get_system_cpu()` (TVM's `"native"` silently
   means generic, and the mcpu is worth 2–5× on these kernels), `num-cores` the thread count;
 - "cuda" is CUDA for `arch` (default sm_80) with that same LLVM host for the host-side code;
-- a saved build records its target; `check_loadable` refuses one this host cannot run
-  (another architecture, missing vector features, a CUDA build without a CUDA device, or
-  another sparsec target), naming both.
+- a saved build records its target and the ISA its kernels were generated for (`isa`);
+  `check_loadable` refuses one this host cannot run (another architecture, another ISA or
+  missing vector features, a CUDA build without a CUDA device, or another sparsec target),
+  naming both.
 
 Example:
     target = build_target("cpu", threads=2)       # {"kind": "llvm", "mcpu": "znver5", ...}
@@ -23,6 +24,8 @@ from tvm.target import Target, codegen
 
 from sparsec.errors import ArtifactError, BackendError
 
+from .isa import ISAS, isa_of, runs_here
+
 __all__ = [
     "DEFAULT_CUDA_ARCH",
     "build_target",
@@ -30,7 +33,6 @@ __all__ = [
     "host_cpu",
     "host_target",
     "target_record",
-    "vector_lanes",
 ]
 
 DEFAULT_CUDA_ARCH = "sm_80"
@@ -60,17 +62,6 @@ def build_target(target: str, threads: int | None = None, cuda_arch: str | None 
     raise BackendError(f"the tvm backend has no target {target!r}; valid targets: cpu, cuda")
 
 
-def vector_lanes(target: Target) -> int:
-    """fp32 lanes of the widest vector the target's CPU (or the host of a GPU target) has."""
-    cpu = target.host if target.kind.name != "llvm" and target.host is not None else target
-    with cpu:
-        if codegen.llvm_cpu_has_features(["avx512f"], cpu):
-            return 16
-        if codegen.llvm_cpu_has_features(["avx2"], cpu):
-            return 8
-    return 4
-
-
 def _cpu_features(mcpu: str) -> list[str]:
     target = Target({"kind": "llvm", "mcpu": mcpu})
     with target:
@@ -88,6 +79,7 @@ def target_record(target: Target, sparsec_target: str) -> dict[str, Any]:
         "kind": target.kind.name,
         "mcpu": mcpu,
         "cpu_features": _cpu_features(mcpu),
+        "isa": isa_of(target).name,
         "triple": str(codegen.llvm_get_system_triple()),
         "arch": str(target.attrs["arch"]) if "arch" in target.attrs else None,
         "tvm_version": tvm.__version__,
@@ -113,6 +105,15 @@ def check_loadable(record: dict[str, Any], requested: str | None = None) -> None
         raise ArtifactError(
             f"this TVM artifact was built for CUDA ({record.get('arch')}) and this host has no "
             "CUDA device. Fix: load it on a GPU host, or rebuild it with target='cpu'."
+        )
+    isa = ISAS.get(str(record.get("isa")))
+    if isa is not None and not runs_here(isa):
+        raise ArtifactError(
+            f"this TVM artifact holds kernels for {isa.name} (features {list(isa.features)}), "
+            f"which this host ({host_cpu()!r}, {isa_of(host_target()).name}) lacks; running "
+            "it would crash with an illegal instruction. Fix: rebuild the artifact on this "
+            "host (sparsec.compile, or `sparsec compile`), which picks its kernels for the "
+            "host's ISA."
         )
     missing = sorted(set(record.get("cpu_features", [])) - set(_cpu_features(host_cpu())))
     if missing:
