@@ -202,6 +202,22 @@ def default_backend(target: str, graph: Graph | None = None) -> tuple[Backend, s
     return get_backend("onnxruntime"), f"default for {target!r} ({why})"
 
 
+def gate_cost_model(target: str, backend: str | None) -> str:
+    """The cost model `lower-sparse-weights{cost_model=auto}` uses: the one describing the
+    kernels that will run the sparse ops.
+
+    Rules: "tvm" when the backend is tvm, or when none is named, the target is "cpu" and
+    apache-tvm is installed (then `default_backend` picks tvm for the sparse ops); otherwise
+    "reference". Why: gating a TVM build with torch's reference kernels kept layers dense
+    that TVM runs 3-7x faster sparse, and a dense layer in a partitioned build runs in torch.
+    """
+    if target != "cpu":
+        return "reference"
+    if backend == "tvm" or (backend is None and importlib.util.find_spec("tvm") is not None):
+        return "tvm"
+    return "reference"
+
+
 def _sparse_op_names(graph: Graph | None) -> list[str]:
     """Op names (`bsr_linear`, ...) of the sparsec sparse-op calls in `graph`."""
     if graph is None:

@@ -44,6 +44,7 @@ from sparsec.backends.base import (
     Executable,
     available_backends,
     default_backend,
+    gate_cost_model,
     get_backend,
 )
 from sparsec.calibration import Calibration
@@ -166,6 +167,19 @@ def _group_rows(am: AnalysisManager, graph: Graph, results: list[tuple[Pass, Any
     ]
 
 
+def _resolve_auto_gates(pipeline: Pipeline, backend: str | None) -> Pipeline:
+    """Passes with `cost_model=auto` get the cost model of the kernels that will run the
+    sparse ops (`gate_cost_model`); the report's pipeline then names the model used."""
+    model = gate_cost_model(pipeline.target, backend)
+    passes = tuple(
+        dataclasses.replace(p, cost_model=model)  # type: ignore[type-var]
+        if getattr(p, "cost_model", None) == "auto"
+        else p
+        for p in pipeline.passes
+    )
+    return Pipeline(passes, pipeline.target, pipeline.backend, pipeline.backend_options)
+
+
 def _build(
     model: torch.nn.Module,
     example_inputs: Any,
@@ -197,6 +211,8 @@ def _build(
         if index < total:
             progress(f"pass {index + 1}/{total}: {p}")
 
+    named = given_backend.name if given_backend is not None else pipeline.backend
+    pipeline = _resolve_auto_gates(pipeline, named)
     am = AnalysisManager(graph, calibration)
     with torch.no_grad():
         run = PassManager(pipeline, instruments, progress=on_pass).run(graph, am)

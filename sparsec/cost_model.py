@@ -4,12 +4,14 @@ Rules:
 - a cost model answers `dense_ms(out, in, tokens)` and `sparse_ms(format, out, in, tokens,
   pattern)`; the default, "reference", measures torch's dense linear and sparsec's
   reference kernels here (the fastest of `repeats` runs, since other processes share the
-  cores, on random weights of that pattern), cached per shape; it measures with `threads`
+  cores, on random weights of that pattern); it measures with `threads`
   threads (default 1: with other processes on the cores, multi-threaded timings swing by
   100×, and the dense/sparse ratio is what decides);
 - backends with their own kernels register another model under a name
   (`register_cost_model("tvm", factory)`), and `lower-sparse-weights{cost_model=tvm}`
   uses it;
+- every model keeps what it measured in a `GateCache` for this host and code version, so
+  the same compile on the same host decides the same way;
 - `decide` keeps dense unless sparse is at least `min_speedup` times faster, and says why.
 
 Example:
@@ -28,6 +30,7 @@ from typing import Literal, Protocol
 
 import torch
 
+from sparsec.gate_cache import GateCache, cpu_model
 from sparsec.ops import bsr_linear, csr_linear, nm_linear, to_bsr, to_csr, to_nm
 from sparsec.ops.masks import SparsityPattern, mask_from_scores
 
@@ -41,6 +44,7 @@ __all__ = [
     "fastest_ms",
     "get_cost_model",
     "known_cost_models",
+    "measurement_key",
     "random_layer",
     "register_cost_model",
 ]
@@ -97,17 +101,25 @@ class ReferenceCostModel:
     repeats: int = 10
     threads: int = 1
     seed: int = 0
-    _cache: dict[tuple[object, ...], float] = field(default_factory=dict)
+    _cache: GateCache | None = field(default=None, repr=False)
+
+    @property
+    def cache(self) -> GateCache:
+        if self._cache is None:
+            self._cache = GateCache(
+                f"reference-{cpu_model()}-torch{torch.__version__}-sparsec{_version()}"
+            )
+        return self._cache
 
     def dense_ms(self, out_features: int, in_features: int, tokens: int) -> float:
-        key = ("dense", out_features, in_features, tokens)
-        if key not in self._cache:
-            x, w, _ = random_layer(out_features, in_features, tokens, self.seed)
-            with torch.no_grad():
-                self._cache[key] = fastest_ms(
-                    lambda: torch.nn.functional.linear(x, w), self.repeats, self.threads
-                )
-        return self._cache[key]
+        key = measurement_key("dense", out_features, in_features, tokens, self.threads)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        x, w, _ = random_layer(out_features, in_features, tokens, self.seed)
+        with torch.no_grad():
+            ms = fastest_ms(lambda: torch.nn.functional.linear(x, w), self.repeats, self.threads)
+        return self.cache.put(key, ms)
 
     def sparse_ms(
         self,
@@ -117,17 +129,10 @@ class ReferenceCostModel:
         tokens: int,
         pattern: SparsityPattern,
     ) -> float:
-        key = (
-            fmt,
-            out_features,
-            in_features,
-            tokens,
-            round(pattern.target_sparsity, 2),
-            str(pattern),
-            pattern.block,
-        )
-        if key in self._cache:
-            return self._cache[key]
+        key = measurement_key(fmt, out_features, in_features, tokens, self.threads, pattern)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
         x, w, gen = random_layer(out_features, in_features, tokens, self.seed)
         mask = mask_from_scores(torch.rand(w.shape, generator=gen), pattern)
         if fmt == "nm":
@@ -140,8 +145,26 @@ class ReferenceCostModel:
             v, c, r = to_csr(w, mask)
             call = lambda: csr_linear(x, v, c, r, None, out_features, in_features)  # noqa: E731
         with torch.no_grad():
-            self._cache[key] = fastest_ms(call, self.repeats, self.threads)
-        return self._cache[key]
+            return self.cache.put(key, fastest_ms(call, self.repeats, self.threads))
+
+
+def measurement_key(
+    what: str,
+    out_features: int,
+    in_features: int,
+    tokens: int,
+    threads: int,
+    pattern: SparsityPattern | None = None,
+) -> str:
+    """The GateCache entry of one measurement (a pattern's str names its kind, ratio, block)."""
+    key = f"{what}|{out_features}x{in_features}|{tokens}t|{threads}thr"
+    return key if pattern is None else f"{key}|{pattern}"
+
+
+def _version() -> str:
+    from sparsec import __version__
+
+    return __version__
 
 
 COST_MODELS: dict[str, Callable[[], CostModel]] = {"reference": ReferenceCostModel}

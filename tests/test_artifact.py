@@ -97,7 +97,9 @@ def test_onnxruntime_round_trip_at_another_batch(cnn, cnn_artifact: Path) -> Non
         _close(loaded.program(x), expected)
     files = [MANIFEST_FILE, "model.onnx", PROGRAM_FILE, WEIGHTS_FILE, "report.md", "report.json"]
     assert sorted(p.name for p in (cnn_artifact / "current").iterdir()) == sorted(files)
-    assert sorted(p.name for p in cnn_artifact.iterdir()) == sorted([*files, ".sparsec.lock", "current", "versions"])
+    assert sorted(p.name for p in cnn_artifact.iterdir()) == sorted(
+        [*files, ".sparsec.lock", "current", "versions"]
+    )
 
 
 def test_manifest_describes_the_build(cnn_artifact: Path) -> None:
@@ -217,6 +219,7 @@ def test_a_failed_write_leaves_nothing(cnn, tmp_path: Path, monkeypatch) -> None
 
 def test_a_failed_rewrite_keeps_the_previous_artifact(cnn, cnn_artifact: Path, monkeypatch) -> None:
     graph, executable = cnn
+
     def contents() -> dict[str, bytes]:
         return {p.name: p.read_bytes() for p in cnn_artifact.iterdir() if p.is_file()}
 

@@ -33,7 +33,9 @@ from sparsec.errors import ArtifactError, InputError, SparsecError
 
 def _mlp(fill: float | None = None) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)).eval()
+    model = torch.nn.Sequential(
+        torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)
+    ).eval()
     if fill is not None:
         with torch.no_grad():
             for p in model.parameters():
@@ -65,7 +67,9 @@ def test_resave_keeps_user_files_and_leaves_one_version(compiled: Any, tmp_path:
     compiled.save(target)
     assert (target / "NOTES.txt").read_text() == "mine"
     assert _leftovers(target) == []
-    assert (target / "model.onnx").is_symlink() and json.loads((target / "manifest.json").read_text())
+    assert (target / "model.onnx").is_symlink() and json.loads(
+        (target / "manifest.json").read_text()
+    )
     assert (target / "current" / "weights.safetensors").stat().st_mode & 0o044 == 0o044  # not 0600
     sparsec.load(target)
 
@@ -92,7 +96,9 @@ def test_path_under_a_file_is_a_named_error(compiled: Any, tmp_path: Path) -> No
 
 def test_killed_save_is_cleaned_by_the_next_load(compiled: Any, tmp_path: Path) -> None:
     target = compiled.save(tmp_path / "art")
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     stale = target / "versions" / f"0-{int(dead.stdout)}-abcdef"
     stale.mkdir()
     (stale / "model.onnx").write_bytes(b"half")
@@ -133,18 +139,26 @@ print("alive")
 def test_disk_full_keeps_the_previous_artifact(tmp_path: Path) -> None:
     mount = tmp_path / "small"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
         run = subprocess.run(
             [sys.executable, "-c", _DISK_FULL, str(mount / "art"), str(mount / "filler")],
-            capture_output=True, text=True, timeout=300,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
     finally:
         subprocess.run(["umount", str(mount)], check=False)
     assert run.returncode == 0, run.stdout + run.stderr[-3000:]
-    assert "ArtifactError:" in run.stdout and "No space left" in run.stdout and "alive" in run.stdout
+    assert (
+        "ArtifactError:" in run.stdout and "No space left" in run.stdout and "alive" in run.stdout
+    )
 
 
 _SAVER = """
@@ -172,7 +186,11 @@ def test_two_savers_and_a_loader_never_see_a_mix(tmp_path: Path) -> None:
         with torch.no_grad():
             expected[fill] = _mlp(fill)(X)
     savers = [
-        subprocess.Popen([sys.executable, "-c", _SAVER, str(target), str(fill), "6"], stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", _SAVER, str(target), str(fill), "6"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for fill in fills
     ]
     for saver in savers:
@@ -224,5 +242,3 @@ def test_compile_does_not_touch_the_callers_example(tmp_path: Path) -> None:
     assert torch.equal(x, X)
     padded = torch.randn(50, 61)
     sparsec.compile(_mlp(), (padded[:4, :8],), backend="torch")  # a strided slice
-
-

@@ -187,7 +187,10 @@ def test_yaml_errors_have_lines_and_are_reported_together(tmp_path: Path, tvm) -
     assert message.startswith(f"2 problems in {path}:")
     assert f"{path}:4: backend_options.tune_trails: unknown option" in message
     assert "did you mean 'tune_trials'?" in message
-    assert f"{path}:5: backend_options.tuning_dir: got 3; expected a path (a string) or none" in message
+    assert (
+        f"{path}:5: backend_options.tuning_dir: got 3; expected a path (a string) or none"
+        in message
+    )
 
 
 def test_table_without_backend(tmp_path: Path) -> None:
@@ -344,7 +347,9 @@ def test_a_backend_object_wins_and_is_what_the_manifest_records(tmp_path: Path, 
         TinyMlp().eval(),
         (torch.randn(2, 64),),
         pipeline=Pipeline(
-            parse_pipeline_text(SPARSE).passes, backend="tvm", backend_options=pipeline.backend_options
+            parse_pipeline_text(SPARSE).passes,
+            backend="tvm",
+            backend_options=pipeline.backend_options,
         ),
         backend=backend,
     )
@@ -362,9 +367,24 @@ def test_a_backend_object_wins_and_is_what_the_manifest_records(tmp_path: Path, 
 def test_cli_backend_options(tmp_path: Path, tvm) -> None:  # type: ignore[no-untyped-def]
     def sparsec_cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "sparsec", "compile", "examples.models:mlp", "--input", "2x64",
-             "--pipeline", SPARSE, "--backend", "tvm", *args],
-            cwd=REPO, capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "sparsec",
+                "compile",
+                "examples.models:mlp",
+                "--input",
+                "2x64",
+                "--pipeline",
+                SPARSE,
+                "--backend",
+                "tvm",
+                *args,
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
 
     bad = sparsec_cli("--backend-option", "dense_thread=2", "--out", str(tmp_path / "bad"))

@@ -66,12 +66,16 @@ def test_weight_read_elsewhere_is_left_alone() -> None:
 
 def test_gpt2_gets_sparsified_after_canonicalization() -> None:
     transformers = __import__("pytest").importorskip("transformers")
-    config = transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50, n_positions=16, use_cache=False)
+    config = transformers.GPT2Config(
+        n_embd=32, n_layer=1, n_head=2, vocab_size=50, n_positions=16, use_cache=False
+    )
     model = transformers.GPT2Model(config).eval()
     ids = torch.randint(0, 50, (2, 8))
     graph = trace(model, {"input_ids": ids})
     expected = model(input_ids=ids).last_hidden_state
     PassManager([CanonicalizeLinear()], instruments=[VerifyEach()]).run(graph)
-    torch.testing.assert_close(graph.module(input_ids=ids).last_hidden_state, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        graph.module(input_ids=ids).last_hidden_state, expected, atol=1e-5, rtol=1e-5
+    )
     run = PassManager([Sparsify(sparsity=0.5)]).run(graph)
     assert run.changed

@@ -15,14 +15,20 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _sparsec(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "sparsec", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "sparsec", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "mlp"
-    result = _sparsec("compile", "examples.models:mlp", "--input", "2x64", "--out", str(out), "--print-ir")
+    result = _sparsec(
+        "compile", "examples.models:mlp", "--input", "2x64", "--out", str(out), "--print-ir"
+    )
     assert result.returncode == 0, result.stderr
     assert "# sparsec report" in result.stdout
     assert "= linear(" in result.stdout  # --print-ir
@@ -41,7 +47,14 @@ def test_inspect_shows_manifest_and_report(artifact: Path) -> None:
 
 def test_run_on_npy_input(artifact: Path, tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((3, 64)).astype("float32"))
-    result = _sparsec("run", str(artifact), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy"))
+    result = _sparsec(
+        "run",
+        str(artifact),
+        "--input",
+        str(tmp_path / "x.npy"),
+        "--output",
+        str(tmp_path / "y.npy"),
+    )
     assert result.returncode == 0, result.stderr
     assert "output 0: shape [3, 10]" in result.stdout
     assert np.load(tmp_path / "y.npy").shape == (3, 10)
@@ -57,9 +70,20 @@ def test_tampered_artifact_is_refused(artifact: Path, tmp_path: Path) -> None:
 
 
 def test_bad_model_reference_and_pipeline(tmp_path: Path) -> None:
-    result = _sparsec("compile", "examples.models:nope", "--input", "2x64", "--out", str(tmp_path / "x"))
+    result = _sparsec(
+        "compile", "examples.models:nope", "--input", "2x64", "--out", str(tmp_path / "x")
+    )
     assert result.returncode == 1 and "has no attribute 'nope'" in result.stderr
-    result = _sparsec("compile", "examples.models:mlp", "--input", "2x64", "--pipeline", "prune-channels{ratio=2}", "--out", str(tmp_path / "y"))
+    result = _sparsec(
+        "compile",
+        "examples.models:mlp",
+        "--input",
+        "2x64",
+        "--pipeline",
+        "prune-channels{ratio=2}",
+        "--out",
+        str(tmp_path / "y"),
+    )
     assert result.returncode == 1 and "ratio" in result.stderr
     assert not (tmp_path / "y").exists(), "a failed compile must not leave an artifact"
 
@@ -75,16 +99,40 @@ def test_run_on_random_inputs_and_float64_is_refused(artifact: Path, tmp_path: P
     assert "output 0: shape [3, 10]" in result.stdout
     np.save(tmp_path / "x64.npy", np.zeros((2, 64)))
     result = _sparsec("run", str(artifact), "--input", str(tmp_path / "x64.npy"))
-    assert result.returncode == 1 and "float64" in result.stderr and "astype" in " ".join(result.stderr.split())
+    assert (
+        result.returncode == 1
+        and "float64" in result.stderr
+        and "astype" in " ".join(result.stderr.split())
+    )
 
 
 def test_bad_input_bound_and_factory_needing_arguments(tmp_path: Path) -> None:
-    result = _sparsec("compile", "examples.models:small_cnn", "--input", "2x3x32x32:int64:abc", "--out", str(tmp_path / "x"))
+    result = _sparsec(
+        "compile",
+        "examples.models:small_cnn",
+        "--input",
+        "2x3x32x32:int64:abc",
+        "--out",
+        str(tmp_path / "x"),
+    )
     assert result.returncode == 1 and "must be an integer" in result.stderr
-    result = _sparsec("compile", "examples.models:_randomize_batch_norm", "--input", "2x64", "--out", str(tmp_path / "x"))
-    assert result.returncode == 1 and "cannot be called without arguments" in " ".join(result.stderr.split())
+    result = _sparsec(
+        "compile",
+        "examples.models:_randomize_batch_norm",
+        "--input",
+        "2x64",
+        "--out",
+        str(tmp_path / "x"),
+    )
+    assert result.returncode == 1 and "cannot be called without arguments" in " ".join(
+        result.stderr.split()
+    )
 
 
 def test_help_shows_no_type_for_flags() -> None:
     result = _sparsec("compile", "--help")
-    assert result.returncode == 0 and "<bool>" not in result.stdout and "--calibration" in result.stdout
+    assert (
+        result.returncode == 0
+        and "<bool>" not in result.stdout
+        and "--calibration" in result.stdout
+    )

@@ -12,7 +12,9 @@ from sparsec.errors import BackendError, ConfigError, SparsecError, TraceError
 
 
 @pytest.fixture(scope="module", params=["cnn", "mlp"])
-def compiled_pair(request: pytest.FixtureRequest) -> tuple[torch.nn.Module, torch.Tensor, sparsec.CompiledModel]:
+def compiled_pair(
+    request: pytest.FixtureRequest,
+) -> tuple[torch.nn.Module, torch.Tensor, sparsec.CompiledModel]:
     model, x = make_cnn_chain() if request.param == "cnn" else make_mlp()
     return model, x, sparsec.compile(model, (x,), target="cpu", pipeline="structured-50")
 
@@ -25,7 +27,9 @@ def test_pruned_model_keeps_output_shape_and_loses_parameters(compiled_pair) -> 
     assert report.after.parameters < report.before.parameters
     assert report.after.macs < report.before.macs
     assert type(compiled.module) is type(model)  # the user's class, pruned
-    assert {id(p) for p in compiled.module.parameters()} <= {id(p) for p in compiled.graph.module.parameters()}
+    assert {id(p) for p in compiled.module.parameters()} <= {
+        id(p) for p in compiled.graph.module.parameters()
+    }
 
 
 def test_onnxruntime_matches_torch_at_other_batch_sizes(compiled_pair) -> None:
@@ -77,7 +81,13 @@ def test_without_example_inputs_compiles_at_first_call() -> None:
 def test_report_markdown_has_the_sections(compiled_pair) -> None:
     _, _, compiled = compiled_pair
     text = compiled.report.to_markdown()
-    for heading in ("parameters", "MACs per sample", "## Passes", "## Layer widths", "## Dependency groups"):
+    for heading in (
+        "parameters",
+        "MACs per sample",
+        "## Passes",
+        "## Layer widths",
+        "## Dependency groups",
+    ):
         assert heading in text
     assert "Max |backend - torch|" in text
 
@@ -178,7 +188,9 @@ def test_an_lstm_is_frozen_and_the_rest_is_pruned() -> None:
 
     torch.manual_seed(0)
     model = WithLstm().eval()
-    compiled = sparsec.compile(model, (torch.randn(2, 5, 4),), backend="torch", pipeline="structured-50")
+    compiled = sparsec.compile(
+        model, (torch.randn(2, 5, 4),), backend="torch", pipeline="structured-50"
+    )
     assert compiled.module.fc1.out_features == 16 and compiled.module.lstm.input_size == 16
     x = torch.randn(3, 5, 4)
     with torch.no_grad():

@@ -111,7 +111,9 @@ def test_grouped_conv_ties_channels_across_groups() -> None:
 def test_flatten_head_maps_features_to_channels() -> None:
     _, deps = _analyse(ALL_MODELS["flatten_head"])
     (features,) = deps.group_of("features.0")
-    channel = deps.slot_units[next(p.slot for p in features.params if p.target == "features.0.weight")]
+    channel = deps.slot_units[
+        next(p.slot for p in features.params if p.target == "features.0.weight")
+    ]
     hidden = deps.slot_units[next(p.slot for p in features.params if p.target == "hidden.weight")]
     assert len(hidden) == 8 * 16
     np.testing.assert_array_equal(hidden, np.repeat(channel, 16))

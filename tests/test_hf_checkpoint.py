@@ -83,14 +83,20 @@ def test_uniform_checkpoints_load_in_plain_transformers(tmp_path: Path) -> None:
         for key, tensor in inputs.items():
             files[key] = str(tmp_path / f"{name}-{key}.npy")
             np.save(files[key], tensor.numpy())
-        plan.append({"dir": str(tmp_path / name), "inputs": files, "out": str(tmp_path / f"{name}-out.npy")})
+        plan.append(
+            {"dir": str(tmp_path / name), "inputs": files, "out": str(tmp_path / f"{name}-out.npy")}
+        )
         with torch.no_grad():
             expected[name] = _first(compiled.module.eval()(**inputs)).numpy()
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(
         [sys.executable, "-c", _LOADER, str(tmp_path / "plan.json")],
-        capture_output=True, text=True, timeout=600, env={**env, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**env, "HF_HUB_OFFLINE": "1"},
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     for name, value in expected.items():
@@ -106,20 +112,31 @@ def test_per_layer_widths_load_with_sparsec(name: str, tmp_path: Path) -> None:
     assert config[sparsec.hf.CONFIG_KEY]["record"]["shapes"]
     reloaded = sparsec.hf.from_pretrained(tmp_path / "ck")
     with torch.no_grad():
-        torch.testing.assert_close(_first(reloaded(**inputs)), _first(compiled.module.eval()(**inputs)), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            _first(reloaded(**inputs)), _first(compiled.module.eval()(**inputs)), atol=1e-5, rtol=0
+        )
 
 
 @pytest.mark.parametrize("pipeline", ["structured-50", GLOBAL], ids=["uniform", "per-layer"])
 @pytest.mark.parametrize("name", ["llama-gqa", "qwen2-gqa"])
-def test_greedy_generate_is_unchanged_by_the_round_trip(name: str, pipeline: str, tmp_path: Path) -> None:
+def test_greedy_generate_is_unchanged_by_the_round_trip(
+    name: str, pipeline: str, tmp_path: Path
+) -> None:
     compiled, inputs = _compile(name, pipeline)
     module = compiled.module.eval()
     attention = module.model.layers[0].self_attn
-    assert attention.q_proj.out_features // attention.head_dim % (attention.k_proj.out_features // attention.head_dim) == 0
+    assert (
+        attention.q_proj.out_features
+        // attention.head_dim
+        % (attention.k_proj.out_features // attention.head_dim)
+        == 0
+    )
     ids = inputs["input_ids"][:1]
     before = module.generate(ids, max_new_tokens=8, do_sample=False, use_cache=True)
     compiled.save_pretrained(tmp_path / "ck")
-    after = sparsec.hf.from_pretrained(tmp_path / "ck").generate(ids, max_new_tokens=8, do_sample=False, use_cache=True)
+    after = sparsec.hf.from_pretrained(tmp_path / "ck").generate(
+        ids, max_new_tokens=8, do_sample=False, use_cache=True
+    )
     assert before.shape[1] == ids.shape[1] + 8
     assert torch.equal(before, after)
 
@@ -164,7 +181,9 @@ def test_existing_directory_needs_overwrite_and_failures_leave_nothing(tmp_path:
         compiled.save_pretrained(target)
     with pytest.raises(ArtifactError, match="tokenizer directory"):
         compiled.save_pretrained(target, overwrite=True, tokenizer=tmp_path / "missing")
-    assert (target / "model.safetensors").stat().st_mtime_ns == stamp, "the old checkpoint is intact"
+    assert (target / "model.safetensors").stat().st_mtime_ns == stamp, (
+        "the old checkpoint is intact"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"], "no temporaries left"
     compiled.save_pretrained(target, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
@@ -174,11 +193,22 @@ def test_existing_directory_needs_overwrite_and_failures_leave_nothing(tmp_path:
 def _more_families() -> dict[str, Any]:
     import transformers
 
-    small = {"num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100, "max_position_embeddings": 64}
+    small = {
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "vocab_size": 100,
+        "max_position_embeddings": 64,
+    }
     return {
-        "opt": lambda: transformers.OPTForCausalLM(transformers.OPTConfig(hidden_size=64, ffn_dim=128, word_embed_proj_dim=64, **small)),
-        "gpt-neox": lambda: transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(hidden_size=64, intermediate_size=128, **small)),
-        "phi": lambda: transformers.PhiForCausalLM(transformers.PhiConfig(hidden_size=64, intermediate_size=128, **small)),
+        "opt": lambda: transformers.OPTForCausalLM(
+            transformers.OPTConfig(hidden_size=64, ffn_dim=128, word_embed_proj_dim=64, **small)
+        ),
+        "gpt-neox": lambda: transformers.GPTNeoXForCausalLM(
+            transformers.GPTNeoXConfig(hidden_size=64, intermediate_size=128, **small)
+        ),
+        "phi": lambda: transformers.PhiForCausalLM(
+            transformers.PhiConfig(hidden_size=64, intermediate_size=128, **small)
+        ),
     }
 
 

@@ -53,7 +53,9 @@ def _call(module: Any, inputs: Any) -> Any:
 
 
 def _first(out: Any) -> torch.Tensor:
-    return next(t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.is_floating_point())
+    return next(
+        t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.is_floating_point()
+    )
 
 
 def _cnn() -> tuple[nn.Module, tuple[torch.Tensor]]:
@@ -78,7 +80,11 @@ def _compiled(name: str) -> tuple[nn.Module, Any, Any]:
             if not hf_available(entry.needs or ""):
                 pytest.skip(f"transformers.{entry.needs} is not available")
             model, inputs = entry.build()
-        _COMPILED[name] = (model, inputs, sparsec.compile(model, inputs, backend="torch", pipeline="structured-50"))
+        _COMPILED[name] = (
+            model,
+            inputs,
+            sparsec.compile(model, inputs, backend="torch", pipeline="structured-50"),
+        )
     return _COMPILED[name]
 
 
@@ -93,7 +99,9 @@ def test_module_is_the_users_class_with_pruned_widths(name: str) -> None:
     assert sum(p.numel() for p in module.parameters()) < sum(p.numel() for p in model.parameters())
     module.eval()
     with torch.no_grad():
-        torch.testing.assert_close(_first(_call(module, inputs)), _first(_call(compiled.graph.module, inputs)))
+        torch.testing.assert_close(
+            _first(_call(module, inputs)), _first(_call(compiled.graph.module, inputs))
+        )
     assert any("compiled.module is a" in note for note in compiled.report.notes)
 
 
@@ -127,7 +135,9 @@ def test_train_eval_switch_dropout_and_one_step_changes_outputs(name: str) -> No
             torch.manual_seed(1)
             c = _first(_call(module, inputs))
             torch.manual_seed(2)
-            assert not torch.allclose(c, _first(_call(module, inputs))), "dropout must be active in training"
+            assert not torch.allclose(c, _first(_call(module, inputs))), (
+                "dropout must be active in training"
+            )
     module.train()
     optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
     _first(_call(module, inputs)).pow(2).mean().backward()
@@ -167,12 +177,22 @@ def test_both_onnx_exporters(name: str, dynamo: bool, tmp_path: Any) -> None:
         torch.onnx.export(module, args, str(path), kwargs=kwargs or None, dynamo=dynamo)
     except Exception as exc:
         try:  # the exporter may not express the family at all: then it is not ours to fix
-            torch.onnx.export(model, args, str(tmp_path / "dense.onnx"), kwargs=kwargs or None, dynamo=dynamo)
+            torch.onnx.export(
+                model, args, str(tmp_path / "dense.onnx"), kwargs=kwargs or None, dynamo=dynamo
+            )
         except Exception as dense_exc:
-            pytest.skip(f"the exporter fails on the unpruned model too: {str(dense_exc).splitlines()[0]}")
+            pytest.skip(
+                f"the exporter fails on the unpruned model too: {str(dense_exc).splitlines()[0]}"
+            )
         raise exc
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feeds = dict(zip([i.name for i in session.get_inputs()], [t.numpy() for t in [*args, *kwargs.values()]], strict=False))
+    feeds = dict(
+        zip(
+            [i.name for i in session.get_inputs()],
+            [t.numpy() for t in [*args, *kwargs.values()]],
+            strict=False,
+        )
+    )
     with torch.no_grad():
         expected = _first(_call(module, inputs)).numpy()
     np.testing.assert_allclose(session.run(None, feeds)[0], expected, atol=1e-4, rtol=1e-4)
@@ -201,7 +221,9 @@ def test_fine_tuned_module_saves_what_was_trained(tmp_path: Any) -> None:
     with torch.no_grad():
         expected = module(x)
     loaded = sparsec.load(compiled.save(tmp_path / "art"))
-    torch.testing.assert_close(torch.as_tensor(np.asarray(loaded(x))), expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        torch.as_tensor(np.asarray(loaded(x))), expected, atol=1e-4, rtol=1e-4
+    )
     torch.testing.assert_close(compiled(x), expected, atol=1e-4, rtol=1e-4)
     assert any("rebuilt" in note for note in compiled.report.notes)
 
@@ -221,7 +243,9 @@ class Reshaping(nn.Module):
 
 def test_unupdatable_attribute_is_named_and_graph_module_is_the_fallback() -> None:
     torch.manual_seed(0)
-    compiled = sparsec.compile(Reshaping(), (torch.randn(4, 8),), backend="torch", pipeline="structured-50")
+    compiled = sparsec.compile(
+        Reshaping(), (torch.randn(4, 8),), backend="torch", pipeline="structured-50"
+    )
     with pytest.raises(MaterializeError, match=r"the root module \(Reshaping\)\.width = 32"):
         compiled.to_module()
     assert isinstance(compiled.module, torch.fx.GraphModule)
@@ -249,7 +273,9 @@ def test_lowered_sparse_layers_fall_back_with_the_reason() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8)).eval()
     compiled = sparsec.compile(
-        model, (torch.randn(4, 64),), backend="torch",
+        model,
+        (torch.randn(4, 64),),
+        backend="torch",
         pipeline="sparsify{pattern=unstructured,sparsity=0.9},lower-sparse-weights{gate=off}",
     )
     with pytest.raises(MaterializeError, match="lower-sparse-weights"):

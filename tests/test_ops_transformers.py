@@ -41,7 +41,9 @@ def _deps(graph: Graph) -> DependencyInfo:
 
 def _group(deps: DependencyInfo, layer: str) -> DependencyGroup:
     found = deps.group_of(layer)
-    assert len(found) == 1, f"{layer} is in {len(found)} groups: {[g.describe() for g in deps.groups]}"
+    assert len(found) == 1, (
+        f"{layer} is in {len(found)} groups: {[g.describe() for g in deps.groups]}"
+    )
     return found[0]
 
 
@@ -114,7 +116,9 @@ class Attention(nn.Module):
     "interleave" (repeat_interleave on the head axis).
     """
 
-    def __init__(self, kind: str, heads: int = 4, kv_heads: int | None = None, rope: bool = False) -> None:
+    def __init__(
+        self, kind: str, heads: int = 4, kv_heads: int | None = None, rope: bool = False
+    ) -> None:
         super().__init__()
         self.kind, self.heads, self.kv_heads = kind, heads, kv_heads or heads
         self.head_dim = 8
@@ -127,7 +131,9 @@ class Attention(nn.Module):
             self.k = nn.Linear(DIM, kv_inner)
             self.v = nn.Linear(DIM, kv_inner)
         self.o = nn.Linear(inner, DIM)
-        self.register_buffer("inv_freq", 1.0 / 10000 ** (torch.arange(0, self.head_dim, 2).float() / self.head_dim))
+        self.register_buffer(
+            "inv_freq", 1.0 / 10000 ** (torch.arange(0, self.head_dim, 2).float() / self.head_dim)
+        )
 
     def _split(self, t: torch.Tensor, heads: int) -> torch.Tensor:
         b, s, _ = t.shape
@@ -146,25 +152,42 @@ class Attention(nn.Module):
             q, k, v = self.qkv(x).chunk(3, dim=-1)
         else:
             q, k, v = self.q(x), self.k(x), self.v(x)
-        q, k, v = self._split(q, self.heads), self._split(k, self.kv_heads), self._split(v, self.kv_heads)
+        q, k, v = (
+            self._split(q, self.heads),
+            self._split(k, self.kv_heads),
+            self._split(v, self.kv_heads),
+        )
         if self.rope:
             q, k = self._rope(q, k)
         rep = self.heads // self.kv_heads
         if self.kind == "repeat_kv" and rep > 1:
-            k = k[:, :, None].expand(b, self.kv_heads, rep, s, self.head_dim).reshape(b, self.heads, s, self.head_dim)
-            v = v[:, :, None].expand(b, self.kv_heads, rep, s, self.head_dim).reshape(b, self.heads, s, self.head_dim)
+            k = (
+                k[:, :, None]
+                .expand(b, self.kv_heads, rep, s, self.head_dim)
+                .reshape(b, self.heads, s, self.head_dim)
+            )
+            v = (
+                v[:, :, None]
+                .expand(b, self.kv_heads, rep, s, self.head_dim)
+                .reshape(b, self.heads, s, self.head_dim)
+            )
         elif self.kind == "interleave" and rep > 1:
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         if self.kind in ("matmul", "fused"):
             attn = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(self.head_dim), dim=-1)
             y = attn @ v
         else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.kind == "gqa")
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, enable_gqa=self.kind == "gqa"
+            )
         return self.o(y.transpose(1, 2).reshape(b, s, self.heads * self.head_dim))
 
 
 def _views(graph: Graph) -> list[list[int]]:
-    return [_int_sizes(a[1]) for a in _args_of(graph, aten.view.default) + _args_of(graph, aten.reshape.default)]
+    return [
+        _int_sizes(a[1])
+        for a in _args_of(graph, aten.view.default) + _args_of(graph, aten.reshape.default)
+    ]
 
 
 @pytest.mark.parametrize("kind", ["matmul", "sdpa", "fused"])
@@ -231,7 +254,9 @@ def test_rope_keeps_head_dim_frozen_and_heads_prunable() -> None:
     group = _group(deps, "q")
     assert len(group.units) == 4 and not group.frozen_units
     # head_dim is an inner axis of the head split: frozen by design
-    q_view = next(n for n in graph.nodes if n.target is aten.view.default and n.args[0].name == "linear")
+    q_view = next(
+        n for n in graph.nodes if n.target is aten.view.default and n.args[0].name == "linear"
+    )
     assert (q_view.name, 3) in deps.frozen_reasons
 
 
@@ -310,7 +335,11 @@ def test_addmm_weight_roles_and_pruning() -> None:
     deps = _deps(graph)
     group = _group(deps, "0")
     roles = {(p.target, p.axis): p.role for p in group.params}
-    assert roles == {("0.weight", 1): "producer", ("0.bias", 0): "producer", ("2.weight", 0): "consumer"}
+    assert roles == {
+        ("0.weight", 1): "producer",
+        ("0.bias", 0): "producer",
+        ("2.weight", 0): "consumer",
+    }
     assert len(group.units) == 64
     graph, _ = _prune_exact(model, "0", keep_units=20)
     assert graph.tensor("0.weight").shape == (DIM, 20)
@@ -368,7 +397,9 @@ def test_rmsnorm_decomposed_channels_prunable() -> None:
 
 def test_group_norm_prunes_whole_groups() -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.SiLU(), nn.Conv2d(16, 8, 1))
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.SiLU(), nn.Conv2d(16, 8, 1)
+    )
     x = torch.randn(2, 3, 8, 8)
     graph = trace(model.eval(), (x,))
     deps = _deps(graph)
@@ -435,7 +466,9 @@ def test_no_channel_ops_do_not_freeze() -> None:
 
 
 def test_upsample_and_pad_link_channels() -> None:
-    model = nn.Sequential(nn.Conv2d(3, 12, 3), nn.ZeroPad2d(1), nn.Upsample(scale_factor=2.0), nn.Conv2d(12, 4, 1))
+    model = nn.Sequential(
+        nn.Conv2d(3, 12, 3), nn.ZeroPad2d(1), nn.Upsample(scale_factor=2.0), nn.Conv2d(12, 4, 1)
+    )
     x = torch.randn(2, 3, 8, 8)
     graph = trace(model.eval(), (x,))
     deps = _deps(graph)

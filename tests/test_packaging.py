@@ -35,7 +35,9 @@ def test_every_package_directory_is_listed() -> None:
 
 
 def test_editable_install_imports_from_the_checkout() -> None:
-    out = subprocess.run([sys.executable, "-c", _IMPORTS], capture_output=True, text=True, cwd="/", check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _IMPORTS], capture_output=True, text=True, cwd="/", check=True
+    )
     files = out.stdout.split()
     assert files[0].startswith(str(REPO / "sparsec"))
     assert files[1].startswith(str(REPO / "passes"))
@@ -46,12 +48,26 @@ def test_editable_install_imports_from_the_checkout() -> None:
 def test_regular_install_imports_all_packages(tmp_path: Path) -> None:
     target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(REPO)],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     env = {**os.environ, "PYTHONPATH": str(target)}
-    out = subprocess.run([sys.executable, "-c", _IMPORTS], capture_output=True, text=True, cwd="/", env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", _IMPORTS], capture_output=True, text=True, cwd="/", env=env
+    )
     assert out.returncode == 0, out.stderr
     for path in out.stdout.split():
         assert path.startswith(str(target)), path

@@ -21,8 +21,12 @@ class Backbone(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
             nn.Conv2d(32, 24, 1),
         )
 
@@ -73,7 +77,9 @@ def test_detector_compiles_by_parts() -> None:
     rows = {r.name: r for r in compiled.report.rows}
     assert all(rows[n].params_after < rows[n].params_before for n in ("backbone", "head"))
     module = compiled.module
-    assert module.backbone.body[6].out_channels == 24 and module.head.conv.in_channels == 24  # boundary kept
+    assert (
+        module.backbone.body[6].out_channels == 24 and module.head.conv.in_channels == 24
+    )  # boundary kept
     assert module.backbone.body[0].out_channels < 16
     out = compiled(images)
     assert isinstance(out, list) and len(out) == 2 and set(out[0]) == {"boxes", "scores"}
@@ -83,7 +89,9 @@ def test_detector_compiles_by_parts() -> None:
     torch.testing.assert_close(scores, expected[0])
     markdown = compiled.report.to_markdown()
     assert "compiled by parts" in markdown and "| backbone |" in markdown
-    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in _detector()[0].parameters())
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        p.numel() for p in _detector()[0].parameters()
+    )
 
 
 def test_parts_save_as_artifacts(tmp_path) -> None:

@@ -314,7 +314,11 @@ def test_statistics_counts_nodes_and_parameters(graph: Graph) -> None:
     PassManager([DependencyGroups(), PruneChannels(ratio=0.5)], instruments=[stats]).run(graph)
     analysis, prune = stats.records
     assert analysis["pass"] == "dependency-groups" and not analysis["changed"]
-    assert analysis["params_before"] == analysis["params_after"] == 16 * 32 + 32 + 32 * 32 + 32 + 32 * 10 + 10
+    assert (
+        analysis["params_before"]
+        == analysis["params_after"]
+        == 16 * 32 + 32 + 32 * 32 + 32 + 32 * 10 + 10
+    )
     assert prune["changed"]
     assert prune["nodes_before"] == prune["nodes_after"] == 5
     assert prune["params_after"] == 16 * 16 + 16 + 16 * 16 + 16 + 16 * 10 + 10
@@ -372,9 +376,7 @@ def test_numeric_check_only_records_for_other_passes(graph: Graph) -> None:
 
 # ---------------------------------------------------------------- pipeline and pass objects
 def test_pipeline_text_form() -> None:
-    pipeline = Pipeline(
-        [MagnitudeImportance(norm=1), PruneChannels(ratio=0.25, ignore=("fc.*",))]
-    )
+    pipeline = Pipeline([MagnitudeImportance(norm=1), PruneChannels(ratio=0.25, ignore=("fc.*",))])
     assert str(pipeline) == (
         "pipeline(magnitude-importance{norm=1,aggregate=sum,normalize=none,scope=producers},"
         "prune-channels{ratio=0.25,target=channels,allocation=local,max_ratio=0.9,"

@@ -62,7 +62,9 @@ def test_prune_half_runs_and_shrinks(make: Callable[[], Example]) -> None:
     # the user's model is untouched
     assert sum(p.numel() for p in model.parameters()) == before
     # every prunable group lost half its units, the classifier none; groups survive pruning
-    after = {tuple(g.layers): len(g.units) for g in AnalysisManager(graph).get(DependencyGroups()).groups}
+    after = {
+        tuple(g.layers): len(g.units) for g in AnalysisManager(graph).get(DependencyGroups()).groups
+    }
     for layers, units in groups_before.items():
         assert after[layers] == (units if layers == ("fc",) else units - units // 2), layers
 

@@ -63,7 +63,10 @@ def test_data_dependent_control_flow() -> None:
     assert "torch.cond" in str(error) and "depends on tensor values" in str(error)
     assert len(str(error).splitlines()) <= 3 and error.details
     by_parts = sparsec.compile(DataDependent().eval(), (torch.randn(2, 4),), pipeline="none")
-    assert isinstance(by_parts, CompiledParts) and "depends on tensor values" in by_parts.report.to_markdown()
+    assert (
+        isinstance(by_parts, CompiledParts)
+        and "depends on tensor values" in by_parts.report.to_markdown()
+    )
 
 
 def test_inputs_the_model_cannot_run_keep_the_trace_error() -> None:
@@ -74,5 +77,7 @@ def test_inputs_the_model_cannot_run_keep_the_trace_error() -> None:
 def test_fixed_size_suggests_dynamic_false_which_works() -> None:
     x = torch.randn(4, 4)
     assert "dynamic=False" in str(_trace_error(FixedBatch(), (x,)))
-    compiled = sparsec.compile(FixedBatch().eval(), (x,), backend="torch", pipeline="none", dynamic=False)
+    compiled = sparsec.compile(
+        FixedBatch().eval(), (x,), backend="torch", pipeline="none", dynamic=False
+    )
     assert compiled(x).shape == (2, 2, 4)

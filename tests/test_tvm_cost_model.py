@@ -68,3 +68,36 @@ def test_lower_sparse_weights_gates_with_it() -> None:
         assert row["format"] in ("bsr", "dense")
         assert "bsr " in row["reason"] and "ms vs dense" in row["reason"], row
         assert row["sparse_ms"] > 0 and row["dense_ms"] > 0
+
+
+def test_a_second_model_reads_the_first_ones_measurements() -> None:
+    """The gate's figures persist per host and kernel version: a rebuild decides the same way
+    without measuring (and without compiling kernels) again."""
+    pattern = SparsityPattern("block", 0.8, block=(8, 1))
+    first = TvmCostModel(repeats=2)
+    sparse, dense = first.sparse_ms("bsr", 96, 48, 8, pattern), first.dense_ms(96, 48, 8)
+    second = TvmCostModel(repeats=2)
+    assert second.sparse_ms("bsr", 96, 48, 8, pattern) == sparse
+    assert second.dense_ms(96, 48, 8) == dense
+    assert not second._kernels  # nothing was compiled to answer
+
+
+@pytest.mark.parametrize(("backend", "expected"), [("tvm", "tvm"), ("onnxruntime", "reference")])
+def test_auto_gate_measures_the_kernels_that_will_run(backend: str, expected: str) -> None:
+    import sparsec
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 64))
+    compiled = sparsec.compile(
+        model.eval(), (torch.randn(4, 64),), pipeline="block-90", backend=backend
+    )
+    assert f"cost_model={expected}" in compiled.report.pipeline
+    assert "cost_model=auto" not in compiled.report.pipeline
+
+
+def test_gate_cost_model_follows_the_backend() -> None:
+    from sparsec.backends.base import gate_cost_model
+
+    assert gate_cost_model("cpu", "tvm") == "tvm"
+    assert gate_cost_model("cpu", None) == "tvm"  # default_backend picks tvm for sparse ops
+    assert gate_cost_model("cpu", "onnxruntime") == "reference"
+    assert gate_cost_model("cuda", "tvm") == "reference"

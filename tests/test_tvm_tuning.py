@@ -310,7 +310,10 @@ def test_lock_timeout_names_the_folder(
         assert "wait for that compile" in str(error.value) and "tuning_dir" in str(error.value)
         # a compile whose records are all there still waits for a tuner: the record it
         # reads may be half-written
-        with _holding_lock(database_dir(target, tuning_dir)), pytest.raises(BackendError, match="wait for that compile"):
+        with (
+            _holding_lock(database_dir(target, tuning_dir)),
+            pytest.raises(BackendError, match="wait for that compile"),
+        ):
             tune_module(module, target, TuneBudget(4, lock_timeout_s=0), tuning_dir, [EXAMPLE])
     result = tune_module(module, target, TuneBudget(4, lock_timeout_s=0), tuning_dir, [EXAMPLE])
     assert len(result.reused) == 2 and result.trials == 0

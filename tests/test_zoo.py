@@ -50,7 +50,9 @@ def _tensors(out: Any) -> list[torch.Tensor]:
 
 
 def _batch3(inputs: Any) -> Any:
-    return pytree.tree_map(lambda t: torch.cat([t, t[:1]]) if isinstance(t, torch.Tensor) else t, inputs)
+    return pytree.tree_map(
+        lambda t: torch.cat([t, t[:1]]) if isinstance(t, torch.Tensor) else t, inputs
+    )
 
 
 def _params(module: torch.nn.Module) -> int:
@@ -108,7 +110,9 @@ def test_zoo_tied_embeddings_stay_tied(name: str) -> None:
     assert len(tied) < len(dict(model.named_parameters(remove_duplicate=False)))  # tied to start
     compiled, _, _, _ = _compiled(entry)
     graph = compiled.graph
-    embed = next(t for t in ("transformer.wte.weight", "model.embed_tokens.weight") if _has(graph, t))
+    embed = next(
+        t for t in ("transformer.wte.weight", "model.embed_tokens.weight") if _has(graph, t)
+    )
     assert graph.tensor("lm_head.weight") is graph.tensor(embed)
     assert graph.tensor(embed).shape[1] < model.config.hidden_size
 
@@ -129,7 +133,9 @@ def _onnx_backend_ok() -> bool:
     return True
 
 
-@pytest.mark.skipif(not _onnx_backend_ok(), reason="sparsec.backends.onnxruntime cannot be imported")
+@pytest.mark.skipif(
+    not _onnx_backend_ok(), reason="sparsec.backends.onnxruntime cannot be imported"
+)
 @pytest.mark.parametrize("entry", _entries())
 def test_zoo_onnx_matches_torch(entry: ZooEntry) -> None:
     if entry.onnx_broken:

@@ -74,8 +74,14 @@ def _bert() -> tuple[nn.Module, Any]:
 
     torch.manual_seed(SEED)
     config = transformers.BertConfig(
-        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-        vocab_size=VOCAB, max_position_embeddings=32, num_labels=3, attn_implementation="sdpa",
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        vocab_size=VOCAB,
+        max_position_embeddings=32,
+        num_labels=3,
+        attn_implementation="sdpa",
     )
     model = _finish(transformers.BertForSequenceClassification(config))
     g = torch.Generator().manual_seed(SEED)
@@ -95,13 +101,23 @@ def _distilbert() -> tuple[nn.Module, Any]:
 
     torch.manual_seed(SEED)
     config = transformers.DistilBertConfig(
-        dim=64, n_layers=2, n_heads=4, hidden_dim=128, vocab_size=VOCAB,
-        max_position_embeddings=32, num_labels=3, attn_implementation="sdpa",
+        dim=64,
+        n_layers=2,
+        n_heads=4,
+        hidden_dim=128,
+        vocab_size=VOCAB,
+        max_position_embeddings=32,
+        num_labels=3,
+        attn_implementation="sdpa",
     )
     model = _finish(transformers.DistilBertForSequenceClassification(config))
     g = torch.Generator().manual_seed(SEED)
     ids = _ids(g)
-    return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": _positions()}
+    return model, {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "position_ids": _positions(),
+    }
 
 
 def _gpt2() -> tuple[nn.Module, Any]:
@@ -109,8 +125,13 @@ def _gpt2() -> tuple[nn.Module, Any]:
 
     torch.manual_seed(SEED)
     config = transformers.GPT2Config(
-        n_embd=64, n_layer=2, n_head=4, n_positions=32, vocab_size=VOCAB,
-        use_cache=False, attn_implementation="sdpa",
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        n_positions=32,
+        vocab_size=VOCAB,
+        use_cache=False,
+        attn_implementation="sdpa",
     )
     model = _finish(transformers.GPT2LMHeadModel(config))
     g = torch.Generator().manual_seed(SEED)
@@ -122,9 +143,16 @@ def _llama() -> tuple[nn.Module, Any]:
 
     torch.manual_seed(SEED)
     config = transformers.LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=8,
-        num_key_value_heads=2, head_dim=8, vocab_size=VOCAB, max_position_embeddings=32,
-        use_cache=False, attn_implementation="sdpa",
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=8,
+        vocab_size=VOCAB,
+        max_position_embeddings=32,
+        use_cache=False,
+        attn_implementation="sdpa",
     )
     model = _finish(transformers.LlamaForCausalLM(config))
     g = torch.Generator().manual_seed(SEED)
@@ -136,9 +164,16 @@ def _qwen2() -> tuple[nn.Module, Any]:
 
     torch.manual_seed(SEED)
     config = transformers.Qwen2Config(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=8,
-        num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=32,
-        use_cache=False, attn_implementation="sdpa", tie_word_embeddings=True,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=32,
+        use_cache=False,
+        attn_implementation="sdpa",
+        tie_word_embeddings=True,
     )
     model = _finish(transformers.Qwen2ForCausalLM(config))
     g = torch.Generator().manual_seed(SEED)
@@ -150,8 +185,15 @@ def _t5_encoder() -> tuple[nn.Module, Any]:
 
     torch.manual_seed(SEED)
     config = transformers.T5Config(
-        d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, vocab_size=VOCAB,
-        relative_attention_num_buckets=8, relative_attention_max_distance=16, use_cache=False,
+        d_model=64,
+        d_kv=16,
+        d_ff=128,
+        num_layers=2,
+        num_heads=4,
+        vocab_size=VOCAB,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=16,
+        use_cache=False,
     )
     model = _finish(transformers.T5EncoderModel(config))
     g = torch.Generator().manual_seed(SEED)
@@ -163,8 +205,15 @@ def _vit() -> tuple[nn.Module, Any]:
 
     torch.manual_seed(SEED)
     config = transformers.ViTConfig(
-        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-        image_size=32, patch_size=8, num_channels=3, num_labels=5, attn_implementation="sdpa",
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        image_size=32,
+        patch_size=8,
+        num_channels=3,
+        num_labels=5,
+        attn_implementation="sdpa",
     )
     model = _finish(transformers.ViTForImageClassification(config))
     g = torch.Generator().manual_seed(SEED)
@@ -217,7 +266,9 @@ class ResNet(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), _bn(16), nn.ReLU())
         self.pool = nn.MaxPool2d(2)
-        self.layer1 = nn.Sequential(Bottleneck(16, 16, 32, groups=groups), Bottleneck(32, 16, 32, groups=groups))
+        self.layer1 = nn.Sequential(
+            Bottleneck(16, 16, 32, groups=groups), Bottleneck(32, 16, 32, groups=groups)
+        )
         self.layer2 = nn.Sequential(Bottleneck(32, 32, 64, stride=2, groups=groups))
         self.fc = nn.Linear(64, classes)
 
@@ -244,7 +295,9 @@ class DenseNet(nn.Module):
         super().__init__()
         self.stem = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
         self.block1 = nn.Sequential(DenseLayer(16, 8), DenseLayer(24, 8), DenseLayer(32, 8))
-        self.trans = nn.Sequential(_bn(40), nn.ReLU(), nn.Conv2d(40, 20, 1, bias=False), nn.AvgPool2d(2))
+        self.trans = nn.Sequential(
+            _bn(40), nn.ReLU(), nn.Conv2d(40, 20, 1, bias=False), nn.AvgPool2d(2)
+        )
         self.block2 = nn.Sequential(DenseLayer(20, 8), DenseLayer(28, 8))
         self.norm = _bn(36)
         self.fc = nn.Linear(36, classes)
@@ -262,9 +315,14 @@ class InvertedResidual(nn.Module):
         mid = cin * expand
         self.use_res = stride == 1 and cin == cout
         self.block = nn.Sequential(
-            nn.Conv2d(cin, mid, 1, bias=False), _bn(mid), nn.ReLU6(),
-            nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False), _bn(mid), nn.ReLU6(),
-            nn.Conv2d(mid, cout, 1, bias=False), _bn(cout),
+            nn.Conv2d(cin, mid, 1, bias=False),
+            _bn(mid),
+            nn.ReLU6(),
+            nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False),
+            _bn(mid),
+            nn.ReLU6(),
+            nn.Conv2d(mid, cout, 1, bias=False),
+            _bn(cout),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -290,7 +348,9 @@ class MobileNet(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), _bn(16), nn.Hardswish())
         self.blocks = nn.Sequential(
-            InvertedResidual(16, 16, 1, 4), InvertedResidual(16, 24, 2, 4), InvertedResidual(24, 24, 1, 4)
+            InvertedResidual(16, 16, 1, 4),
+            InvertedResidual(16, 24, 2, 4),
+            InvertedResidual(24, 24, 1, 4),
         )
         self.se = SE(24)
         self.head = nn.Sequential(nn.Conv2d(24, 64, 1), nn.Hardswish())
@@ -314,9 +374,14 @@ class ShuffleUnit(nn.Module):
         super().__init__()
         half = c // 2
         self.branch = nn.Sequential(
-            nn.Conv2d(half, half, 1, bias=False), _bn(half), nn.ReLU(),
-            nn.Conv2d(half, half, 3, 1, 1, groups=half, bias=False), _bn(half),
-            nn.Conv2d(half, half, 1, bias=False), _bn(half), nn.ReLU(),
+            nn.Conv2d(half, half, 1, bias=False),
+            _bn(half),
+            nn.ReLU(),
+            nn.Conv2d(half, half, 3, 1, 1, groups=half, bias=False),
+            _bn(half),
+            nn.Conv2d(half, half, 1, bias=False),
+            _bn(half),
+            nn.ReLU(),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -396,12 +461,20 @@ ZOO: dict[str, ZooEntry] = {
     e.name: e
     for e in [
         ZooEntry("bert", _bert, ("*attention.self.query",), needs="BertForSequenceClassification"),
-        ZooEntry("distilbert", _distilbert, ("*attention.q_lin",), needs="DistilBertForSequenceClassification"),
+        ZooEntry(
+            "distilbert",
+            _distilbert,
+            ("*attention.q_lin",),
+            needs="DistilBertForSequenceClassification",
+        ),
         ZooEntry("gpt2", _gpt2, ("*attn.c_attn",), needs="GPT2LMHeadModel"),
         ZooEntry("llama-gqa", _llama, ("*self_attn.q_proj",), needs="LlamaForCausalLM"),
         ZooEntry("qwen2-gqa", _qwen2, ("*self_attn.q_proj",), needs="Qwen2ForCausalLM"),
         ZooEntry(
-            "t5-encoder", _t5_encoder, ("*SelfAttention.q",), needs="T5EncoderModel",
+            "t5-encoder",
+            _t5_encoder,
+            ("*SelfAttention.q",),
+            needs="T5EncoderModel",
             onnx_broken="torch.onnx.export of the unpruned graph fails too: the traced "
             "aten.view after transposing the attention output is not viewable under the "
             "exporter's fake strides",

@@ -48,6 +48,7 @@ from ..base import (
     require_lowerable,
 )
 from ..torch_backend import load_program
+from .dense_only import DENSE_MODE, load_dense, lower_dense
 from .importer import import_graph
 from .params_io import LIBRARY_FILE, load_params
 from .partitioned import KERNELS_FILE, PartitionedExecutable, sparse_nodes
@@ -192,8 +193,9 @@ class TvmBackend:
                 Diagnostic(
                     Severity.WARNING,
                     "the graph has no sparse linear ops: TVM has nothing to add over ONNX "
-                    "Runtime here (it builds the whole program with Relax: untuned dense "
-                    "loops). Fix: run lower-sparse-weights, or use the onnxruntime backend.",
+                    "Runtime here (partitioned mode hands the program to ONNX Runtime; RELAX "
+                    "mode builds untuned dense loops). Fix: run lower-sparse-weights, or use "
+                    "the onnxruntime backend.",
                 )
             )
         return diagnostics
@@ -208,20 +210,9 @@ class TvmBackend:
                 "Fix: TvmOptions(tune_trials=0) for 'cuda'."
             )
         tvm_target = build_target(target, options.threads, self.options.cuda_arch)
-        dense_only = ""
-        if (
-            target == "cpu"
-            and self.options.mode is TvmMode.PARTITIONED
-            and not sparse_nodes(graph.module)
-        ):
-            # asked for by name, so it builds: the whole program as Relax, and says why
-            dense_only = (
-                "no sparse linear ops in the graph (none was sparsified, or the break-even gate "
-                "kept every layer dense), so partitioned mode had no kernels to call: the whole "
-                "program was built with Relax instead (untuned dense loops; the onnxruntime "
-                "backend is usually faster for a dense graph)"
-            )
-        elif target == "cpu" and self.options.mode is TvmMode.PARTITIONED:
+        if target == "cpu" and self.options.mode is TvmMode.PARTITIONED:
+            if not sparse_nodes(graph.module):
+                return lower_dense(graph, target, options)  # asked for by name: it builds
             return PartitionedExecutable.build(
                 graph.module,
                 graph.export_program,
@@ -254,11 +245,11 @@ class TvmBackend:
             options.threads,
             tuning,
         )
-        if dense_only:
-            executable.notes.append(dense_only)
         return executable
 
     def load(self, directory: Path, metadata: dict[str, Any]) -> Executable:
+        if metadata.get("mode") == DENSE_MODE:
+            return load_dense(directory, metadata)
         record = metadata.get("target")
         if not isinstance(record, dict):
             raise ArtifactError(f"the TVM metadata of {directory} records no target; re-export it")

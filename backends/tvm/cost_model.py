@@ -13,7 +13,9 @@ Rules:
 - `dense_ms`: the faster of torch's dense linear and ONNX Runtime's Gemm on the same shape
   (the dense work a TVM build would otherwise leave to torch, or a dense ORT build runs);
 - both are the fastest of `repeats` runs with `threads` threads (default 1: on a shared
-  machine the minimum is the stable estimate, and the ratio is what decides);
+  machine the minimum is the stable estimate, and the ratio is what decides), kept in a
+  `GateCache` keyed by this host's CPU, its ISA and a digest of the kernel generator's
+  source, so a rebuild reads the same figures and a changed kernel is measured again;
 - decision rule (`sparsec.cost_model.decide`): keep the sparse format when
   `dense_ms / sparse_ms >= min_speedup` of `lower-sparse-weights`.
 
@@ -28,17 +30,26 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import tvm
 
-from sparsec.cost_model import ReferenceCostModel, SparseFormat, fastest_ms, random_layer
+from sparsec.cost_model import (
+    ReferenceCostModel,
+    SparseFormat,
+    fastest_ms,
+    measurement_key,
+    random_layer,
+)
+from sparsec.gate_cache import GateCache
 from sparsec.ops import to_bsr, to_csr, to_nm
 from sparsec.ops.masks import SparsityPattern, mask_from_scores
 
 from .importer import kernel_for
+from .isa import isa_of
 from .kernels import BsrShape, compile_config
 from .partitioned import _SparseLinear
 from .sparse_calls import SparseCall
@@ -76,21 +87,32 @@ class TvmCostModel:
     repeats: int = 10
     threads: int = 1
     seed: int = 0
-    _cache: dict[tuple[object, ...], float] = field(default_factory=dict)
+    _cache: GateCache | None = field(default=None, repr=False)
     _kernels: dict[BsrShape, Any] = field(default_factory=dict)
 
-    def dense_ms(self, out_features: int, in_features: int, tokens: int) -> float:
-        key = ("dense", out_features, in_features, tokens)
-        if key not in self._cache:
-            torch_ms = ReferenceCostModel(self.repeats, self.threads, self.seed).dense_ms(
-                out_features, in_features, tokens
+    @property
+    def cache(self) -> GateCache:
+        if self._cache is None:
+            target = host_target(self.threads)
+            self._cache = GateCache(
+                f"tvm-{target.attrs['mcpu']}-{isa_of(target).name}-tvm{tvm.__version__}-"
+                f"ort{_ort_version()}-{_kernel_source_digest()}"
             )
-            x, w, _ = random_layer(out_features, in_features, tokens, self.seed)
-            session = _ort_gemm(w.numpy(), self.threads)
-            feed = {"x": x.numpy()}
-            ort_ms = fastest_ms(lambda: session.run(None, feed), self.repeats, self.threads)
-            self._cache[key] = min(torch_ms, ort_ms)
-        return self._cache[key]
+        return self._cache
+
+    def dense_ms(self, out_features: int, in_features: int, tokens: int) -> float:
+        key = measurement_key("dense", out_features, in_features, tokens, self.threads)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        torch_ms = ReferenceCostModel(self.repeats, self.threads, self.seed).dense_ms(
+            out_features, in_features, tokens
+        )
+        x, w, _ = random_layer(out_features, in_features, tokens, self.seed)
+        session = _ort_gemm(w.numpy(), self.threads)
+        feed = {"x": x.numpy()}
+        ort_ms = fastest_ms(lambda: session.run(None, feed), self.repeats, self.threads)
+        return self.cache.put(key, min(torch_ms, ort_ms))
 
     def sparse_ms(
         self,
@@ -100,9 +122,10 @@ class TvmCostModel:
         tokens: int,
         pattern: SparsityPattern,
     ) -> float:
-        key = (fmt, out_features, in_features, tokens, str(pattern))
-        if key in self._cache:
-            return self._cache[key]
+        key = measurement_key(fmt, out_features, in_features, tokens, self.threads, pattern)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
         x, w, gen = random_layer(out_features, in_features, tokens, self.seed)
         mask = mask_from_scores(torch.rand(w.shape, generator=gen), pattern)
         nm: tuple[int, int] | None = None
@@ -120,8 +143,7 @@ class TvmCostModel:
             self._kernel(shape), SparseCall(shape, nm), host_target(self.threads)
         )
         set_threads(self.threads)
-        self._cache[key] = fastest_ms(lambda: linear(*args), self.repeats, self.threads)
-        return self._cache[key]
+        return self.cache.put(key, fastest_ms(lambda: linear(*args), self.repeats, self.threads))
 
     def _kernel(self, shape: BsrShape) -> Any:
         if shape not in self._kernels:
@@ -133,3 +155,21 @@ class TvmCostModel:
                 )
             self._kernels[shape] = library[name]
         return self._kernels[shape]
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return str(onnxruntime.__version__)
+
+
+def _kernel_source_digest() -> str:
+    """A digest of the modules whose code decides a kernel's speed (a change re-measures)."""
+    import hashlib
+
+    from . import isa, kernels, partitioned, slabs
+
+    digest = hashlib.sha256()
+    for module in (isa, kernels, partitioned, slabs):
+        digest.update(Path(module.__file__ or "").read_bytes())
+    return digest.hexdigest()[:12]

@@ -11,7 +11,9 @@ Rules:
 - `format="auto"` follows the mask's pattern: N:M → `sparsec::nm_linear`, r×c blocks →
   `sparsec::bsr_linear`, unstructured (or 1×1 blocks) → `sparsec::csr_linear`; an explicit
   format must fit the pattern (CSR fits all);
-- the break-even gate (`sparsec.cost_model`, `cost_model` names the model) keeps dense
+- the break-even gate (`sparsec.cost_model`, `cost_model` names the model; "auto", the
+  default, is the model of the backend compile() lowers to: `backends.base.gate_cost_model`)
+  keeps dense
   unless sparse is `min_speedup`× faster at `tokens` rows (a 1×1 conv's rows are its batch ×
   spatial positions); `gate="off"` lowers every candidate (for backends whose kernels the
   chosen model does not describe);
@@ -89,15 +91,17 @@ class LowerSparseWeights(RewritePass):
     preserves_numerics: ClassVar[bool] = False
     format: Literal["auto", "csr", "bsr", "nm"] = "auto"
     gate: Literal["measured", "off"] = "measured"
-    cost_model: str = "reference"
+    cost_model: str = "auto"
     min_speedup: Annotated[float, Field(gt=0.0)] = 1.0
     tokens: Annotated[int, Field(ge=1)] = 128
 
     @pydantic.field_validator("cost_model")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        if value not in known_cost_models():
-            raise ValueError(f"unknown cost model {value!r}; known: {known_cost_models()}")
+        if value != "auto" and value not in known_cost_models():
+            raise ValueError(
+                f"unknown cost model {value!r}; known: auto, {', '.join(known_cost_models())}"
+            )
         return value
 
     def choose_format(self, mask: WeightMask) -> SparseFormat | str:
@@ -118,7 +122,8 @@ class LowerSparseWeights(RewritePass):
 
     def run(self, graph: Graph, am: AnalysisManager) -> PassResult:
         masks = recorded_masks(graph.module)
-        model = get_cost_model(self.cost_model)()
+        # compile() resolves "auto" for its backend; run alone, the pass uses the reference
+        model = get_cost_model("reference" if self.cost_model == "auto" else self.cost_model)()
         rows: list[dict[str, Any]] = []
         lowered: list[tuple[fx.Node, SparseFormat, WeightMask]] = []
         kept_dense: dict[str, WeightMask] = {}
