@@ -376,7 +376,8 @@ class CompiledModel:
 
     @property
     def pipeline(self) -> Pipeline:
-        return self._pipeline
+        """The pipeline as it ran (`cost_model=auto` resolved), or as given before the build."""
+        return self._build.pipeline if self._build is not None else self._pipeline
 
     def save_pretrained(
         self, directory: str | Path, *, tokenizer: str | Path | None = None, overwrite: bool = False
