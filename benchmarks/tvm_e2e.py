@@ -5,15 +5,19 @@ Rules:
   `--layers` fewer on a slow machine) with random weights, sequence 128, batch 1 and 8,
   inputs `input_ids` plus explicit token types and positions (so torch.export sees no
   sliced buffers);
-- sparse: `sparsify{pattern=block,block=[16,1],sparsity=0.9}` then
-  `lower-sparse-weights{format=bsr,gate=off}` compiled with `backend="tvm"` (partitioned:
-  our kernels for the 72 linears, torch for attention, norms and GELU); dense:
-  `pipeline="none"` on `backend="onnxruntime"`; torch eager dense is listed for reference;
-- `--unfused` also times the same sparse build with `fuse_chains=False` (each FFN's up and
-  down kernels separate, torch's GELU between them; backends/tvm/layout.py), rebuilt
-  from the compiled graph;
-- every variant runs with the same thread count; medians of `--repeats` runs after warm-up,
-  the load average before and after (on a shared machine compare only rows of one run);
+- variants: `tvm` (`sparsify{pattern=block,block=[16,1],sparsity=0.9}` then
+  `lower-sparse-weights{format=bsr,gate=off}` with `backend="tvm"`: partitioned, our
+  kernels for the 72 linears, torch for attention, norms and GELU), `ort` (`pipeline="none"`
+  on `backend="onnxruntime"`), `torch` (eager, dense, for reference) and with `--unfused`
+  `tvm-unfused` (the same sparse build with `fuse_chains=False`);
+- **each variant is compiled and timed in its own fresh process** (`_isolation`), one
+  process per variant and thread count, compiled once on the largest batch and timed at
+  every batch (dynamic batch); then a **same-process control** compiles `tvm` and `ort` in
+  this process and times them back to back, as earlier versions of this benchmark did, so
+  the effect of sharing a process is measured, not assumed;
+- the same thread count everywhere (torch, ORT intra-op, TVM's pool); medians of
+  `--repeats` runs after warm-up; CPU model, ISA and the load average before and after;
+  pin the whole run with taskset;
 - prints a table and writes benchmarks/results/tvm_e2e.json.
 
 Example:
@@ -25,10 +29,7 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
-import itertools
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -42,7 +43,10 @@ import transformers
 import sparsec
 from sparsec.backends.tvm import TvmOptions
 from sparsec.backends.tvm.partitioned import PartitionedExecutable
-from sparsec.backends.tvm.target import build_target, host_cpu
+from sparsec.backends.tvm.target import build_target
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _isolation import emit, in_fresh_process, machine, machine_line  # noqa: E402
 
 SEQUENCE = 128
 SPARSE_PIPELINE = (
@@ -86,6 +90,61 @@ def _median_ms(run: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times) * 1e3
 
 
+def _build(variant: str, model: Encoder, inputs: dict[str, torch.Tensor], threads: int) -> Any:
+    """The callable of one variant, compiled on `inputs`."""
+    if variant == "torch":
+        return model
+    if variant == "ort":
+        return sparsec.compile(
+            model, inputs, pipeline="none", backend="onnxruntime", threads=threads
+        )
+    sparse = sparsec.compile(
+        model, inputs, pipeline=SPARSE_PIPELINE, backend="tvm", threads=threads
+    )
+    if variant == "tvm":
+        return sparse
+    return PartitionedExecutable.build(
+        sparse.graph.module,
+        sparse.graph.export_program,
+        build_target("cpu", threads),
+        threads,
+        dense_threads=TvmOptions().dense_threads,  # as the compiled build
+        fuse_chains=False,
+    )
+
+
+def _time(
+    variant: str, layers: int, threads: int, batches: list[int], repeats: int
+) -> dict[str, Any]:
+    """Compile `variant` on the largest batch and time it at each batch, in this process."""
+    torch.set_num_threads(threads)
+    model = Encoder(layers)
+    start = time.perf_counter()
+    runner = _build(variant, model, _inputs(max(batches), model.vocab), threads)
+    compile_s = time.perf_counter() - start
+    result: dict[str, Any] = {
+        "variant": variant,
+        "threads": threads,
+        "compile_s": round(compile_s, 1),
+        "ms": {},
+        "notes": list(getattr(getattr(runner, "executable", None), "notes", [])),
+    }
+    for batch in batches:
+        inputs = _inputs(batch, model.vocab)
+        with torch.no_grad():
+            result["ms"][str(batch)] = round(
+                _median_ms(functools.partial(runner, **inputs), repeats), 2
+            )
+            if variant.startswith("tvm"):
+                expected = model(**inputs)
+                result.setdefault("max_abs_vs_dense_torch", {})[str(batch)] = float(
+                    (torch.as_tensor(runner(**inputs)) - expected).abs().max()
+                )
+    del runner
+    gc.collect()
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--layers", type=int, default=12, help="encoder layers (BERT-base: 12)")
@@ -95,99 +154,91 @@ def main() -> None:
     parser.add_argument(
         "--unfused", action="store_true", help="also time the build without fused FFN chains"
     )
+    parser.add_argument(
+        "--no-control", action="store_true", help="skip the same-process control rows"
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/tvm_e2e.json"))
     args = parser.parse_args()
-    load_before = os.getloadavg()
-    print(
-        f"host {platform.node()} cpu {host_cpu()} threads {args.threads} "
-        f"BERT-base layers {args.layers} seq {SEQUENCE} load {load_before}",
-        flush=True,
-    )
-    model = Encoder(args.layers)
-    rows = []
-    for threads, batch in itertools.product(args.threads, args.batches):
-        torch.set_num_threads(threads)
-        inputs = _inputs(batch, model.vocab)
-        start = time.perf_counter()
-        sparse = sparsec.compile(
-            model, inputs, pipeline=SPARSE_PIPELINE, backend="tvm", threads=threads
-        )
-        sparse_compile_s = time.perf_counter() - start
-        start = time.perf_counter()
-        dense = sparsec.compile(
-            model, inputs, pipeline="none", backend="onnxruntime", threads=threads
-        )
-        dense_compile_s = time.perf_counter() - start
-        with torch.no_grad():
-            pruned_reference = sparse.module(**inputs)
-        deviation = float((sparse(**inputs) - pruned_reference).abs().max())
-        tvm_ms = _median_ms(functools.partial(sparse, **inputs), args.repeats)
-        unfused_ms = None
-        if args.unfused:
-            unfused = PartitionedExecutable.build(
-                sparse.graph.module,
-                sparse.graph.export_program,
-                build_target("cpu", threads),
-                threads,
-                dense_threads=TvmOptions().dense_threads,  # as the compiled build
-                fuse_chains=False,
+    if args.child:
+        emit(_time(args.child, args.layers, args.threads[0], args.batches, args.repeats))
+        return
+    before = machine()
+    print(f"{machine_line(before)}; BERT-base layers {args.layers} seq {SEQUENCE}", flush=True)
+    variants = ["tvm", "ort", "torch", *(["tvm-unfused"] if args.unfused else [])]
+    common = ["--layers", str(args.layers), "--repeats", str(args.repeats), "--batches"]
+    common += [str(b) for b in args.batches]
+    separate: dict[tuple[str, int], dict[str, Any]] = {}
+    control: dict[tuple[str, int], dict[str, Any]] = {}
+    for threads in args.threads:
+        for variant in variants:
+            separate[variant, threads] = in_fresh_process(
+                Path(__file__), [variant, "--threads", str(threads), *common]
             )
-            unfused_ms = round(_median_ms(functools.partial(unfused, **inputs), args.repeats), 2)
-            del unfused
-        ort_ms = _median_ms(functools.partial(dense, **inputs), args.repeats)
-        with torch.no_grad():
-            torch_ms = _median_ms(functools.partial(model, **inputs), args.repeats)
-        row = {
-            "batch": batch,
-            "sequence": SEQUENCE,
-            "layers": args.layers,
-            "threads": threads,
-            "tvm_sparse_ms": round(tvm_ms, 2),
-            "tvm_unfused_ms": unfused_ms,
-            "tvm_notes": list(sparse.executable.notes),
-            "ort_dense_ms": round(ort_ms, 2),
-            "torch_dense_ms": round(torch_ms, 2),
-            "speedup_vs_ort": round(ort_ms / tvm_ms, 2),
-            "max_abs_vs_pruned_torch": deviation,
-            "compile_s": {"tvm": round(sparse_compile_s, 1), "ort": round(dense_compile_s, 1)},
-        }
-        rows.append(row)
-        print(row, flush=True)
-        _write(args.out, rows, load_before, os.getloadavg())
-        del sparse, dense  # BERT-base builds are large: free one before the next compiles
-        gc.collect()
-    load_after = os.getloadavg()
-    print(f"\nload after {load_after}")
+            print(
+                f"  {variant} thr {threads} (own process): {separate[variant, threads]['ms']}",
+                flush=True,
+            )
+        if not args.no_control:  # tvm first, then ort, in this one process
+            for variant in ("tvm", "ort"):
+                control[variant, threads] = _time(
+                    variant, args.layers, threads, args.batches, args.repeats
+                )
+                print(
+                    f"  {variant} thr {threads} (same process): {control[variant, threads]['ms']}",
+                    flush=True,
+                )
+    after = machine()
+    rows = []
+    for threads in args.threads:
+        for batch in map(str, args.batches):
+            ms = {v: separate[v, threads]["ms"][batch] for v in variants}
+            row = {
+                "threads": threads,
+                "batch": int(batch),
+                **{f"{v}_ms": ms[v] for v in variants},
+                "speedup_vs_ort": round(ms["ort"] / ms["tvm"], 2),
+                "max_abs_vs_dense_torch": separate["tvm", threads]["max_abs_vs_dense_torch"][batch],
+            }
+            if control:
+                same = {v: control[v, threads]["ms"][batch] for v in ("tvm", "ort")}
+                row["same_process"] = {
+                    "tvm_ms": same["tvm"],
+                    "ort_ms": same["ort"],
+                    "speedup_vs_ort": round(same["ort"] / same["tvm"], 2),
+                }
+            rows.append(row)
+    print(f"\n{machine_line(after)}")
+    print("each runtime in its own process:")
     print(
-        f"{'thr':>3} {'batch':>5} {'tvm sparse ms':>14} {'unfused ms':>11} {'ort dense ms':>13} "
-        f"{'torch ms':>9} {'speedup':>8}"
+        f"{'thr':>3} {'batch':>5} "
+        + " ".join(f"{v + ' ms':>15}" for v in variants)
+        + f" {'speedup':>8}"
     )
     for row in rows:
-        unfused = "-" if row["tvm_unfused_ms"] is None else f"{row['tvm_unfused_ms']:.2f}"
         print(
-            f"{row['threads']:>3} {row['batch']:>5} {row['tvm_sparse_ms']:>14.2f} {unfused:>11} "
-            f"{row['ort_dense_ms']:>13.2f} {row['torch_dense_ms']:>9.2f} "
-            f"{row['speedup_vs_ort']:>7.2f}x"
+            f"{row['threads']:>3} {row['batch']:>5} "
+            + " ".join(f"{row[v + '_ms']:>15.2f}" for v in variants)
+            + f" {row['speedup_vs_ort']:>7.2f}x"
         )
-
-
-def _write(
-    out: Path,
-    rows: list[dict[str, Any]],
-    load_before: tuple[float, ...],
-    load_now: tuple[float, ...],
-) -> None:
-    """The JSON of every row so far (written after each: BERT-base batch 8 runs are long)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
+    if control:
+        print("control, tvm then ort in one process:")
+        for row in rows:
+            same = row["same_process"]
+            print(
+                f"{row['threads']:>3} {row['batch']:>5} tvm {same['tvm_ms']:.2f} ms, "
+                f"ort {same['ort_ms']:.2f} ms, {same['speedup_vs_ort']:.2f}x"
+            )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
         json.dumps(
             {
-                "machine": platform.platform(),
-                "mcpu": host_cpu(),
+                "machine_before": before,
+                "machine_after": after,
                 "command": " ".join(["python", *sys.argv]),
-                "load_before": load_before,
-                "load_after": load_now,
                 "pipeline": SPARSE_PIPELINE,
+                "notes": separate["tvm", args.threads[0]]["notes"],
+                "compile_s": {f"{v}-{t}": r["compile_s"] for (v, t), r in separate.items()},
                 "rows": rows,
             },
             indent=2,
