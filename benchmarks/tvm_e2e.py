@@ -13,7 +13,7 @@ Rules:
 - **each variant is compiled and timed in its own fresh process** (`_isolation`), one
   process per variant and thread count, compiled once on the largest batch and timed at
   every batch (dynamic batch); then a **same-process control** compiles `tvm` and `ort` in
-  this process and times them back to back, as earlier versions of this benchmark did, so
+  one (fresh) process and times them back to back, as earlier versions of this benchmark did, so
   the effect of sharing a process is measured, not assumed;
 - the same thread count everywhere (torch, ORT intra-op, TVM's pool); medians of
   `--repeats` runs after warm-up; CPU model, ISA and the load average before and after;
@@ -160,6 +160,13 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/tvm_e2e.json"))
     args = parser.parse_args()
+    if args.child == "control":  # tvm, then ort, in this one process
+        both = {
+            v: _time(v, args.layers, args.threads[0], args.batches, args.repeats)
+            for v in ("tvm", "ort")
+        }
+        emit(both)
+        return
     if args.child:
         emit(_time(args.child, args.layers, args.threads[0], args.batches, args.repeats))
         return
@@ -179,14 +186,18 @@ def main() -> None:
                 f"  {variant} thr {threads} (own process): {separate[variant, threads]['ms']}",
                 flush=True,
             )
-        if not args.no_control:  # tvm first, then ort, in this one process
-            for variant in ("tvm", "ort"):
-                control[variant, threads] = _time(
-                    variant, args.layers, threads, args.batches, args.repeats
+        if not args.no_control:  # tvm first, then ort, in one process (itself a fresh one)
+            try:
+                both = in_fresh_process(
+                    Path(__file__), ["control", "--threads", str(threads), *common]
                 )
+            except RuntimeError as exc:  # reported, not fatal: the table's rows stand alone
+                print(f"  control thr {threads} failed: {str(exc)[-300:]}", flush=True)
+                continue
+            for variant in ("tvm", "ort"):
+                control[variant, threads] = both[variant]
                 print(
-                    f"  {variant} thr {threads} (same process): {control[variant, threads]['ms']}",
-                    flush=True,
+                    f"  {variant} thr {threads} (same process): {both[variant]['ms']}", flush=True
                 )
     after = machine()
     rows = []
@@ -200,7 +211,7 @@ def main() -> None:
                 "speedup_vs_ort": round(ms["ort"] / ms["tvm"], 2),
                 "max_abs_vs_dense_torch": separate["tvm", threads]["max_abs_vs_dense_torch"][batch],
             }
-            if control:
+            if ("tvm", threads) in control:
                 same = {v: control[v, threads]["ms"][batch] for v in ("tvm", "ort")}
                 row["same_process"] = {
                     "tvm_ms": same["tvm"],
@@ -224,6 +235,8 @@ def main() -> None:
     if control:
         print("control, tvm then ort in one process:")
         for row in rows:
+            if "same_process" not in row:
+                continue
             same = row["same_process"]
             print(
                 f"{row['threads']:>3} {row['batch']:>5} tvm {same['tvm_ms']:.2f} ms, "

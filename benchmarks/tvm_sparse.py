@@ -1,6 +1,9 @@
 """Block-sparse TVM kernels (ours) vs dense ORT, torch and tuned TVM at BERT-base FFN shapes.
 
-Prints a table of median times and writes JSON: for each shape, sparsity, block shape and
+The dense baselines (ORT, torch) are timed in a fresh process per shape and thread count
+(`_isolation`), ORT again in this process after the kernels as a control row; `--isa`
+builds the kernels for another ISA (x86-64-v3 / -v4 code), which runs only where the host
+has it. Prints a table of median times and writes JSON: for each shape, sparsity, block shape and
 thread count, TVM sparse (the kernel call, the transpose of x into its panel included), ORT
 dense, torch dense and TVM dense tuned by meta-schedule (`--tune-trials` candidates per
 shape and thread count, the Relax VM call timed; records persist in `--tuning-dir`, so a
@@ -44,6 +47,9 @@ from sparsec.backends.tvm.slabs import slab_major
 from sparsec.backends.tvm.target import host_target
 from sparsec.backends.tvm.threads import set_threads
 from sparsec.backends.tvm.tuning import DEFAULT_TUNING_DIR, TuneBudget, tune_module
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _isolation import emit, in_fresh_process, machine, machine_line  # noqa: E402
 
 SHAPES = [(128, 768, 3072), (128, 3072, 768)]  # (tokens, in, out)
 SPARSITIES = [0.5, 0.7, 0.8, 0.9, 0.95]
@@ -118,6 +124,18 @@ def _tvm_dense_tuned(
     return ms, info
 
 
+def _dense_child(shape_index: int, threads: int, repeats: int) -> dict[str, float]:
+    """torch's and ORT's dense times for one shape, measured in this (fresh) process."""
+    tokens, in_f, out_f = SHAPES[shape_index]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((tokens, in_f)).astype(np.float32)
+    weight = rng.standard_normal((out_f, in_f)).astype(np.float32)
+    torch.set_num_threads(threads)
+    x_t, w_t = torch.from_numpy(x), torch.from_numpy(weight)
+    torch_ms = _median_ms(lambda: torch.nn.functional.linear(x_t, w_t), repeats)
+    return {"torch_ms": torch_ms, "ort_ms": _ort_dense(x, weight, threads, repeats)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -140,6 +158,7 @@ def main() -> None:
         help="persistent tuning records (reused by later runs)",
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/tvm_sparse.json"))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument(
         "--isa",
         choices=sorted(ISAS),
@@ -153,10 +172,14 @@ def main() -> None:
             f"{list(ISAS[args.isa].features)}. Their code builds here (tests check it); time "
             "them on such a host."
         )
+    if args.child:
+        emit(_dense_child(args.shapes[0], args.threads[0], args.repeats))
+        return
     rng = np.random.default_rng(0)
     rows = []
+    controls: list[dict[str, object]] = []
     load_before = os.getloadavg()
-    print(f"host {platform.node()} cpu {host_target().attrs['mcpu']} load {load_before}")
+    print(machine_line(), f"kernels for {args.isa}")
     header = (
         f"{'shape':>16} {'thr':>3} {'s':>5} {'block':>5} {'tvm ms':>8} {'ort ms':>8} "
         f"{'torch ms':>8} {'tuned ms':>8} {'speedup':>7} {'ideal':>5}"
@@ -172,12 +195,14 @@ def main() -> None:
             isa = isa_of(target)
             set_threads(threads)
             torch.set_num_threads(threads)
-            x_t, w_t = torch.from_numpy(x), torch.from_numpy(weight)
-            torch_ms = _median_ms(
-                lambda: torch.nn.functional.linear(x_t, w_t),  # noqa: B023
-                args.repeats,
+            # the dense runtimes in a fresh process each (`_isolation`); ORT again in this
+            # one after the kernels below, as the same-process control
+            dense = in_fresh_process(
+                Path(__file__),
+                ["dense", "--threads", str(threads), "--shapes", str(shape_index)]
+                + ["--repeats", str(args.repeats)],
             )
-            ort_ms = _ort_dense(x, weight, threads, args.repeats)
+            torch_ms, ort_ms = dense["torch_ms"], dense["ort_ms"]
             tuned_ms = None
             if args.tune_trials > 0:
                 tuned_ms, info = _tvm_dense_tuned(
@@ -255,6 +280,12 @@ def main() -> None:
                         f"{row['ideal']:5.1f}",
                         flush=True,
                     )
+            same = _ort_dense(x, weight, threads, args.repeats)
+            controls.append(
+                {"in": in_f, "out": out_f, "threads": threads, "ort_own_process_ms": ort_ms}
+                | {"ort_same_process_ms": same}
+            )
+            print(f"  control: ORT dense in this process after the kernels {same:.3f} ms")
     load_after = os.getloadavg()
     print(f"load after {load_after}")
     if tuning:
@@ -283,7 +314,9 @@ def main() -> None:
         json.dumps(
             {
                 "machine": platform.platform(),
-                "mcpu": str(host_target().attrs["mcpu"]),
+                **machine(),
+                "kernel_isa": args.isa,
+                "same_process_control": controls,
                 "load_before": load_before,
                 "load_after": load_after,
                 "command": " ".join(["python", *sys.argv]),

@@ -6,6 +6,10 @@ Rules:
   slab-major order instead, below); unstructured (CSR) is r = c = 1;
 - `x` is [m, K] with m symbolic (batch × sequence) and nnz symbolic, so one compiled kernel
   serves every layer of the same (N, K, r, c);
+- what depends on the CPU comes from an `Isa` record (`isa`): vector lanes, the TOKEN
+  accumulators that fit its registers, whether FEATURE is used, the AVX-512 register
+  broadcasts; the generator itself is vector-width generic (4-, 8- and 16-lane kernels are
+  tested), so another vector unit needs an Isa record and a measurement, not new code;
 - both schedules first copy x into a token-tiled, feature-major panel `XT [tiles, K, tile]`
   by 16×16 register transposes (`_TRANSPOSE`)
   (`panel_tile`; one panel row is one to four cache lines, so the random block columns a
