@@ -8,7 +8,9 @@ Rules:
 - variants: `tvm` (`sparsify{pattern=block,block=[16,1],sparsity=0.9}` then
   `lower-sparse-weights{format=bsr,gate=off}` with `backend="tvm"`: partitioned, our
   kernels for the 72 linears, torch for attention, norms and GELU), `ort` (`pipeline="none"`
-  on `backend="onnxruntime"`), `torch` (eager, dense, for reference) and with `--unfused`
+  on `backend="onnxruntime"`), `ort-int8` (that ONNX model through
+  `onnxruntime.quantization.quantize_dynamic`, INT8 weights: the simplest alternative a
+  user has), `torch` (eager, dense, for reference) and with `--unfused`
   `tvm-unfused` (the same sparse build with `fuse_chains=False`);
 - **each variant is compiled and timed in its own fresh process** (`_isolation`), one
   process per variant and thread count, compiled once on the largest batch and timed at
@@ -90,14 +92,39 @@ def _median_ms(run: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times) * 1e3
 
 
+def _int8(dense: Any, threads: int) -> Any:
+    """The dense ONNX model with dynamic INT8 quantization (onnxruntime.quantization), the
+    simplest speed-up a user has without sparsec; a callable taking the same keywords."""
+    import tempfile
+
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    directory = Path(tempfile.mkdtemp(prefix="sparsec-int8-"))
+    dense.save(directory / "dense")
+    quantized = directory / "int8.onnx"
+    quantize_dynamic(directory / "dense" / "model.onnx", quantized, weight_type=QuantType.QInt8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(quantized), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+
+    def run(**inputs: torch.Tensor) -> torch.Tensor:
+        feed = {name: inputs[name].numpy() for name in names}
+        return torch.from_numpy(session.run(None, feed)[0])
+
+    return run
+
+
 def _build(variant: str, model: Encoder, inputs: dict[str, torch.Tensor], threads: int) -> Any:
     """The callable of one variant, compiled on `inputs`."""
     if variant == "torch":
         return model
-    if variant == "ort":
-        return sparsec.compile(
+    if variant in ("ort", "ort-int8"):
+        dense = sparsec.compile(
             model, inputs, pipeline="none", backend="onnxruntime", threads=threads
         )
+        return dense if variant == "ort" else _int8(dense, threads)
     sparse = sparsec.compile(
         model, inputs, pipeline=SPARSE_PIPELINE, backend="tvm", threads=threads
     )
@@ -172,7 +199,7 @@ def main() -> None:
         return
     before = machine()
     print(f"{machine_line(before)}; BERT-base layers {args.layers} seq {SEQUENCE}", flush=True)
-    variants = ["tvm", "ort", "torch", *(["tvm-unfused"] if args.unfused else [])]
+    variants = ["tvm", "ort", "ort-int8", "torch", *(["tvm-unfused"] if args.unfused else [])]
     common = ["--layers", str(args.layers), "--repeats", str(args.repeats), "--batches"]
     common += [str(b) for b in args.batches]
     separate: dict[tuple[str, int], dict[str, Any]] = {}
@@ -209,6 +236,7 @@ def main() -> None:
                 "batch": int(batch),
                 **{f"{v}_ms": ms[v] for v in variants},
                 "speedup_vs_ort": round(ms["ort"] / ms["tvm"], 2),
+                "speedup_vs_ort_int8": round(ms["ort-int8"] / ms["tvm"], 2),
                 "max_abs_vs_dense_torch": separate["tvm", threads]["max_abs_vs_dense_torch"][batch],
             }
             if ("tvm", threads) in control:
@@ -224,13 +252,13 @@ def main() -> None:
     print(
         f"{'thr':>3} {'batch':>5} "
         + " ".join(f"{v + ' ms':>15}" for v in variants)
-        + f" {'speedup':>8}"
+        + f" {'vs ort':>8} {'vs int8':>8}"
     )
     for row in rows:
         print(
             f"{row['threads']:>3} {row['batch']:>5} "
             + " ".join(f"{row[v + '_ms']:>15.2f}" for v in variants)
-            + f" {row['speedup_vs_ort']:>7.2f}x"
+            + f" {row['speedup_vs_ort']:>7.2f}x {row['speedup_vs_ort_int8']:>7.2f}x"
         )
     if control:
         print("control, tvm then ort in one process:")
