@@ -20,6 +20,8 @@ Rules:
 - the same thread count everywhere (torch, ORT intra-op, TVM's pool); medians of
   `--repeats` runs after warm-up; CPU model, ISA and the load average before and after;
   pin the whole run with taskset;
+- `--isa avx2|avx512|generic` builds the sparse variants' kernels for that ISA (default: this
+  host's); one this host cannot run is refused with the reason (time it on a host that has it);
 - prints a table and writes benchmarks/results/tvm_e2e.json.
 
 Example:
@@ -44,8 +46,9 @@ import transformers
 
 import sparsec
 from sparsec.backends.tvm import TvmOptions
+from sparsec.backends.tvm.isa import ISAS, isa_of, isa_target, missing_here
 from sparsec.backends.tvm.partitioned import PartitionedExecutable
-from sparsec.backends.tvm.target import build_target
+from sparsec.backends.tvm.target import host_target
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _isolation import emit, in_fresh_process, machine, machine_line  # noqa: E402
@@ -116,8 +119,10 @@ def _int8(dense: Any, threads: int) -> Any:
     return run
 
 
-def _build(variant: str, model: Encoder, inputs: dict[str, torch.Tensor], threads: int) -> Any:
-    """The callable of one variant, compiled on `inputs`."""
+def _build(
+    variant: str, model: Encoder, inputs: dict[str, torch.Tensor], threads: int, isa: str
+) -> Any:
+    """The callable of one variant, compiled on `inputs`; sparse kernels for `isa`."""
     if variant == "torch":
         return model
     if variant in ("ort", "ort-int8"):
@@ -128,26 +133,26 @@ def _build(variant: str, model: Encoder, inputs: dict[str, torch.Tensor], thread
     sparse = sparsec.compile(
         model, inputs, pipeline=SPARSE_PIPELINE, backend="tvm", threads=threads
     )
-    if variant == "tvm":
+    if variant == "tvm" and isa == isa_of(host_target()).name:
         return sparse
     return PartitionedExecutable.build(
         sparse.graph.module,
         sparse.graph.export_program,
-        build_target("cpu", threads),
+        isa_target(isa, threads),
         threads,
         dense_threads=TvmOptions().dense_threads,  # as the compiled build
-        fuse_chains=False,
+        fuse_chains=variant == "tvm",
     )
 
 
 def _time(
-    variant: str, layers: int, threads: int, batches: list[int], repeats: int
+    variant: str, layers: int, threads: int, batches: list[int], repeats: int, isa: str
 ) -> dict[str, Any]:
     """Compile `variant` on the largest batch and time it at each batch, in this process."""
     torch.set_num_threads(threads)
     model = Encoder(layers)
     start = time.perf_counter()
-    runner = _build(variant, model, _inputs(max(batches), model.vocab), threads)
+    runner = _build(variant, model, _inputs(max(batches), model.vocab), threads, isa)
     compile_s = time.perf_counter() - start
     result: dict[str, Any] = {
         "variant": variant,
@@ -184,23 +189,39 @@ def main() -> None:
     parser.add_argument(
         "--no-control", action="store_true", help="skip the same-process control rows"
     )
+    parser.add_argument(
+        "--isa",
+        choices=sorted(ISAS),
+        default=isa_of(host_target()).name,
+        help="the ISA the sparse kernels are built for (default: this host's)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/tvm_e2e.json"))
     args = parser.parse_args()
+    if lacking := missing_here(ISAS[args.isa]):
+        parser.error(
+            f"{args.isa} kernels cannot run here: this host ({host_target().attrs['mcpu']}) lacks "
+            f"{lacking}; time them on a host that has them"
+        )
     if args.child == "control":  # tvm, then ort, in this one process
         both = {
-            v: _time(v, args.layers, args.threads[0], args.batches, args.repeats)
+            v: _time(v, args.layers, args.threads[0], args.batches, args.repeats, args.isa)
             for v in ("tvm", "ort")
         }
         emit(both)
         return
     if args.child:
-        emit(_time(args.child, args.layers, args.threads[0], args.batches, args.repeats))
+        emit(_time(args.child, args.layers, args.threads[0], args.batches, args.repeats, args.isa))
         return
     before = machine()
-    print(f"{machine_line(before)}; BERT-base layers {args.layers} seq {SEQUENCE}", flush=True)
+    print(
+        f"{machine_line(before)}; BERT-base layers {args.layers} seq {SEQUENCE}; "
+        f"kernels for {args.isa}",
+        flush=True,
+    )
     variants = ["tvm", "ort", "ort-int8", "torch", *(["tvm-unfused"] if args.unfused else [])]
-    common = ["--layers", str(args.layers), "--repeats", str(args.repeats), "--batches"]
+    common = ["--layers", str(args.layers), "--repeats", str(args.repeats), "--isa", args.isa]
+    common += ["--batches"]
     common += [str(b) for b in args.batches]
     separate: dict[tuple[str, int], dict[str, Any]] = {}
     control: dict[tuple[str, int], dict[str, Any]] = {}
@@ -278,6 +299,7 @@ def main() -> None:
                 "machine_after": after,
                 "command": " ".join(["python", *sys.argv]),
                 "pipeline": SPARSE_PIPELINE,
+                "kernel_isa": args.isa,
                 "notes": separate["tvm", args.threads[0]]["notes"],
                 "compile_s": {f"{v}-{t}": r["compile_s"] for (v, t), r in separate.items()},
                 "rows": rows,

@@ -34,7 +34,7 @@ import tvm
 from onnx import TensorProto, helper, numpy_helper
 
 from sparsec.backends.tvm.importer import import_graph
-from sparsec.backends.tvm.isa import ISAS, isa_of, isa_target, runs_here
+from sparsec.backends.tvm.isa import ISAS, isa_of, isa_target, missing_here
 from sparsec.backends.tvm.kernels import (
     BsrShape,
     Schedule,
@@ -166,10 +166,10 @@ def main() -> None:
         help="the ISA the kernels are generated for (default: this host's)",
     )
     args = parser.parse_args()
-    if not runs_here(ISAS[args.isa]):
+    if lacking := missing_here(ISAS[args.isa]):
         sys.exit(
             f"{args.isa} kernels cannot run here: this host ({host_target().attrs['mcpu']}) lacks "
-            f"{list(ISAS[args.isa].features)}. Their code builds here (tests check it); time "
+            f"{lacking}. Their code builds here (tests check it); time "
             "them on such a host."
         )
     if args.child:

@@ -22,7 +22,7 @@ import sparsec  # noqa: E402
 from sparsec.artifact import read_artifact, write_artifact  # noqa: E402
 from sparsec.backends.base import BackendOptions, Severity, get_backend  # noqa: E402
 from sparsec.backends.tvm import TvmBackend, TvmMode, TvmOptions  # noqa: E402
-from sparsec.backends.tvm.isa import AVX512, isa_of, runs_here  # noqa: E402
+from sparsec.backends.tvm.isa import AVX512, isa_of, missing_here  # noqa: E402
 from sparsec.backends.tvm.target import check_loadable, host_cpu, host_target  # noqa: E402
 from sparsec.errors import ArtifactError, BackendError  # noqa: E402
 from sparsec.frontends import trace  # noqa: E402
@@ -290,7 +290,7 @@ def test_foreign_build_refuses_to_load(graph, partitioned, tmp_path: Path) -> No
 def test_build_records_its_isa_and_another_isa_refuses_to_load(partitioned, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     metadata = partitioned.save(tmp_path)
     assert metadata["target"]["isa"] == isa_of(host_target()).name
-    if runs_here(AVX512):
+    if not missing_here(AVX512):
         pytest.skip("this host runs every ISA sparsec builds for (it has AVX-512)")
     foreign = {**metadata, "target": {**metadata["target"], "isa": "avx512"}}
     with pytest.raises(ArtifactError, match="kernels for avx512.*Fix: rebuild"):

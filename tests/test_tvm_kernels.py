@@ -18,7 +18,7 @@ pytest.importorskip("tvm")
 import tvm  # noqa: E402
 
 from sparsec.backends.tvm.cuda_kernels import bsr_cuda_kernel  # noqa: E402
-from sparsec.backends.tvm.isa import AVX2, AVX512, GENERIC, Isa, isa_of, isa_target, runs_here  # noqa: E402
+from sparsec.backends.tvm.isa import AVX2, AVX512, GENERIC, Isa, isa_of, isa_target, missing_here  # noqa: E402
 from sparsec.backends.tvm.kernels import (  # noqa: E402
     BsrShape,
     Schedule,
@@ -48,7 +48,8 @@ ISA_PARAMS = [
         isa,
         id=isa.name,
         marks=pytest.mark.skipif(
-            not runs_here(isa), reason=f"this host's CPU has no {isa.name} ({isa.features})"
+            bool(missing_here(isa)),
+            reason=f"this host's CPU lacks {isa.name}'s {missing_here(isa)}",
         ),
     )
     for isa in (AVX512, AVX2)

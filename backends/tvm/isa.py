@@ -10,7 +10,7 @@ Rules:
 - `isa_of(target)` is the widest ISA the target's LLVM CPU has (AVX-512 > AVX2 > generic);
 - `isa_target(name, threads)` is the host's own target when the host has that ISA, and
   otherwise LLVM's portable CPU of that level (`x86-64-v3`, `x86-64-v4`): code that compiles
-  here but runs only on a host with the ISA's features (`runs_here` says which);
+  here but runs only on a host with the ISA's features (`missing_here` says what is missing);
 - the figures behind each record were measured on the CPU named there, 90% blocks, 128
   tokens, 1 thread, all variants in one process and interleaved (benchmarks/tvm_sparse.py).
 
@@ -28,7 +28,7 @@ from tvm.target import Target, codegen
 
 from sparsec.errors import BackendError
 
-__all__ = ["AVX2", "AVX512", "GENERIC", "ISAS", "Isa", "isa_of", "isa_target", "runs_here"]
+__all__ = ["AVX2", "AVX512", "GENERIC", "ISAS", "Isa", "isa_of", "isa_target", "missing_here"]
 
 
 @dataclass(frozen=True)
@@ -58,16 +58,16 @@ GENERIC = Isa("generic", 4, 8, False, False, "x86-64", ())
 ISAS = {isa.name: isa for isa in (AVX512, AVX2, GENERIC)}
 
 
-def _has(target: Target, features: tuple[str, ...]) -> bool:
+def _lacks(target: Target, features: tuple[str, ...]) -> list[str]:
     with target:
-        return all(codegen.llvm_cpu_has_features([f], target) for f in features)
+        return [f for f in features if not codegen.llvm_cpu_has_features([f], target)]
 
 
 def isa_of(target: Target) -> Isa:
     """The widest ISA the CPU of `target` (or of a GPU target's host) has."""
     cpu = target.host if target.kind.name != "llvm" and target.host is not None else target
     for isa in (AVX512, AVX2):
-        if _has(cpu, isa.features):
+        if not _lacks(cpu, isa.features):
             return isa
     return GENERIC
 
@@ -76,9 +76,9 @@ def _host() -> Target:
     return Target({"kind": "llvm", "mcpu": str(codegen.llvm_get_system_cpu())})
 
 
-def runs_here(isa: Isa) -> bool:
-    """Whether this host can run code built for `isa`."""
-    return _has(_host(), isa.features)
+def missing_here(isa: Isa) -> list[str]:
+    """The features of `isa` this host lacks (empty: code built for `isa` runs here)."""
+    return _lacks(_host(), isa.features)
 
 
 def isa_target(name: str, threads: int | None = None) -> Target:

@@ -24,7 +24,7 @@ from tvm.target import Target, codegen
 
 from sparsec.errors import ArtifactError, BackendError
 
-from .isa import ISAS, isa_of, runs_here
+from .isa import ISAS, isa_of, missing_here
 
 __all__ = [
     "DEFAULT_CUDA_ARCH",
@@ -107,9 +107,9 @@ def check_loadable(record: dict[str, Any], requested: str | None = None) -> None
             "CUDA device. Fix: load it on a GPU host, or rebuild it with target='cpu'."
         )
     isa = ISAS.get(str(record.get("isa")))
-    if isa is not None and not runs_here(isa):
+    if isa is not None and (lacking := missing_here(isa)):
         raise ArtifactError(
-            f"this TVM artifact holds kernels for {isa.name} (features {list(isa.features)}), "
+            f"this TVM artifact holds kernels for {isa.name} (features {lacking}), "
             f"which this host ({host_cpu()!r}, {isa_of(host_target()).name}) lacks; running "
             "it would crash with an illegal instruction. Fix: rebuild the artifact on this "
             "host (sparsec.compile, or `sparsec compile`), which picks its kernels for the "
