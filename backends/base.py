@@ -174,7 +174,7 @@ def default_backend(target: str, graph: Graph | None = None) -> tuple[Backend, s
     Rules (the measurements behind them are in README.md):
     - "cpu" with sparse linear ops in the graph: "tvm" when apache-tvm is installed: ONNX
       Runtime densifies sparse weights, our TVM kernels skip the zeros
-      (benchmarks/tvm_e2e.py: BERT-base, 90% 16×1 blocks, 2.5–5.9× over dense ORT);
+      (benchmarks/tvm_e2e.py: BERT-base, 90% 16×1 blocks, 2.7–4.6× over dense ORT on AVX2);
     - "cpu" otherwise: "onnxruntime" (benchmarks/structured.py: faster than torch eager;
       untuned TVM dense code is 25–110× slower);
     - "cuda" with 2:4 ops: "torch", whose semi-structured kernels use sparse tensor cores;
