@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -30,6 +30,7 @@ from torch.utils import _pytree as pytree
 from sparsec.errors import BackendError, ConfigError
 
 if TYPE_CHECKING:
+    from sparsec.calibration import Calibration
     from sparsec.ir.graph import Graph
 
 __all__ = [
@@ -84,11 +85,14 @@ class BackendOptions:
 
     Rules:
     - `threads`: intra-op threads of the runtime (>= 1);
-    - `opset`: ONNX opset for backends that go through ONNX (>= 18, what torch.onnx emits).
+    - `opset`: ONNX opset for backends that go through ONNX (>= 18, what torch.onnx emits);
+    - `calibration`: compile()'s calibration batches, for lowerings that need data (ORT's
+      static INT8 quantization); the others ignore it.
     """
 
     threads: int | None = None
     opset: int | None = None
+    calibration: Calibration | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):

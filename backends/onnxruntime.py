@@ -10,7 +10,9 @@ Rules:
 - the executable flattens a call's inputs like the traced module does, feeds the tensors to
   the ONNX inputs in order, and rebuilds the traced output structure from ORT's outputs;
 - target "cuda" asks for ORT's CUDA provider; where it is missing the session runs on CPU
-  and `notes` says so.
+  and `notes` says so;
+- `OrtOptions.quantize` ("dynamic" or "static") turns the exported model into INT8 with
+  ORT's own tools (`ort_quantize`); the manifest records how, and loading runs it as saved.
 
 Example:
     executable = OnnxRuntimeBackend().lower(graph, "cpu", BackendOptions(threads=2))
@@ -26,6 +28,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +39,7 @@ import torch
 import torch.fx as fx
 from torch.utils import _pytree as pytree
 
-from sparsec.errors import BackendError
+from sparsec.errors import BackendError, ConfigError
 from sparsec.ops.onnx import ONNX_TRANSLATIONS
 
 from .base import (
@@ -51,17 +54,54 @@ from .base import (
     require_lowerable,
     unflatten_outputs,
 )
+from .ort_quantize import CalibrateMethod, Quantize, quantize_model
 
 if TYPE_CHECKING:
     from sparsec.ir.graph import Graph
 
-__all__ = ["MODEL_FILE", "OnnxRuntimeBackend", "OnnxRuntimeExecutable"]
+__all__ = ["MODEL_FILE", "OnnxRuntimeBackend", "OnnxRuntimeExecutable", "OrtOptions"]
 
 MODEL_FILE = "model.onnx"
 _EXTERNAL_DATA_FILE = MODEL_FILE + ".data"  # where ONNXProgram.save puts weights over 2 GB
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
 _ORT_LOG_ERRORS_ONLY = 3
+
+
+@dataclass(frozen=True)
+class OrtOptions:
+    """ONNX Runtime lowering options (`backend_options` of "onnxruntime").
+
+    Rules:
+    - `quantize`: "none" (fp32), "dynamic" (INT8 weights, activations per call: no data
+      needed; transformer linears) or "static" (INT8 QDQ with activation ranges from
+      compile()'s `calibration`); see `ort_quantize`;
+    - `calibrate_method` ("minmax", "entropy", "percentile"), `calibration_batches` (how many
+      batches the calibrator reads, >= 1) and `per_channel` (weights' scales per output
+      channel) refine quantization; the first two only apply to "static".
+    """
+
+    quantize: Quantize = Quantize.NONE
+    calibrate_method: CalibrateMethod = CalibrateMethod.MINMAX
+    calibration_batches: int = 16
+    per_channel: bool = True
+
+    def __post_init__(self) -> None:
+        for name, kind in (("quantize", Quantize), ("calibrate_method", CalibrateMethod)):
+            value = getattr(self, name)
+            if not isinstance(value, kind):
+                try:
+                    object.__setattr__(self, name, kind(value))
+                except ValueError:
+                    valid = ", ".join(member.value for member in kind)
+                    raise ConfigError(
+                        f"OrtOptions.{name} must be one of {valid}, not {value!r}"
+                    ) from None
+        if not isinstance(self.calibration_batches, int) or self.calibration_batches < 1:
+            raise ConfigError(
+                f"OrtOptions.calibration_batches must be an int >= 1, not "
+                f"{self.calibration_batches!r}"
+            )
 
 
 @contextlib.contextmanager
@@ -116,8 +156,10 @@ class OnnxRuntimeExecutable:
         target: str,
         threads: int | None,
         owner: tempfile.TemporaryDirectory[str] | None = None,
+        quantization: dict[str, Any] | None = None,
     ) -> None:
         self._source = source
+        self._quantization = quantization
         self._files = files
         self._in_spec = in_spec
         self._out_spec = out_spec
@@ -163,6 +205,7 @@ class OnnxRuntimeExecutable:
             "files": list(self._files),
             "in_spec": dump_spec(self._in_spec),
             "out_spec": dump_spec(self._out_spec),
+            **({"quantization": self._quantization} if self._quantization else {}),
         }
 
 
@@ -257,6 +300,9 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
+    def __init__(self, options: OrtOptions | None = None) -> None:
+        self.options = options or OrtOptions()
+
     def supports(self, target: str) -> bool:
         return target in TARGETS
 
@@ -291,19 +337,48 @@ class OnnxRuntimeBackend:
         try:
             files, in_spec, out_spec = _export(graph, source, options.opset)
             _verify_io(graph, source / MODEL_FILE, out_spec)
-            return OnnxRuntimeExecutable(
-                source, files, in_spec, out_spec, target, options.threads, owner
+            record, notes = self._quantize(graph, source, files, options)
+            executable = OnnxRuntimeExecutable(
+                source, files, in_spec, out_spec, target, options.threads, owner, record
             )
+            executable.notes.extend(notes)
+            return executable
         except BaseException:
             owner.cleanup()
             raise
 
+    def _quantize(
+        self, graph: Graph, source: Path, files: tuple[str, ...], options: BackendOptions
+    ) -> tuple[dict[str, Any] | None, list[str]]:
+        """INT8 in place of `model.onnx` when `OrtOptions.quantize` asks for it."""
+        if self.options.quantize is Quantize.NONE:
+            return None, []
+        if _EXTERNAL_DATA_FILE in files:
+            raise BackendError(
+                "INT8 quantization of a model whose weights pass ONNX's 2 GB limit is not "
+                "supported yet. Fix: compile with quantize=none, or prune it under 2 GB first."
+            )
+        return quantize_model(
+            source / MODEL_FILE,
+            mode=self.options.quantize,
+            method=self.options.calibrate_method,
+            per_channel=self.options.per_channel,
+            batches=self.options.calibration_batches,
+            calibration=options.calibration,
+            specs=graph.input_specs,
+            input_names=[spec.name for spec in graph.input_specs],
+        )
+
     def load(self, directory: Path, metadata: dict[str, Any]) -> Executable:
-        return OnnxRuntimeExecutable(
+        executable = OnnxRuntimeExecutable(
             directory,
             tuple(metadata["files"]),
             load_spec(metadata["in_spec"]),
             load_spec(metadata["out_spec"]),
             str(metadata["target"]),
             metadata.get("threads"),
+            quantization=metadata.get("quantization"),
         )
+        if metadata.get("quantization"):
+            executable.notes.append(f"INT8 model, quantized by ONNX Runtime: {metadata['quantization']}")
+        return executable

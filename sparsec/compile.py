@@ -476,14 +476,19 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
             backend=given_backend.name,
             backend_options=_given_options(given_backend),
         )
+    calibration_data = (
+        calibration
+        if isinstance(calibration, Calibration) or calibration is None
+        else Calibration(calibration)
+    )
     compiled = CompiledModel(
         model,
         resolved,
-        BackendOptions(threads=threads),
+        BackendOptions(threads=threads, calibration=calibration_data),
         verify_each,
         Path(dump_ir) if dump_ir is not None else None,
         progress or _default_progress(),
-        calibration if isinstance(calibration, Calibration) or calibration is None else Calibration(calibration),
+        calibration_data,
         given_backend,
         dynamic,
     )

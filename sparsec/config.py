@@ -67,7 +67,7 @@ SUFFIXES: tuple[str, ...] = (".toml", ".yaml", ".yml")
 _TOP_LEVEL: tuple[str, ...] = ("target", "backend", "backend_options", "passes")
 # backend name -> "module:class" of its options, or None; imported only when options are given.
 _BACKEND_OPTIONS: dict[str, str | None] = {
-    "onnxruntime": None,
+    "onnxruntime": "sparsec.backends.onnxruntime:OrtOptions",
     "torch": None,
     "tvm": "sparsec.backends.tvm.backend:TvmOptions",
 }
