@@ -16,6 +16,7 @@ __all__ = [
     "ArtifactError",
     "MaterializeError",
     "InputError",
+    "RecoveryError",
 ]
 
 
@@ -85,3 +86,7 @@ class MaterializeError(SparsecError):
 
 class InputError(SparsecError):
     """Inputs given at call time do not match what the model was compiled for."""
+
+
+class RecoveryError(SparsecError):
+    """Distillation could not go on (the loss diverged); the best weights were restored."""
