@@ -4,10 +4,12 @@
     compiled.save("out/model")
     model = sparsec.load("out/model")
     sparsec.recover(compiled, teacher=dense_model, data=batches)  # distil, then save again
+    sparsec.search(model, (x,), calibration=batches, budget=0.01)  # fastest within 1%
 """
 
 from sparsec.artifact import LoadedArtifact
 from sparsec.artifact import read_artifact as load
+from sparsec.budget_search import search
 from sparsec.compile import CompiledModel, compile
 from sparsec.pipeline import Pipeline
 from sparsec.recover import Recovery, recover
@@ -23,4 +25,5 @@ __all__ = [
     "compile",
     "load",
     "recover",
+    "search",
 ]

@@ -17,6 +17,7 @@ __all__ = [
     "MaterializeError",
     "InputError",
     "RecoveryError",
+    "SearchError",
 ]
 
 
@@ -90,3 +91,7 @@ class InputError(SparsecError):
 
 class RecoveryError(SparsecError):
     """Distillation could not go on (the loss diverged); the best weights were restored."""
+
+
+class SearchError(SparsecError):
+    """The quality-budget search cannot start or go on (bad inputs, dense metric failing)."""
