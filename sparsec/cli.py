@@ -186,6 +186,54 @@ def compile_command(
     console.print(f"[green]artifact written to[/] {path}")
 
 
+@app.command("search")
+def search_command(
+    model: Annotated[str, typer.Argument(help="package.module:factory returning an nn.Module")],
+    input: Annotated[list[str], typer.Option("--input", "-i", help="example input: 1x3x32x32[:dtype[:high]]")],
+    calibration: Annotated[
+        str, typer.Option(help="package.module:factory returning batches (a share is held out to score quality)")
+    ],
+    out: Annotated[Path, typer.Option(help="directory for search.json, the Pareto plot and the artifacts")] = Path("artifacts/search"),
+    budget: Annotated[float, typer.Option(help="largest relative quality drop, e.g. 0.01")] = 0.01,
+    target: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    recover: Annotated[bool, typer.Option("--recover", help="distil pruned candidates from the dense model")] = False,
+    threads: Annotated[int, typer.Option(help="runtime threads, the same for every candidate")] = 1,
+    repeats: Annotated[int, typer.Option(help="timed calls per candidate (median)")] = 30,
+    time_budget: Annotated[float | None, typer.Option(help="seconds after which no new candidate starts")] = None,
+) -> None:
+    """Find the fastest variant within a quality budget; resumes from OUT/search.json."""
+    import sparsec
+
+    try:
+        module = load_model_factory(model)
+        examples = tuple(parse_input_spec(s) for s in input)
+        data = load_calibration(calibration)
+        batches = data.batches if hasattr(data, "batches") else data
+        with console.status("searching") as status:
+            result = sparsec.search(
+                module, examples, calibration=batches, budget=budget, target=target,
+                recover=recover, threads=threads, repeats=repeats, time_budget_s=time_budget,
+                results=out / "search.json", work_dir=out / "candidates",
+                progress=lambda m: (status.update(m), console.log(m)),
+            )
+    except SparsecError as exc:
+        _fail(exc)
+    typer.echo("| candidate | quality | drop | ms | |\n|---|---:|---:|---:|---|")
+    front = {m.name for m in result.front}
+    for m in result.measured:
+        if m.ok:
+            mark = "chosen" if result.chosen and m.name == result.chosen.name else ("front" if m.name in front else "")
+            typer.echo(f"| {m.name} | {m.quality:.4f} | {m.drop:.2%} | {m.ms:.3f} | {mark} |")
+        else:
+            typer.echo(f"| {m.name} | failed: {m.error} | | | |")
+    typer.echo(result.message)
+    if result.skipped:
+        typer.echo(f"not started (time budget): {', '.join(result.skipped)}")
+    if result.plot is not None:
+        console.print(f"[green]Pareto plot:[/] {result.plot}")
+    console.print(f"[green]results:[/] {out / 'search.json'}")
+
+
 @app.command()
 def inspect(directory: Annotated[Path, typer.Argument(help="artifact directory")]) -> None:
     """Show an artifact's manifest summary and report."""
