@@ -6,7 +6,8 @@ Layout (every file but the manifest is listed in it with its sha256):
   shape with dynamic dims named) and output names; files; a checksum of the manifest itself;
 - `program.pt2` + `weights.safetensors`: the pruned torch program, pickle-free (see
   `sparsec.backends.torch_backend` for what torch.export.save/load unpickle and how we avoid it);
-- the backend's files, e.g. `model.onnx`; `report.md` and `report.json`.
+- the backend's files, e.g. `model.onnx`; `report.md` and `report.json`; the report's pictures
+  (`widths.png`, `sparsity.png`: `sparsec.report_plots`), linked from `report.md`.
 
 Rules:
 - a save writes a complete new version into `versions/<time>-<pid>-<id>/` (manifest last),
@@ -55,6 +56,7 @@ import sparsec
 from sparsec.backends.base import Executable, get_backend
 from sparsec.backends.torch_backend import PROGRAM_FILE, WEIGHTS_FILE, load_program, save_program
 from sparsec.errors import ArtifactError
+from sparsec.report_plots import missing_reason, write_report_plots
 from sparsec.signature import check_inputs, input_specs_from_manifest
 
 if TYPE_CHECKING:
@@ -225,6 +227,14 @@ def _switch_to(directory: Path, version: Path, files: list[str]) -> None:
         shutil.rmtree(previous, ignore_errors=True)
 
 
+def _picture_links(pictures: list[str]) -> str:
+    """The report's pictures as Markdown, or why there are none."""
+    if pictures:
+        return "\n## Pictures\n\n" + "".join(f"![{name[:-4]}]({name})\n\n" for name in pictures)
+    reason = missing_reason()
+    return f"\nNo pictures: {reason}.\n" if reason else ""
+
+
 def _fill(
     staging: Path,
     *,
@@ -241,9 +251,10 @@ def _fill(
     files = set(executable.files())
     if PROGRAM_FILE not in files:
         files.update(save_program(graph.export_program(), staging))
-    (staging / REPORT_MARKDOWN_FILE).write_text(report_markdown)
+    pictures = write_report_plots(report, staging) if report else []
+    (staging / REPORT_MARKDOWN_FILE).write_text(report_markdown + _picture_links(pictures))
     (staging / REPORT_JSON_FILE).write_text(_json(report, "report"))
-    files.update((REPORT_MARKDOWN_FILE, REPORT_JSON_FILE))
+    files.update((REPORT_MARKDOWN_FILE, REPORT_JSON_FILE, *pictures))
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "versions": {
