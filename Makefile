@@ -19,7 +19,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check sparsec passes backends tests examples benchmarks
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 fuzz: $(STAMP)
 	SPARSEC_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q tests -k fuzz

@@ -1,29 +1,34 @@
-"""Quality and latency of the deployable variants of a trained model, on one table.
+"""Quality and latency of the deployable variants of trained models, one table per model.
 
-Model: the digits residual CNN of `benchmarks/criteria.py`, trained here on scikit-learn's
-digits (no download). Quality is test accuracy on the 360 held-out images.
+Models, trained here without downloads:
+- `digits`: the residual CNN of `benchmarks/criteria.py` on scikit-learn's digits; quality is
+  test accuracy on the 360 held-out images (higher is better);
+- `lm`: a LLaMA-style byte-level language model with grouped-query attention, trained for a
+  few minutes on the standard library's docstrings (`_docstring_lm`); quality is perplexity
+  per byte on the held-out 10% (lower is better).
 
 Rules:
 - variants, each an artifact saved by sparsec:
   - `dense fp32`: `pipeline="none"` on ONNX Runtime;
-  - `dense INT8`: the same with `backend_options={"quantize": "static"}`, calibrated on 8
-    training batches. This is the simplest alternative a user has;
-  - `pruned fp32`: `--ratio` of the MACs removed (L2 magnitude, `prune-channels{target=macs,round_to=8}`:
-    widths that are multiples of 8 run faster in ORT's convolutions);
-  - `pruned + recovered`: that model after `sparsec.recover` (KL distillation from the dense
-    model on the training images, labels unused);
-  - `pruned + recovered + INT8`: the recovered `compiled.module` compiled again with static INT8;
-- each artifact is loaded and timed in its own fresh process (`_isolation`), at batch 1 and 8
-  with `--threads` threads. Warm-up calls come first, then the median of `--repeats`;
-- the table gives accuracy, the latency at each batch, and the speedup over dense fp32 and
-  over dense INT8. It is printed and written to benchmarks/results/quality_budget.json.
-
+  - `dense INT8`: the same with `backend_options={"quantize": ...}`: static QDQ calibrated on
+    8 training batches for the CNN, dynamic for the language model. This is the simplest
+    alternative a user has;
+  - `pruned fp32`: `--ratio` of the MACs removed (L2 magnitude,
+    `prune-channels{target=macs,round_to=8}`: widths that are multiples of 8 run faster in
+    ORT);
+  - `pruned + recovered`: that model after `sparsec.recover` (KL distillation from the
+    dense model on training inputs, labels unused);
+  - `pruned + recovered + INT8`: the recovered `compiled.module`, compiled again with INT8;
   - `search @1%` and `search @3%`: what `sparsec.search` chooses at those budgets from its
-    default space (dense, dense INT8, 25/50/75% of MACs removed with and without INT8, all
-    recovered by distillation, and 70/90% 16×1 block-sparse linears on TVM). Its quality is
-    its fidelity metric (top-1 agreement with the dense model on held-out training batches),
-    and the table gives the test accuracy of the chosen artifact. The second budget reuses
-    the first search's results file: nothing is measured twice.
+    default space (dense, dense INT8, structured ratios with and without INT8, all
+    recovered, and 16×1 block-sparse linears on TVM). Its quality is fidelity to the dense
+    model on held-out training batches (top-1 agreement for the CNN, perplexity ratio for
+    the language model); the table gives the chosen artifact's test quality. The second
+    budget reuses the first search's results file, so nothing is measured twice;
+- each artifact is timed in its own fresh process (`sparsec.budget_search.timing`) at batch 1
+  and 8 with `--threads` threads: warm-up calls, then the median of `--repeats`;
+- prints one table per model and writes benchmarks/results/quality_budget.json, plus each
+  search's Pareto plot as `quality_budget_<model>.png`.
 
 Not measured here: INT8 with TVM's sparse kernels (not built).
 
@@ -36,209 +41,269 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import sparsec
+from sparsec.budget_search import default_space
+from sparsec.budget_search.timing import save_inputs, time_artifact
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _isolation import emit, in_fresh_process, machine, machine_line  # noqa: E402
+import _docstring_lm as lm  # noqa: E402
+from _isolation import machine, machine_line  # noqa: E402
 from criteria import _accuracy, _data, _train  # noqa: E402
 
 SEED = 0
 BATCHES = (1, 8)
+RESULTS = Path(__file__).parent / "results"
 
 
-def _time_child(directory: str, threads: int, repeats: int) -> dict[str, Any]:
-    """Median ms of the artifact in `directory` at each batch size, in this (fresh) process."""
-    torch.set_num_threads(threads)
-    model = sparsec.load(directory)
-    result: dict[str, Any] = {}
-    for batch in BATCHES:
-        x = torch.randn(batch, 1, 8, 8)
-        for _ in range(5):
-            model(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-        result[str(batch)] = round(statistics.median(times) * 1e3, 4)
-    return result
+@dataclass
+class Task:
+    """One trained model and how to judge and time its variants."""
+
+    name: str
+    dense: torch.nn.Module
+    example: Any
+    train_inputs: list[Any]
+    test: Callable[[Callable[..., Any]], float]
+    quality_name: str
+    higher_is_better: bool
+    int8: dict[str, Any]
+    timing_inputs: dict[int, Any]
+    recover: dict[str, Any]
+    search_space: list[Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _slug(name: str) -> str:
-    return name.replace(" ", "_").replace("+", "plus").replace("@", "at").replace("%", "pct")
-
-
-def _build(args: argparse.Namespace, out: Path) -> tuple[dict[str, float], dict[str, Any]]:
-    """Train, prune, recover and quantize; save every variant under `out`; return accuracies."""
+def _digits(args: argparse.Namespace) -> Task:
     torch.manual_seed(SEED)
     train, test = _data()
+    started = time.perf_counter()
     dense = _train(train, args.epochs)
-    example = train[0][0][:2]
-    images = [x for x, _ in train]
-    calibration = images[:8]
-    int8 = {"quantize": "static", "calibration_batches": 8}
-    accuracy: dict[str, float] = {}
-    extra: dict[str, Any] = {}
-
-    def keep(name: str, compiled: sparsec.CompiledModel) -> None:
-        accuracy[name] = _accuracy(compiled, test)
-        compiled.save(out / _slug(name))
-        print(f"  {name}: {accuracy[name]:.2%}", flush=True)
-
-    ort: dict[str, Any] = {"backend": "onnxruntime", "threads": args.threads}
-    keep("dense fp32", sparsec.compile(dense, example, pipeline="none", **ort))
-    keep(
-        "dense INT8",
-        sparsec.compile(
-            dense, example, pipeline="none", backend_options=int8, calibration=calibration, **ort
-        ),
+    return Task(
+        "digits",
+        dense,
+        train[0][0][:2],
+        [x for x, _ in train],
+        lambda model: _accuracy(model, test),
+        "test accuracy",
+        True,
+        {"quantize": "static", "calibration_batches": 8},
+        {b: torch.randn(b, 1, 8, 8) for b in BATCHES},
+        {"steps": 550, "lr": 3e-3, "loss": "kl", "eval_every": 25, "patience": 4},
+        extra={"train_s": round(time.perf_counter() - started, 1)},
     )
+
+
+def _language_model(args: argparse.Namespace) -> Task:
+    train, held = lm.corpus_split()
+    started = time.perf_counter()
+    dense = lm.train_model(train, steps=args.lm_steps)
+    test = lm.windows(held, count=16, batch=16, seed=7)
+    inputs = lm.windows(train, count=24, batch=16, seed=3)
+    recover = {"steps": 200, "lr": 1e-3, "loss": "kl", "eval_every": 25, "patience": 3}
+    return Task(
+        "lm",
+        dense,
+        inputs[0],
+        inputs,
+        lambda model: lm.perplexity(model, test),
+        "held-out perplexity",
+        False,
+        {"quantize": "dynamic"},
+        {b: lm.windows(held, count=1, batch=b, seed=11)[0] for b in BATCHES},
+        recover,
+        search_space=default_space(
+            ratios=(0.25, 0.5), sparsities=(0.9,), recover=True, static_int8=False
+        ),
+        extra={
+            "train_s": round(time.perf_counter() - started, 1),
+            "corpus_bytes": [len(train), len(held)],
+            "train_steps": args.lm_steps,
+        },
+    )
+
+
+TASKS: dict[str, Callable[[argparse.Namespace], Task]] = {
+    "digits": _digits,
+    "lm": _language_model,
+}
+
+
+def _variants(task: Task, args: argparse.Namespace, out: Path) -> dict[str, float]:
+    """Build every variant of `task` as an artifact under `out`; return their test quality."""
+    quality: dict[str, float] = {}
+    ort: dict[str, Any] = {"backend": "onnxruntime", "threads": args.threads}
+    calibration = task.train_inputs[:8]
+
+    def keep(name: str, model: Any) -> None:
+        quality[name] = task.test(model)
+        print(f"  {name}: {task.quality_name} {quality[name]:.4f}", flush=True)
+        if isinstance(model, sparsec.CompiledModel):
+            model.save(out / _slug(name))
+
+    def int8(model: torch.nn.Module) -> sparsec.CompiledModel:
+        return sparsec.compile(
+            model,
+            task.example,
+            pipeline="none",
+            backend_options=task.int8,
+            calibration=calibration,
+            **ort,
+        )
+
+    keep("dense fp32", sparsec.compile(task.dense, task.example, pipeline="none", **ort))
+    keep("dense INT8", int8(task.dense))
     pipeline = (
         f"magnitude-importance{{norm=2}},prune-channels{{ratio={args.ratio},target=macs,"
-        f"round_to={args.round_to}}}"
+        f"round_to=8}}"
     )
-    pruned = sparsec.compile(dense, example, pipeline=pipeline, **ort)
-    extra["macs_ratio"] = pruned.report.after.macs / pruned.report.before.macs
+    pruned = sparsec.compile(task.dense, task.example, pipeline=pipeline, **ort)
+    task.extra["macs_ratio"] = round(pruned.report.after.macs / pruned.report.before.macs, 3)
     keep("pruned fp32", pruned)
     started = time.perf_counter()
-    recovery_options = {
-        "steps": args.recover_steps,
-        "lr": args.recover_lr,
-        "loss": "kl",
-        "eval_every": 25,
-        "patience": 4,
-    }
-    recovery = sparsec.recover(pruned, teacher=dense, data=images, **recovery_options)
-    extra["recovery"] = {
+    recovery = sparsec.recover(pruned, teacher=task.dense, data=task.train_inputs, **task.recover)
+    task.extra["recovery"] = {
         "seconds": round(time.perf_counter() - started, 1),
         "steps": recovery.steps,
         "best_step": recovery.best_step,
-        "held_out_kl": [recovery.initial_held_out, recovery.best_held_out],
+        "held_out_kl": [round(recovery.initial_held_out, 4), round(recovery.best_held_out, 4)],
     }
     keep("pruned + recovered", pruned)
-    keep(
-        "pruned + recovered + INT8",
-        sparsec.compile(
-            pruned.module.eval(),
-            example,
-            pipeline="none",
-            backend_options=int8,
-            calibration=calibration,
-            **ort,
-        ),
-    )
+    keep("pruned + recovered + INT8", int8(pruned.to_module().eval()))
     if args.search:
-        results = out / "search.json"
-        extra["search"] = {}
-        for budget in (0.01, 0.03):
-            started = time.perf_counter()
-            found = sparsec.search(
-                dense,
-                example,
-                calibration=images,
-                budget=budget,
-                recover=recovery_options,
-                threads=args.threads,
-                repeats=100,
-                results=results,
-                progress=lambda message: print(f"    {message}", flush=True),
-            )
-            name = f"search @{budget:.0%}"
-            extra["search"][name] = {
-                "message": found.message,
-                "seconds": round(time.perf_counter() - started, 1),
-                "front": [(m.name, m.quality, m.ms) for m in found.front],
-                "measured": [(m.name, m.quality, m.ms, m.error) for m in found.measured],
-            }
-            print(f"  {name}: {found.message}", flush=True)
-            if found.chosen is not None:
-                chosen = sparsec.load(found.chosen.artifact)
-                accuracy[f"{name}: {found.chosen.name}"] = _accuracy(chosen, test)
-                shutil.copytree(found.chosen.artifact, out / _slug(f"{name}: {found.chosen.name}"))
-        if results.with_name("search-pareto.png").exists():
-            shutil.copy(results.with_name("search-pareto.png"), args.out.with_suffix(".png"))
-    return accuracy, extra
+        _search(task, args, out, quality)
+    return quality
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ratio", type=float, default=0.5, help="share of MACs removed")
-    parser.add_argument("--epochs", type=int, default=12, help="dense training epochs")
-    parser.add_argument(
-        "--round-to", type=int, default=8, help="kept channels are a multiple of this"
-    )
-    parser.add_argument("--recover-steps", type=int, default=600)
-    parser.add_argument("--recover-lr", type=float, default=3e-3)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=1000)
-    parser.add_argument(
-        "--no-search", dest="search", action="store_false", help="skip the sparsec.search rows"
-    )
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--artifact", help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--out", type=Path, default=Path(__file__).parent / "results" / "quality_budget.json"
-    )
-    args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-    if args.child:
-        emit(_time_child(args.artifact, args.threads, args.repeats))
-        return
-    before = machine()
-    print(f"{machine_line(before)}; digits CNN, {args.threads} threads", flush=True)
-    torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory(prefix="sparsec-quality-") as scratch:
-        accuracy, extra = _build(args, Path(scratch))
-        latency = {
-            name: in_fresh_process(
-                Path(__file__),
-                [
-                    "time",
-                    "--artifact",
-                    str(Path(scratch) / _slug(name)),
-                    "--threads",
-                    str(args.threads),
-                    "--repeats",
-                    str(args.repeats),
-                ],
-            )
-            for name in accuracy
+def _search(task: Task, args: argparse.Namespace, out: Path, quality: dict[str, float]) -> None:
+    results = out / f"search-{task.name}.json"
+    task.extra["search"] = {}
+    for budget in (0.01, 0.03):
+        started = time.perf_counter()
+        found = sparsec.search(
+            task.dense,
+            task.example,
+            calibration=task.train_inputs,
+            budget=budget,
+            candidates=task.search_space,
+            recover=task.recover,
+            threads=args.threads,
+            repeats=100,
+            results=results,
+            progress=lambda message: print(f"    {message}", flush=True),
+        )
+        name = f"search @{budget:.0%}"
+        task.extra["search"][name] = {
+            "message": found.message,
+            "seconds": round(time.perf_counter() - started, 1),
+            "front": [(m.name, m.quality, m.ms) for m in found.front],
+            "measured": [(m.name, m.quality, m.ms, m.error) for m in found.measured],
         }
-    after = machine()
+        print(f"  {name}: {found.message}", flush=True)
+        if found.chosen is not None:
+            label = f"{name}: {found.chosen.name}"
+            quality[label] = task.test(sparsec.load(found.chosen.artifact))
+            shutil.copytree(found.chosen.artifact, out / _slug(label))
+    if found.plot is not None:
+        shutil.copy(found.plot, RESULTS / f"quality_budget_{task.name}.png")
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in name)
+
+
+def _rows(
+    task: Task, quality: dict[str, float], args: argparse.Namespace, out: Path
+) -> list[dict[str, Any]]:
+    """Time every variant in its own process at each batch; the table's rows."""
+    for batch, inputs in task.timing_inputs.items():
+        save_inputs(inputs, out / f"inputs-{task.name}-{batch}.safetensors")
+    latency = {
+        name: {
+            batch: time_artifact(
+                out / _slug(name),
+                out / f"inputs-{task.name}-{batch}.safetensors",
+                threads=args.threads,
+                repeats=args.repeats,
+            )
+            for batch in BATCHES
+        }
+        for name in quality
+    }
     rows = []
-    for name in accuracy:
-        row: dict[str, Any] = {"variant": name, "accuracy": accuracy[name]}
-        for batch in map(str, BATCHES):
+    for name in quality:
+        row: dict[str, Any] = {"variant": name, "quality": quality[name]}
+        for batch in BATCHES:
             ms = latency[name][batch]
-            row[f"ms_b{batch}"] = ms
+            row[f"ms_b{batch}"] = round(ms, 4)
             row[f"vs_fp32_b{batch}"] = round(latency["dense fp32"][batch] / ms, 2)
             row[f"vs_int8_b{batch}"] = round(latency["dense INT8"][batch] / ms, 2)
         rows.append(row)
-    print(f"\n{machine_line(after)}")
+    return rows
+
+
+def _print(task: Task, rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    better = "higher" if task.higher_is_better else "lower"
     print(
-        f"digits CNN, {args.ratio:.0%} of MACs removed (achieved MACs ratio "
-        f"{extra['macs_ratio']:.3f}), recovery {extra['recovery']}"
+        f"\n{task.name}: {task.quality_name} ({better} is better), {args.ratio:.0%} of MACs "
+        f"removed (achieved ratio {task.extra['macs_ratio']}), {task.extra}"
     )
     print(
-        "| variant | test accuracy | ms b1 | ms b8 | vs dense fp32 (b1 / b8) | "
+        f"| variant | {task.quality_name} | ms b1 | ms b8 | vs dense fp32 (b1 / b8) | "
         "vs dense INT8 (b1 / b8) |\n|---|---:|---:|---:|---:|---:|"
     )
     for row in rows:
         print(
-            f"| {row['variant']} | {row['accuracy']:.2%} | {row['ms_b1']:.4f} | "
+            f"| {row['variant']} | {row['quality']:.4f} | {row['ms_b1']:.4f} | "
             f"{row['ms_b8']:.4f} | {row['vs_fp32_b1']:.2f}× / {row['vs_fp32_b8']:.2f}× | "
             f"{row['vs_int8_b1']:.2f}× / {row['vs_int8_b8']:.2f}× |"
         )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", choices=sorted(TASKS), default=sorted(TASKS))
+    parser.add_argument("--ratio", type=float, default=0.5, help="share of MACs removed")
+    parser.add_argument("--epochs", type=int, default=12, help="digits CNN training epochs")
+    parser.add_argument("--lm-steps", type=int, default=400, help="language model steps")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=300)
+    parser.add_argument(
+        "--no-search", dest="search", action="store_false", help="skip the sparsec.search rows"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS / "quality_budget.json")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    before = machine()
+    print(f"{machine_line(before)}; {args.threads} threads", flush=True)
+    tables: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="sparsec-quality-") as scratch:
+        for name in args.models:
+            print(f"{name}:", flush=True)
+            task = TASKS[name](args)
+            out = Path(scratch) / name
+            quality = _variants(task, args, out)
+            rows = _rows(task, quality, args, out)
+            _print(task, rows, args)
+            tables[name] = {
+                "quality": task.quality_name,
+                "higher_is_better": task.higher_is_better,
+                "extra": task.extra,
+                "rows": rows,
+            }
+    after = machine()
+    print(f"\n{machine_line(after)}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
@@ -246,8 +311,7 @@ def main() -> None:
                 "machine_before": before,
                 "machine_after": after,
                 "command": " ".join(["python", *sys.argv]),
-                "extra": extra,
-                "rows": rows,
+                "tables": tables,
             },
             indent=2,
         )

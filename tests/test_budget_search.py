@@ -12,6 +12,7 @@ import torch
 
 import sparsec
 from sparsec.budget_search import Candidate, Measured, fidelity, pareto_front
+from sparsec.budget_search import run as run_module
 from sparsec.errors import SearchError
 
 PRUNED = "magnitude-importance{norm=2},prune-channels{ratio=0.5,target=macs,round_to=8}"
@@ -30,6 +31,20 @@ class Classifier(torch.nn.Module):
 def _batches(count: int = 6) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
     return [torch.randn(16, 32, generator=generator) for _ in range(count)]
+
+
+@pytest.fixture
+def fake_timing(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Time nothing: the search's logic does not need real latencies, and each fresh timing
+    process costs seconds (the first test times for real)."""
+    timed: list[Path] = []
+
+    def fake(directory: Path, inputs: Path, *, threads: int, repeats: int) -> float:
+        timed.append(directory)
+        return float(len(str(directory)))  # any stable number per candidate
+
+    monkeypatch.setattr(run_module, "time_artifact", fake)
+    return timed
 
 
 SPACE = [
@@ -66,7 +81,9 @@ def test_a_generous_budget_picks_the_fastest_and_a_tight_one_the_closest(tmp_pat
     assert saved["chosen"] == result.chosen.name and saved["plot"] == str(result.plot)
 
 
-def test_a_budget_no_candidate_meets_names_the_closest(tmp_path: Path) -> None:
+def test_a_budget_no_candidate_meets_names_the_closest(
+    tmp_path: Path, fake_timing: list[Path]
+) -> None:
     model = Classifier().eval()
     batches = _batches()
 
@@ -88,7 +105,7 @@ def test_a_budget_no_candidate_meets_names_the_closest(tmp_path: Path) -> None:
     assert "no candidate is within the budget of 1.00%; the closest is" in result.message
 
 
-def test_the_search_resumes_from_its_file(tmp_path: Path) -> None:
+def test_the_search_resumes_from_its_file(tmp_path: Path, fake_timing: list[Path]) -> None:
     model = Classifier().eval()
     batches = _batches()
     results = tmp_path / "resume.json"
@@ -107,6 +124,7 @@ def test_the_search_resumes_from_its_file(tmp_path: Path) -> None:
     )
     assert "dense: measured before, kept" in seen and "pruned-50: measured before, kept" in seen
     assert sum(message.startswith("candidate ") for message in seen) == 1  # only the new one
+    assert len(fake_timing) == 3
     assert {m.name: m.ms for m in first.measured} == {
         m.name: m.ms for m in second.measured if m.name in ("dense", "pruned-50")
     }

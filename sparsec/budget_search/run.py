@@ -50,6 +50,7 @@ from sparsec.budget_search.timing import save_inputs, time_artifact
 from sparsec.calibration import Calibration
 from sparsec.compile import CompiledModel, compile
 from sparsec.errors import SearchError, SparsecError
+from sparsec.frontends import normalize_inputs
 from sparsec.recover import recover as run_recovery
 
 __all__ = ["Measured", "SearchResult", "pareto_front", "search"]
@@ -133,6 +134,15 @@ def pareto_front(points: Sequence[Measured]) -> list[Measured]:
         if not front or (point.quality or 0) > (front[-1].quality or 0):
             front.append(point)
     return front
+
+
+def _token_inputs(example_inputs: Any) -> bool:
+    """Whether the model reads integer inputs (token ids): then INT8 is dynamic."""
+    args, kwargs = normalize_inputs(example_inputs)
+    return any(
+        isinstance(leaf, torch.Tensor) and not leaf.is_floating_point()
+        for leaf in (*args, *kwargs.values())
+    )
 
 
 def _split(calibration: Iterable[Any], held_out: float) -> tuple[list[Any], list[Any]]:
@@ -234,7 +244,9 @@ def search(
     space = (
         list(candidates)
         if candidates is not None
-        else default_space(target=target, recover=bool(recover), static_int8=True)
+        else default_space(
+            target=target, recover=bool(recover), static_int8=not _token_inputs(example_inputs)
+        )
     )
     path = Path(results) if results is not None else None
     fingerprint = _fingerprint(model)

@@ -10,7 +10,9 @@ Rules:
   structured pruning of `ratios` of the MACs (L2 magnitude, widths rounded to 8) with and
   without INT8 on ONNX Runtime, and, when the TVM backend is installed and the target is
   "cpu", block-sparse linears (16×1 blocks) at `sparsities` on TVM's kernels;
-- INT8 is static (calibrated) when the search has calibration batches to spare, else dynamic;
+- INT8 is static (QDQ, calibrated) for models fed with floating-point inputs (CNNs, ViTs),
+  and dynamic for models fed with token ids: ORT recommends dynamic quantization for
+  transformer linears, whose activation ranges vary per input;
 - `recover=True` marks pruned candidates for distillation before they are measured.
 
 Example:
@@ -57,7 +59,7 @@ def default_space(
     sparsities: Sequence[float] = (0.7, 0.9),
     target: str = "cpu",
     recover: bool = False,
-    static_int8: bool = True,
+    static_int8: bool = True,  # False: dynamic INT8 (see module rules)
 ) -> list[Candidate]:
     """The candidates of a search on `target` (see module rules)."""
     int8 = {"quantize": "static" if static_int8 else "dynamic"}
