@@ -7,6 +7,7 @@ Rules:
 - `widths.png`: each weight layer's output channels before (light) and after (dark), drawn
   only when pruning changed a width; `sparsity.png`: each sparsified layer's share of zero
   weights, drawn only when a `sparsify` pass ran;
+- a report without these entries (one written by hand) gets no pictures;
 - matplotlib is optional (`pip install 'sparsec[plots]'`): without it nothing is drawn and
   `missing_reason()` says why; it never opens a window (Agg backend).
 
@@ -70,8 +71,8 @@ def write_report_plots(report: dict[str, Any], directory: Path) -> list[str]:
     if missing_reason() is not None:
         return []
     written = []
-    before = {w["layer"]: w for w in report["before"]["widths"]}
-    after = report["after"]["widths"]
+    before = {w["layer"]: w for w in report.get("before", {}).get("widths", [])}
+    after = report.get("after", {}).get("widths", [])
     if any(before.get(w["layer"], w)["out_channels"] != w["out_channels"] for w in after):
         layers = [w["layer"] for w in after]
         _bars(
@@ -87,7 +88,7 @@ def write_report_plots(report: dict[str, Any], directory: Path) -> list[str]:
         written.append(WIDTHS_FILE)
     rows = [
         row
-        for name, summary in report["pass_summaries"]
+        for name, summary in report.get("pass_summaries", [])
         if name.startswith("sparsify")
         for row in summary.get("layers", [])
         if "sparsity" in row
