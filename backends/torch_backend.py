@@ -29,7 +29,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import importlib
+import importlib.util
 import io
 import json
 import re
@@ -226,10 +229,37 @@ def _check_no_pickle(path: Path) -> None:
         raise refuse(f"not a readable .pt2 archive ({exc})") from exc
 
 
+# Output classes that register themselves as pytree nodes only when their module is
+# imported (transformers' ModelOutput subclasses, defined lazily): the call structure of
+# a saved program names them, and torch.export.load cannot rebuild it until they exist.
+_SELF_REGISTERING_TYPE = re.compile(r'type\\*"\s*:\s*\\*"(transformers(?:\.\w+)+)\.\w+')
+
+
+def _import_structure_types(path: Path) -> None:
+    """Import the modules of the self-registering types the archive's call structure names.
+
+    Only modules of those packages are imported (never a name the archive could choose
+    freely), and only when the package is installed; a missing one leaves torch's own error.
+    """
+    with zipfile.ZipFile(path) as archive:
+        modules = {
+            match.group(1)
+            for info in archive.infolist()
+            if info.filename.endswith(".json")
+            for match in _SELF_REGISTERING_TYPE.finditer(archive.read(info).decode(errors="ignore"))
+        }
+    for module in sorted(modules):
+        if importlib.util.find_spec(module.split(".")[0]) is None:
+            continue
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
+
+
 def load_program(directory: Path) -> ExportedProgram:
     """Load `program.pt2` without unpickling and put the safetensors weights back into it."""
     path = directory / PROGRAM_FILE
     _check_no_pickle(path)
+    _import_structure_types(path)
     try:
         program = torch.export.load(path)
     except Exception as exc:  # the deserializer raises many types; all mean "unreadable"

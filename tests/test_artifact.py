@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,9 @@ import pytest
 import torch
 from torch import nn
 from torch.utils import _pytree as pytree
+from zoo import ZOO, hf_available
 
+import sparsec
 import sparsec.artifact as artifact_module
 from sparsec.artifact import FORMAT_VERSION, MANIFEST_FILE, read_artifact, write_artifact
 from sparsec.backends.base import BackendOptions, Executable, get_backend
@@ -254,3 +258,22 @@ def test_a_foreign_directory_is_never_overwritten(cnn, tmp_path: Path) -> None:
         _write(target, graph, executable, "onnxruntime")
     assert [p.name for p in target.iterdir()] == ["holiday.jpg"]
     assert [p.name for p in tmp_path.iterdir()] == ["photos"]
+
+
+@pytest.mark.skipif(not hf_available("LlamaForCausalLM"), reason="transformers is not installed")
+def test_a_hugging_face_artifact_loads_in_a_fresh_process(tmp_path: Path) -> None:
+    """ModelOutput classes register as pytree nodes only once their module is imported."""
+    model, inputs = ZOO["llama-gqa"].build()
+    compiled = sparsec.compile(model, inputs, pipeline="none", backend="onnxruntime")
+    saved = compiled.save(tmp_path / "llama")
+    code = (
+        "import sys, torch, sparsec\n"
+        "loaded = sparsec.load(sys.argv[1])\n"
+        "out = loaded(input_ids=torch.zeros(1, 8, dtype=torch.long))\n"
+        "print(type(out).__name__, tuple(out.logits.shape))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(saved)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "CausalLMOutputWithPast (1, 8, " in done.stdout
