@@ -27,9 +27,10 @@ import fcntl
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from sparsec._atomic import write_text_atomically
 
 __all__ = ["GateCache", "cache_dir", "cpu_model"]
 
@@ -114,13 +115,4 @@ class GateCache:
 
     def _write(self, entries: dict[str, float]) -> None:
         text = json.dumps({"key": self.key, "entries": entries}, indent=1, sort_keys=True)
-        fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".gate-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(text)
-            os.chmod(temporary, 0o644)
-            os.replace(temporary, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
+        write_text_atomically(self.path, text)

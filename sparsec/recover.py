@@ -44,6 +44,7 @@ from sparsec.calibration import Calibration
 from sparsec.compile import CompiledModel
 from sparsec.errors import PreconditionError, RecoveryError
 from sparsec.ops.masks import recorded_masks
+from sparsec.schedules import restore_modes
 from sparsec.sparse_finetune import preserve_masks
 
 __all__ = ["Recovery", "recover"]
@@ -206,8 +207,8 @@ def recover(
         if hooks is not None:
             stack.callback(hooks[0].close)
             stack.callback(hooks[1].close)
-        stack.callback(_restore, {m: m.training for m in teacher.modules()})
-        stack.callback(_restore, modes)
+        stack.callback(restore_modes, {m: m.training for m in teacher.modules()})
+        stack.callback(restore_modes, modes)
         teacher.eval()
 
         def distil(inputs: Inputs) -> torch.Tensor:
@@ -308,11 +309,6 @@ def _set_training(module: torch.nn.Module, training: bool) -> None:
             "runs as traced), so it cannot be distilled. Fix: recover compiled.to_module(), "
             "or see the report's note on why compiled.module is the graph module."
         ) from exc
-
-
-def _restore(modes: dict[torch.nn.Module, bool]) -> None:
-    for module, training in modes.items():
-        module.training = training
 
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:

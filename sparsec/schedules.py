@@ -40,6 +40,7 @@ __all__ = [
     "finetune",
     "one_shot",
     "prune_iteratively",
+    "restore_modes",
     "step_ratios",
     "step_targets",
 ]
@@ -106,7 +107,7 @@ def one_shot(
     return run
 
 
-def _restore_modes(modes: dict[torch.nn.Module, bool]) -> None:
+def restore_modes(modes: dict[torch.nn.Module, bool]) -> None:
     """Set each module's flag back (directly: traced graph modules refuse `.train()`)."""
     for module, training in modes.items():
         module.training = training
@@ -140,7 +141,7 @@ def finetune(
                 ".module, or pass training=False to train it as traced"
             ) from exc
     with contextlib.ExitStack() as stack:
-        stack.callback(_restore_modes, modes)
+        stack.callback(restore_modes, modes)
         stack.enter_context(torch.enable_grad())
         for _ in range(epochs):
             total, count = 0.0, 0

@@ -27,7 +27,7 @@ def test_entries_persist_per_key(cache_dir: Path) -> None:
     assert GateCache("model-b").get("dense|8x8") is None
     stored = json.loads((cache_dir / "gate" / "model-a.json").read_text())
     assert stored == {"key": "model-a", "entries": {"dense|8x8": 1.5}}
-    assert not list((cache_dir / "gate").glob(".gate-*"))  # no temporaries left
+    assert not list((cache_dir / "gate").glob(".*.tmp"))  # no temporaries left
 
 
 def test_writers_merge_what_others_wrote() -> None:

@@ -33,7 +33,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -43,6 +42,7 @@ from typing import Any
 
 import torch
 
+from sparsec._atomic import write_text_atomically
 from sparsec.budget_search.plot import plot_front
 from sparsec.budget_search.quality import Metric, fidelity, relative_drop
 from sparsec.budget_search.space import Candidate, default_space
@@ -120,11 +120,7 @@ def _read(results: Path, fingerprint: str) -> dict[str, Measured]:
 
 def _write(results: Path, payload: dict[str, Any]) -> None:
     """Atomically: a search killed mid-write leaves the previous file whole."""
-    results.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=results.parent, prefix=f".{results.name}.")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(payload, stream, indent=2)
-    os.replace(temporary, results)
+    write_text_atomically(results, json.dumps(payload, indent=2))
 
 
 def pareto_front(points: Sequence[Measured]) -> list[Measured]:
