@@ -44,7 +44,7 @@ from sparsec.calibration import Calibration
 from sparsec.compile import CompiledModel
 from sparsec.errors import PreconditionError, RecoveryError
 from sparsec.ops.masks import recorded_masks
-from sparsec.schedules import restore_modes
+from sparsec.schedules import restore_modes, switch_mode
 from sparsec.sparse_finetune import preserve_masks
 
 __all__ = ["Recovery", "recover"]
@@ -301,14 +301,12 @@ def _show(progress: bool | None) -> bool:
 
 
 def _set_training(module: torch.nn.Module, training: bool) -> None:
-    try:
-        module.train(training)
-    except NotImplementedError as exc:  # torch.export's modules refuse mode switches
-        raise PreconditionError(
-            f"{type(module).__name__} cannot switch to training mode (a traced graph module "
-            "runs as traced), so it cannot be distilled. Fix: recover compiled.to_module(), "
-            "or see the report's note on why compiled.module is the graph module."
-        ) from exc
+    switch_mode(
+        module,
+        training,
+        "recover compiled.to_module(), or see the report's note on why compiled.module is "
+        "the graph module.",
+    )
 
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -41,6 +41,7 @@ __all__ = [
     "one_shot",
     "prune_iteratively",
     "restore_modes",
+    "switch_mode",
     "step_ratios",
     "step_targets",
 ]
@@ -107,6 +108,18 @@ def one_shot(
     return run
 
 
+def switch_mode(module: torch.nn.Module, training: bool, fix: str) -> None:
+    """`module.train(training)`, or a PreconditionError ending in `fix` for a traced graph
+    module, which refuses mode switches."""
+    try:
+        module.train(training)
+    except NotImplementedError as exc:
+        raise PreconditionError(
+            f"{type(module).__name__} cannot switch to training mode (a traced graph module "
+            f"runs as traced). Fix: {fix}"
+        ) from exc
+
+
 def restore_modes(modes: dict[torch.nn.Module, bool]) -> None:
     """Set each module's flag back (directly: traced graph modules refuse `.train()`)."""
     for module, training in modes.items():
@@ -132,14 +145,12 @@ def finetune(
     history = []
     modes = {m: m.training for m in module.modules()}
     if training:
-        try:
-            module.train()
-        except NotImplementedError as exc:  # torch.export's modules refuse mode switches
-            raise PreconditionError(
-                f"{type(module).__name__} cannot switch to training mode (a traced graph module "
-                "runs as traced). Fix: fine-tune compiled.module or materialize(model, graph)"
-                ".module, or pass training=False to train it as traced"
-            ) from exc
+        switch_mode(
+            module,
+            True,
+            "fine-tune compiled.module or materialize(model, graph).module, or pass "
+            "training=False to train it as traced",
+        )
     with contextlib.ExitStack() as stack:
         stack.callback(restore_modes, modes)
         stack.enter_context(torch.enable_grad())
