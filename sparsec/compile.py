@@ -50,6 +50,8 @@ from sparsec.backends.base import (
 from sparsec.calibration import Calibration
 from sparsec.errors import BackendError, ConfigError, MaterializeError, SparsecError, TraceError
 from sparsec.frontends import normalize_inputs, trace
+from sparsec.frontends.onnx import OnnxModule, OnnxProgram, is_onnx_source, trace_onnx
+from sparsec.frontends.onnx.load import OnnxSource
 from sparsec.ir import Graph
 from sparsec.materialize import Materialized, materialize
 from sparsec.metrics import count_macs, layer_widths
@@ -75,6 +77,8 @@ from sparsec.signature import check_inputs
 __all__ = ["CompiledModel", "compile"]
 
 Progress = Callable[[str], None]
+Tracer = Callable[[Any, bool], Graph]  # (example inputs, dynamic) → Graph
+_MIN_EXPORT_OPSET = 18  # torch.onnx's exporter writes opset 18 and later
 
 
 @contextlib.contextmanager
@@ -128,6 +132,8 @@ class _Build:
 
 
 def _materialize(model: torch.nn.Module, graph: Graph, progress: Progress) -> Materialized | MaterializeError:
+    if isinstance(model, OnnxModule):
+        return MaterializeError("the model was imported from ONNX, so there is no module tree of the user's to put it back into")
     progress(f"materializing the pruned graph into {type(model).__name__}")
     try:
         tree = materialize(model, graph)
@@ -191,11 +197,15 @@ def _build(
     calibration: Calibration | None,
     given_backend: Backend | None = None,
     dynamic: bool = True,
+    tracer: Tracer | None = None,
 ) -> _Build:
-    args, kwargs = normalize_inputs(example_inputs)
-    progress(f"tracing {type(model).__name__}")
+    progress(f"tracing {_model_name(model)}")
     with _eval_mode(model), torch.no_grad():
-        graph = trace(model, kwargs or args, dynamic=dynamic)
+        if tracer is None:
+            args, kwargs = normalize_inputs(example_inputs)
+            graph = trace(model, kwargs or args, dynamic=dynamic)
+        else:
+            graph = tracer(example_inputs, dynamic)
         reference = graph.module(*graph.example_args, **graph.example_kwargs)
     for note in graph.notes:
         progress(note)
@@ -244,7 +254,7 @@ def _build(
             graph.module(*graph.example_args, **graph.example_kwargs),
         )
     report = Report(
-        model=type(model).__name__,
+        model=_model_name(model),
         target=pipeline.target,
         backend=backend.name,
         pipeline=str(pipeline),
@@ -266,6 +276,11 @@ def _build(
         ],
     )
     return _Build(graph, executable, report, pipeline, backend, options, lowered_from, tree)
+
+
+def _model_name(model: torch.nn.Module) -> str:
+    """The class name, or the file name of an imported ONNX model."""
+    return model.display_name if isinstance(model, OnnxModule) else type(model).__name__
 
 
 def _named_backend(pipeline: Pipeline) -> Backend:
@@ -300,8 +315,10 @@ class CompiledModel:
         calibration: Calibration | None = None,
         given_backend: Backend | None = None,
         dynamic: bool = True,
+        tracer: Tracer | None = None,
     ) -> None:
         self._model = model
+        self._tracer = tracer
         self._given_backend = given_backend
         self._pipeline = pipeline
         self._options = options
@@ -317,7 +334,7 @@ class CompiledModel:
         self._build = _build(
             self._model, example_inputs, self._pipeline, self._options,
             self._verify_each, self._dump_ir, self._progress, self._calibration,
-            self._given_backend, self._dynamic,
+            self._given_backend, self._dynamic, self._tracer,
         )
         return self
 
@@ -423,7 +440,7 @@ def _default_progress() -> Progress:
 
 
 def compile(  # noqa: A001 - the public name mirrors torch.compile
-    model: torch.nn.Module,
+    model: torch.nn.Module | OnnxSource,
     example_inputs: Any = None,
     *,
     target: str | None = None,
@@ -439,6 +456,11 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
 ) -> CompiledModel | CompiledParts:
     """Compile `model` for `target` ("cpu" or "cuda") with `pipeline` (preset, file or object).
 
+    `model`: a torch module, or an ONNX model (a path ending in .onnx, or an
+    onnx.ModelProto; `sparsec.frontends.onnx`). An ONNX model keeps its input and output
+    names, dynamic axes and (from 18 up) opset in the ONNX it is lowered to; without
+    `example_inputs` they are made from its declared input types.
+
     `example_inputs`: a tensor, a tuple of positional inputs or a dict of keyword inputs;
     without it, compilation happens at the first call. `calibration`: batches (or a
     `Calibration` with a loss) for data-aware passes. `backend`: a name, or a backend
@@ -451,6 +473,22 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
     terminal). `dynamic=False` traces the example's exact shapes (for models that fix their sizes);
     by default the batch, and the sequence of integer inputs, stay dynamic.
     """
+    tracer: Tracer | None = None
+    opset: int | None = None
+    if is_onnx_source(model):
+        program = OnnxProgram(model)  # type: ignore[arg-type]  # refuses a bad file first
+
+        def tracer(inputs: Any, dynamic_dims: bool) -> Graph:
+            return trace_onnx(program, inputs, dynamic=dynamic_dims)
+
+        model = program.module
+        example_inputs = program.example_inputs() if example_inputs is None else example_inputs
+        opset = max(program.module.opset, _MIN_EXPORT_OPSET)
+    elif not isinstance(model, torch.nn.Module):
+        raise TraceError(
+            f"sparsec.compile takes a torch.nn.Module, an .onnx path or an onnx.ModelProto, not "
+            f"{type(model).__name__}"
+        )
     given_backend = None if backend is None or isinstance(backend, str) else backend
     if given_backend is not None and not isinstance(given_backend, Backend):
         raise ConfigError(
@@ -484,20 +522,21 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
     compiled = CompiledModel(
         model,
         resolved,
-        BackendOptions(threads=threads, calibration=calibration_data),
+        BackendOptions(threads=threads, opset=opset, calibration=calibration_data),
         verify_each,
         Path(dump_ir) if dump_ir is not None else None,
         progress or _default_progress(),
         calibration_data,
         given_backend,
         dynamic,
+        tracer,
     )
     if example_inputs is None:
         return compiled
     try:
         compiled.compile_with(example_inputs)
     except TraceError as exc:
-        if given_backend is not None or resolved.backend not in (None, "torch"):
+        if tracer is not None or given_backend is not None or resolved.backend not in (None, "torch"):
             raise  # parts run eagerly in torch: a named backend cannot take them
         progress_fn = progress or _default_progress()
         progress_fn("the whole model cannot be traced; compiling its traceable parts")

@@ -18,6 +18,7 @@ __all__ = [
     "InputError",
     "RecoveryError",
     "SearchError",
+    "OnnxImportError",
 ]
 
 
@@ -31,6 +32,10 @@ class TraceError(SparsecError):
     def __init__(self, message: str, details: str = "") -> None:
         super().__init__(message)
         self.details = details
+
+
+class OnnxImportError(TraceError):
+    """An ONNX model could not be read or imported; the message names the file or nodes."""
 
 
 class VerificationError(SparsecError):

@@ -25,7 +25,7 @@ from sparsec.errors import TraceError
 from sparsec.frontends.trace_settings import trace_settings
 from sparsec.ir.graph import Graph, InputSpec
 
-__all__ = ["trace", "normalize_inputs"]
+__all__ = ["drop_guards", "normalize_inputs", "own_tensors", "suggested_bounds", "trace", "trace_error"]
 
 _BATCH = "batch"
 _SEQ = "seq"
@@ -82,7 +82,7 @@ def _dynamic_spec(
 _SUGGESTED_DIM = re.compile(r"^\s*(\w+) = Dim\('\w+'((?:, (?:min|max)=\d+)*)\)\s*$", re.MULTILINE)
 
 
-def _suggested_bounds(message: str) -> dict[str, dict[str, int]]:
+def suggested_bounds(message: str) -> dict[str, dict[str, int]]:
     """torch.export's "Suggested fixes" that only bound a dim (`seq = Dim('seq', max=512)`).
 
     A model with a position table of 512 rows supports any sequence up to 512: the bound is
@@ -111,13 +111,13 @@ def _export(
                 )
             return program, spec, trace_args, trace_kwargs
         except Exception as exc:  # torch.export raises many unrelated types; all mean "untraceable"
-            suggested = _suggested_bounds(str(exc)) if dynamic and not bounds else {}
+            suggested = suggested_bounds(str(exc)) if dynamic and not bounds else {}
             if not suggested:
-                raise _trace_error(model, exc) from exc
+                raise trace_error(model, exc) from exc
             bounds = suggested
 
 
-def _trace_error(model: torch.nn.Module, exc: Exception) -> TraceError:
+def trace_error(model: torch.nn.Module, exc: Exception) -> TraceError:
     """A one-screen TraceError for an export failure: the cause and its fix; torch's full
     text (graph dumps included) goes to `details`, not to the user's terminal."""
     text = str(exc).strip()
@@ -205,7 +205,7 @@ def _symbol_names(gm: fx.GraphModule) -> dict[str, str]:
     return names
 
 
-def _drop_guards(gm: fx.GraphModule) -> None:
+def drop_guards(gm: fx.GraphModule) -> None:
     """The unlifted module checks input shapes in `_guards_fn`; shape checks are ours now."""
     for node in list(gm.graph.nodes):
         if node.op == "call_module" and node.target == "_guards_fn":
@@ -215,7 +215,7 @@ def _drop_guards(gm: fx.GraphModule) -> None:
     gm.recompile()
 
 
-def _own_tensors(gm: fx.GraphModule) -> None:
+def own_tensors(gm: fx.GraphModule) -> None:
     """Give the graph its own copies of parameters and buffers (ties kept).
 
     The unlifted module shares tensors with the user's model; training the compiled graph
@@ -280,8 +280,8 @@ def trace(
     with trace_settings(model) as notes:
         program, spec, trace_args, trace_kwargs = _export(model, args, kwargs, dynamic)
     gm = program.module()
-    _drop_guards(gm)
-    _own_tensors(gm)
+    drop_guards(gm)
+    own_tensors(gm)
     names = _symbol_names(gm)
     outputs = program.call_spec.out_spec
     output_names = tuple(f"output_{i}" for i in range(outputs.num_leaves if outputs else 1))
