@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test fuzz lint bench clean
+.PHONY: demo test fuzz onnx-zoo lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ test: $(STAMP)
 
 fuzz: $(STAMP)
 	SPARSEC_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q tests -k fuzz
+
+onnx-zoo: $(STAMP)
+	SPARSEC_ONNX_ZOO=full $(PY) -m pytest -q tests/test_onnx_frontend.py
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[bench]'

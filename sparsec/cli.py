@@ -135,8 +135,11 @@ def _fail(exc: Exception) -> None:
 
 @app.command("compile")
 def compile_command(
-    model: Annotated[str, typer.Argument(help="package.module:factory returning an nn.Module")],
-    input: Annotated[list[str], typer.Option("--input", "-i", help="example input: 1x3x32x32[:dtype[:high]]")],
+    model: Annotated[str, typer.Argument(help="package.module:factory returning an nn.Module, or a model.onnx file")],
+    input: Annotated[
+        list[str] | None,
+        typer.Option("--input", "-i", help="example input: 1x3x32x32[:dtype[:high]] (optional for .onnx files)"),
+    ] = None,
     out: Annotated[Path, typer.Option(help="artifact directory to write")] = Path("artifacts/model"),
     pipeline: Annotated[str, typer.Option(help="preset name, .toml/.yaml file, or pipeline text")] = "structured-50",
     target: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
@@ -158,6 +161,7 @@ def compile_command(
 ) -> None:
     """Compile a model into an artifact directory and print its report."""
     import sparsec
+    from sparsec.frontends.onnx import is_onnx_source
     from sparsec.resolve import resolve_pipeline
 
     try:
@@ -167,8 +171,10 @@ def compile_command(
             backend_options=parse_backend_options(backend_option or []),
             options_source="--backend-option",
         )
-        module = load_model_factory(model)
-        examples = tuple(parse_input_spec(s) for s in input)
+        module: Any = model if is_onnx_source(model) else load_model_factory(model)
+        examples = tuple(parse_input_spec(s) for s in input or []) or None
+        if examples is None and not is_onnx_source(model):
+            raise SparsecError("--input is required for a torch model: e.g. --input 1x3x32x32")
         data = load_calibration(calibration) if calibration is not None else None
         with console.status("compiling") as status:
             compiled = sparsec.compile(
@@ -205,8 +211,10 @@ def search_command(
     import sparsec
 
     try:
-        module = load_model_factory(model)
-        examples = tuple(parse_input_spec(s) for s in input)
+        module: Any = model if is_onnx_source(model) else load_model_factory(model)
+        examples = tuple(parse_input_spec(s) for s in input or []) or None
+        if examples is None and not is_onnx_source(model):
+            raise SparsecError("--input is required for a torch model: e.g. --input 1x3x32x32")
         data = load_calibration(calibration)
         batches = data.batches if hasattr(data, "batches") else data
         with console.status("searching") as status:

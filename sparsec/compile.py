@@ -478,12 +478,21 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
     if is_onnx_source(model):
         program = OnnxProgram(model)  # type: ignore[arg-type]  # refuses a bad file first
 
+        opset = max(program.module.opset, _MIN_EXPORT_OPSET)
+
         def tracer(inputs: Any, dynamic_dims: bool) -> Graph:
-            return trace_onnx(program, inputs, dynamic=dynamic_dims)
+            graph = trace_onnx(program, inputs, dynamic=dynamic_dims)
+            if opset != program.module.opset:
+                graph.notes = (
+                    *graph.notes,
+                    f"ONNX written by the backends is opset {opset}, not the file's "
+                    f"{program.module.opset}: torch.onnx's exporter writes opset "
+                    f"{_MIN_EXPORT_OPSET} and later",
+                )
+            return graph
 
         model = program.module
         example_inputs = program.example_inputs() if example_inputs is None else example_inputs
-        opset = max(program.module.opset, _MIN_EXPORT_OPSET)
     elif not isinstance(model, torch.nn.Module):
         raise TraceError(
             f"sparsec.compile takes a torch.nn.Module, an .onnx path or an onnx.ModelProto, not "

@@ -24,11 +24,12 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import onnx
 import torch
 
 from sparsec.frontends.onnx._registry import MICROSOFT_DOMAIN, SPARSEC_DOMAIN, NodeCall
 
-__all__ = ["GENERATED_NAME", "prepare"]
+__all__ = ["GENERATED_NAME", "PREPARED_OPS", "prepare", "unsupported_form"]
 
 # names exporters invent (torch.onnx's val_12, onnx::MatMul_7, /layer/Constant_output_0)
 GENERATED_NAME = re.compile(r"^(val_\d+|onnx::.*|/.*|_v_\d+|.*_output_\d+|[a-z_]+(_\d+)?)$")
@@ -169,6 +170,23 @@ def _fuse_linears(nodes: list[NodeCall | None], table: _Tensors, outputs: Sequen
         for absorbed in (add, transpose):
             if absorbed is not None:
                 nodes[absorbed] = None
+
+
+# ops the preparation rewrites into handled ones (so they need no handler of their own)
+PREPARED_OPS = {(MICROSOFT_DOMAIN, "Attention")}
+
+
+def unsupported_form(node: onnx.NodeProto, initializers: set[str]) -> str | None:
+    """Why a prepared op cannot be imported in this form, or None."""
+    if (node.domain, node.op_type) != (MICROSOFT_DOMAIN, "Attention"):
+        return None
+    if len(node.input) < 2 or node.input[1] not in initializers:
+        return "its packed QKV weights are not an initializer"
+    if len(node.input) > 4 and any(node.input[4:]):
+        return "past key/value state, attention bias or past length inputs are not supported"
+    if len(node.output) > 1 and any(node.output[1:]):
+        return "its present key/value output is not supported"
+    return None
 
 
 def _attention_nodes(node: NodeCall, table: _Tensors) -> list[NodeCall]:

@@ -23,6 +23,7 @@ from google.protobuf.message import DecodeError
 import sparsec.frontends.onnx._ops_microsoft  # noqa: F401 - registers handlers
 import sparsec.frontends.onnx._ops_standard  # noqa: F401 - registers handlers
 from sparsec.errors import OnnxImportError
+from sparsec.frontends.onnx._prepare import PREPARED_OPS, unsupported_form
 from sparsec.frontends.onnx._registry import handler_for
 
 __all__ = ["MIN_OPSET", "OnnxSource", "is_onnx_source", "load_model", "opset_of"]
@@ -80,12 +81,16 @@ def _missing_external_data(model: onnx.ModelProto) -> list[str]:
 
 def _unsupported(model: onnx.ModelProto) -> list[str]:
     found = []
+    initializers = {t.name for t in model.graph.initializer}
     for index, node in enumerate(model.graph.node):
         key = (node.domain if node.domain != "ai.onnx" else "", node.op_type)
-        if key in _HANDLED_BY_LOADER or handler_for(*key) is not None:
-            continue
         domain = f"{node.domain}::" if node.domain else ""
-        found.append(f"{domain}{node.op_type} (node {node.name or f'#{index}'!r})")
+        label = f"{domain}{node.op_type} (node {node.name or f'#{index}'!r})"
+        if key in PREPARED_OPS:
+            if (why := unsupported_form(node, initializers)) is not None:
+                found.append(f"{label}: {why}")
+        elif key not in _HANDLED_BY_LOADER and handler_for(*key) is None:
+            found.append(label)
     return found
 
 
