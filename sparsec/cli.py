@@ -211,10 +211,8 @@ def search_command(
     import sparsec
 
     try:
-        module: Any = model if is_onnx_source(model) else load_model_factory(model)
-        examples = tuple(parse_input_spec(s) for s in input or []) or None
-        if examples is None and not is_onnx_source(model):
-            raise SparsecError("--input is required for a torch model: e.g. --input 1x3x32x32")
+        module = load_model_factory(model)
+        examples = tuple(parse_input_spec(s) for s in input)
         data = load_calibration(calibration)
         batches = data.batches if hasattr(data, "batches") else data
         with console.status("searching") as status:

@@ -22,7 +22,6 @@ import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
-
 from zoo import ZOO
 
 # exports that fail in torch.onnx itself, before sparsec sees a file

@@ -24,13 +24,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from onnx_zoo import EXPORTER_FAILS, bert_ort_fused, conv_shape_reshape, export, mlp_gemm
 from torch.utils import _pytree as pytree
+from zoo import ZOO, hf_available
 
 import sparsec
-from onnx_zoo import EXPORTER_FAILS, bert_ort_fused, conv_shape_reshape, export, mlp_gemm
 from sparsec.errors import OnnxImportError
 from sparsec.frontends.onnx import OnnxProgram, import_onnx
-from zoo import ZOO, hf_available
 
 DENSE_RTOL = 1e-5
 PRUNED_RTOL = 1e-4
