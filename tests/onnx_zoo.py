@@ -6,6 +6,7 @@ Rules:
   integer inputs) as named dynamic axes, as users export them;
 - `mlp_gemm()` and `conv_shape_reshape()` are graphs written by hand with `onnx.helper`:
   Gemm layers, and a Reshape whose target is computed by Shape → Gather → Concat;
+- `block_sparse_bert()` is the zoo's BERT with 75% of 16×1 weight blocks zeroed;
 - `bert_ort_fused()` is a BERT after ONNX Runtime's transformer optimizer (com.microsoft
   Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNormalization).
 """
@@ -66,6 +67,31 @@ def export(name: str, exporter: str, directory: Path) -> Path:
                 dynamic_axes={k: _axes(t) for k, t in named.items()},
             )
             path.write_bytes(buffer.getvalue())
+    return path
+
+
+def block_sparse_bert(directory: Path, sparsity: float = 0.75) -> Path:
+    """The zoo's BERT with 16×1 blocks zeroed in every hidden linear, exported (dynamo):
+    a model someone else made block-sparse, for the TVM kernels."""
+    model, inputs = ZOO["bert"].build()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and "classifier" not in name:
+                rows, cols = module.weight.shape
+                blocks = torch.rand(rows // 16, cols, generator=generator)
+                keep = blocks >= torch.quantile(blocks.flatten(), sparsity)
+                module.weight.mul_(keep.repeat_interleave(16, dim=0))
+    path = directory / "bert-block-sparse.onnx"
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence", max=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model, (), kwargs=inputs, dynamo=True, input_names=list(inputs), verbose=False,
+            dynamic_shapes={k: {0: batch, 1: sequence} for k in inputs},
+        )
+    assert program is not None
+    program.save(path)
     return path
 
 

@@ -59,6 +59,8 @@ _UNARY = {
     "Reciprocal": torch.reciprocal, "Floor": torch.floor, "Ceil": torch.ceil, "Sin": torch.sin,
     "Cos": torch.cos, "Not": torch.logical_not, "Softplus": F.softplus, "Sign": torch.sign,
     "Round": torch.round, "HardSwish": F.hardswish, "Mish": F.mish, "IsNaN": torch.isnan,
+    "Tan": torch.tan, "Atan": torch.atan, "Asin": torch.asin, "Acos": torch.acos,
+    "Sinh": torch.sinh, "Cosh": torch.cosh, "Softsign": F.softsign, "Selu": F.selu,
 }
 
 
@@ -77,6 +79,34 @@ def _identity(call: Call, x: Value) -> Value:
 @op("Dropout")
 def _dropout(call: Call, x: Value, *rest: Value | None) -> tuple[Value, Value]:
     return x, torch.ones_like(_t(x), dtype=torch.bool)  # inference: no dropout, mask all ones
+
+
+@op("IsInf")
+def _is_inf(call: Call, x: Value) -> Value:
+    data = _t(x)
+    positive, negative = call.attr("detect_positive", 1), call.attr("detect_negative", 1)
+    if positive and negative:
+        return torch.isinf(data)
+    return torch.isposinf(data) if positive else torch.isneginf(data)
+
+
+@op("Celu")
+def _celu(call: Call, x: Value) -> Value:
+    return F.celu(_t(x), call.attr("alpha", 1.0))
+
+
+@op("PRelu")
+def _prelu(call: Call, x: Value, slope: Value) -> Value:
+    data, weight = _t(x), _t(slope)
+    return torch.where(data >= 0, data, data * weight)
+
+
+@op("Sum", "Mean")
+def _sum(call: Call, *values: Value) -> Value:
+    total = _t(values[0])
+    for value in values[1:]:
+        total = total + _t(value)
+    return total / len(values) if call.node.op_type == "Mean" else total
 
 
 @op("LeakyRelu")
@@ -541,6 +571,45 @@ def _gather_nd(call: Call, data: Value, indices: Value) -> Value:
     return _t(data)[tuple(index[..., i] for i in range(index.shape[-1]))]
 
 
+@op("ScatterND")
+def _scatter_nd(call: Call, data: Value, indices: Value, updates: Value) -> Value:
+    if call.attr("reduction", "none") != "none":
+        raise ValueError(f"{call.node.label}: reductions other than 'none' are not supported")
+    index = _t(indices)
+    return _t(data).index_put(tuple(index[..., i] for i in range(index.shape[-1])), _t(updates))
+
+
+@op("TopK")
+def _top_k(call: Call, x: Value, k: Value) -> tuple[Value, Value]:
+    count = int(as_ints(k, f"k of {call.node.label}")[0])
+    values, indices = torch.topk(
+        _t(x), count, dim=call.attr("axis", -1), largest=bool(call.attr("largest", 1)),
+        sorted=bool(call.attr("sorted", 1)),
+    )
+    return values, indices
+
+
+@op("DepthToSpace", "SpaceToDepth")
+def _depth_to_space(call: Call, x: Value) -> Value:
+    data, block = _t(x), call.attr("blocksize")
+    if call.node.op_type == "SpaceToDepth":  # block offsets major, channels minor (ONNX order)
+        batch, channels, height, width = data.shape
+        out = data.reshape(batch, channels, height // block, block, width // block, block)
+        return out.permute(0, 3, 5, 1, 2, 4).reshape(batch, channels * block * block, height // block, width // block)
+    if call.attr("mode", "DCR") == "CRD":
+        return F.pixel_shuffle(data, block)
+    batch, channels, height, width = data.shape
+    out = data.reshape(batch, block, block, channels // (block * block), height, width)
+    return out.permute(0, 3, 4, 1, 5, 2).reshape(batch, channels // (block * block), height * block, width * block)
+
+
+@op("LRN")
+def _lrn(call: Call, x: Value) -> Value:
+    return F.local_response_norm(
+        _t(x), call.attr("size"), call.attr("alpha", 1e-4), call.attr("beta", 0.75), call.attr("bias", 1.0)
+    )
+
+
 @op("GatherElements")
 def _gather_elements(call: Call, data: Value, indices: Value) -> Value:
     return torch.gather(_t(data), call.attr("axis", 0), _t(indices))
@@ -607,6 +676,8 @@ def _pad(
     explicit: list[int] = []
     for axis in reversed(range(min(by_axis, default=data.dim()), data.dim())):
         explicit += list(by_axis.get(axis, (0, 0)))
+    while len(explicit) > 2 and explicit[-2:] == [0, 0]:  # F.pad's non-constant modes take
+        explicit = explicit[:-2]  # only the innermost dims: drop unpadded outer ones
     mode = _PAD_MODES[call.attr("mode", "constant")]
     fill = 0.0 if value is None else float(_scalar(value))
     return F.pad(data, explicit, mode=mode, value=fill) if mode == "constant" else F.pad(data, explicit, mode=mode)
