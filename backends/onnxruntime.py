@@ -4,7 +4,8 @@ Rules:
 - the graph is re-exported (`graph.export_program()`) and converted with
   `torch.onnx.export(..., dynamo=True)`; dynamic dims keep the names the front end gave them
   (`batch`, `seq`); ONNX inputs are named after `graph.input_specs`, outputs after
-  `graph.output_names`;
+  `graph.output_names`, and dynamic output dims after `graph.output_dims` (an imported
+  ONNX model's own names);
 - `model.onnx` is one self-contained file; a model whose weights pass ONNX's 2 GB limit gets
   its weights in `model.onnx.data` beside it;
 - the executable flattens a call's inputs like the traced module does, feeds the tensors to
@@ -226,6 +227,18 @@ def _dim_names(
     return mapping
 
 
+def _name_output_dims(onnx_program: torch.onnx.ONNXProgram, graph: Graph) -> None:
+    """Dynamic output dims take the names an imported ONNX model gave them."""
+    for value, names in zip(onnx_program.model.graph.outputs, graph.output_dims, strict=False):
+        if value.shape is None or len(value.shape) != len(names):
+            continue
+        dims = [
+            ir.SymbolicDim(name) if name is not None and isinstance(dim, ir.SymbolicDim) else dim
+            for dim, name in zip(value.shape, names, strict=True)
+        ]
+        value.shape = ir.Shape(dims)
+
+
 def _export(
     graph: Graph, directory: Path, opset: int | None
 ) -> tuple[tuple[str, ...], pytree.TreeSpec, pytree.TreeSpec]:
@@ -251,6 +264,7 @@ def _export(
             if onnx_program is None:
                 raise BackendError("torch.onnx.export returned no program")
             onnx_program.rename_axes(_dim_names(onnx_program, graph))
+            _name_output_dims(onnx_program, graph)
             onnx_program.save(directory / MODEL_FILE)
     except BackendError:
         raise

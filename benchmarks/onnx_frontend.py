@@ -207,13 +207,14 @@ def params(path: Path) -> int:
     return int(sum(np.prod(t.dims) for t in model.graph.initializer))
 
 
-def interface(path: Path) -> tuple[list[Any], list[str]]:
+def interface(path: Path) -> tuple[list[Any], list[Any]]:
+    """Inputs and outputs: names, order, and which axes are dynamic under which name."""
     model = onnx.load(str(path), load_external_data=False)
 
     def named_axes(value: onnx.ValueInfoProto) -> list[Any]:
         return [d.dim_param if d.dim_param else "static" for d in value.type.tensor_type.shape.dim]
 
-    return [(v.name, named_axes(v)) for v in model.graph.input], [v.name for v in model.graph.output]
+    return [(v.name, named_axes(v)) for v in model.graph.input], [(v.name, named_axes(v)) for v in model.graph.output]
 
 
 def fidelity(dense: Path, pruned: Path) -> float:

@@ -151,6 +151,8 @@ class Graph:
     symbol_names: dict[str, str] = field(default_factory=dict)
     input_specs: tuple[InputSpec, ...] = ()
     output_names: tuple[str, ...] = ()
+    # per output, the dim names an imported model declared (None: static or unnamed)
+    output_dims: tuple[tuple[str | None, ...], ...] = ()
     notes: tuple[str, ...] = ()  # what the front end changed to trace the model
     version: int = 0
     _exported: tuple[Any, torch.export.ExportedProgram] | None = field(

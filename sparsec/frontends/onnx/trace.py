@@ -234,6 +234,9 @@ def trace_onnx(program: OnnxProgram, example_inputs: Any, *, dynamic: bool = Tru
         symbol_names=symbols,
         input_specs=tuple(specs),
         output_names=tuple(program.module.output_names),
+        output_dims=tuple(
+            tuple(d if isinstance(d, str) else None for d in program.dims(value)) for value in program.model.graph.output
+        ),
         notes=tuple(notes),
     )
 
