@@ -1,7 +1,7 @@
 """sparsec vs onnxsim 0.8.1 on the same ONNX files: coverage, size, ORT latency, fidelity.
 
 Rules:
-- the files are made here, without downloads, with random weights: a BERT (hidden 256,
+- the files are made here, without downloads, with random weights: a BERT classifier (hidden 256,
   4 layers, 4 heads, FFN 1024) from torch.onnx's dynamo exporter, the same BERT through the
   TorchScript exporter and ONNX Runtime's transformer optimizer (fused Attention,
   SkipLayerNormalization, BiasGelu), a LLaMA with grouped-query attention (hidden 256,
@@ -9,7 +9,8 @@ Rules:
   input) from the TorchScript exporter;
 - sparsec: `sparsec.compile(file, pipeline="structured-50")`, its ONNX Runtime artifact;
   onnxsim: `apply_attention_head_pruning` then `apply_structured_pruning` at sparsity 0.5
-  (`_onnxsim_peer`, in onnxsim's own interpreter);
+  ("onnxsim"), and `apply_structured_pruning` alone ("onnxsim-structured"), each in
+  onnxsim's own interpreter (`_onnxsim_peer`);
 - coverage: the tool returned a model, it has fewer parameters, it runs in plain
   onnxruntime, and its inputs and outputs (names, order, named dynamic axes) are the
   original's;
@@ -64,10 +65,10 @@ def _bert() -> tuple[nn.Module, dict[str, torch.Tensor]]:
     torch.manual_seed(0)
     config = transformers.BertConfig(
         hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
-        vocab_size=VOCAB, max_position_embeddings=128, attn_implementation="eager",
+        vocab_size=VOCAB, max_position_embeddings=128, num_labels=2, attn_implementation="eager",
     )
     ids = torch.randint(0, VOCAB, (2, 16))
-    return transformers.BertModel(config).eval(), {
+    return transformers.BertForSequenceClassification(config).eval(), {
         "input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
     }
 
@@ -129,7 +130,8 @@ def _export(model: nn.Module, inputs: dict[str, torch.Tensor], path: Path, dynam
             program.save(path)
         else:
             buffer = io.BytesIO()
-            torch.onnx.export(model, (inputs,) if len(names) > 1 else (inputs[names[0]],), buffer,
+            # positional, in forward()'s order (the inputs are its leading parameters)
+            torch.onnx.export(model, tuple(inputs.values()), buffer,
                               dynamo=False, input_names=names, opset_version=17, dynamic_axes=axes)
             path.write_bytes(buffer.getvalue())
 
@@ -240,9 +242,9 @@ def run_sparsec(path: Path, out: Path) -> dict[str, Any]:
     }
 
 
-def run_onnxsim(path: Path, out: Path) -> dict[str, Any]:
+def run_onnxsim(path: Path, out: Path, heads: bool = True) -> dict[str, Any]:
     start = time.perf_counter()
-    result = _onnxsim_peer.prune(path, out, RATIO, heads=True)
+    result = _onnxsim_peer.prune(path, out, RATIO, heads=heads)
     result["file"] = str(out)
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
@@ -289,9 +291,13 @@ def main() -> None:
             dense = measure(name, path, {"ok": True, "file": str(path)}, args)
             dense["tool"] = "dense"
             rows.append(dense)
-            for tool, runner in (("sparsec", run_sparsec), ("onnxsim", run_onnxsim)):
-                out = directory / f"{name}-{tool}" if tool == "sparsec" else directory / f"{name}-onnxsim.onnx"
-                row = measure(name, path, runner(path, out), args)
+            for tool in ("sparsec", "onnxsim", "onnxsim-structured"):
+                out = directory / f"{name}-{tool}"
+                if tool == "sparsec":
+                    made = run_sparsec(path, out)
+                else:
+                    made = run_onnxsim(path, out.with_suffix(".onnx"), heads=tool == "onnxsim")
+                row = measure(name, path, made, args)
                 row["tool"] = tool
                 for batch in args.batches:
                     if f"b{batch}_ms" in row:
