@@ -6,6 +6,7 @@ Every pass class is importable from here: `from sparsec.passes import PruneChann
 from sparsec.passes import analysis, rewrite
 from sparsec.passes.analysis import (
     ActivationImportance,
+    BlockInfluence,
     BNScaleImportance,
     DependencyGroups,
     FisherImportance,
@@ -20,6 +21,7 @@ from sparsec.passes.analysis import (
 from sparsec.passes.rewrite import (
     CanonicalizeLinear,
     LowerSparseWeights,
+    PruneBlocks,
     PruneChannels,
     RecalibrateBN,
     Sparsify,
@@ -28,6 +30,7 @@ from sparsec.passes.rewrite import (
 __all__ = [
     "ActivationImportance",
     "BNScaleImportance",
+    "BlockInfluence",
     "CanonicalizeLinear",
     "DependencyGroups",
     "FisherImportance",
@@ -35,6 +38,7 @@ __all__ = [
     "LayerInputStats",
     "LowerSparseWeights",
     "MagnitudeImportance",
+    "PruneBlocks",
     "PruneChannels",
     "RandomImportance",
     "RecalibrateBN",

@@ -1,6 +1,7 @@
 """Analyses: they compute results from a graph and never change it."""
 
 from sparsec.passes.analysis.activation_importance import ActivationImportance
+from sparsec.passes.analysis.block_influence import Block, BlockInfluence
 from sparsec.passes.analysis.bn_scale_importance import BNScaleImportance
 from sparsec.passes.analysis.dependency_groups import (
     DependencyGroup,
@@ -20,6 +21,8 @@ from sparsec.passes.analysis.wanda_importance import WandaImportance
 __all__ = [
     "ActivationImportance",
     "BNScaleImportance",
+    "Block",
+    "BlockInfluence",
     "DependencyGroup",
     "DependencyGroups",
     "DependencyInfo",

@@ -2,8 +2,9 @@
 
 from sparsec.passes.rewrite.canonicalize_linear import CanonicalizeLinear
 from sparsec.passes.rewrite.lower_sparse_weights import LowerSparseWeights
+from sparsec.passes.rewrite.prune_blocks import PruneBlocks
 from sparsec.passes.rewrite.prune_channels import PruneChannels
 from sparsec.passes.rewrite.recalibrate_bn import RecalibrateBN
 from sparsec.passes.rewrite.sparsify import Sparsify
 
-__all__ = ["CanonicalizeLinear", "LowerSparseWeights", "PruneChannels", "RecalibrateBN", "Sparsify"]
+__all__ = ["CanonicalizeLinear", "LowerSparseWeights", "PruneBlocks", "PruneChannels", "RecalibrateBN", "Sparsify"]

@@ -1,0 +1,138 @@
+"""`block-influence` and `prune-blocks`: depth pruning of repeated residual blocks.
+
+A stack of residual blocks where two barely change their input (tiny second weights):
+block influence must rank them lowest, `prune-blocks{count=2}` must remove exactly them,
+their parameters go, the output shape stays and the function barely moves. Refusals:
+removing every block, and blocks that are not one-hidden-state-in, one-out.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import sparsec
+from sparsec.errors import PassError
+from sparsec.frontends import trace
+from sparsec.passes.analysis.block_influence import find_blocks
+from zoo import ZOO, hf_available
+
+
+class Residual(nn.Module):
+    def __init__(self, width: int, scale: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(width, 2 * width)
+        self.fc2 = nn.Linear(2 * width, width)
+        with torch.no_grad():
+            self.fc2.weight.mul_(scale)
+            self.fc2.bias.mul_(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(torch.relu(self.fc1(x)))
+
+
+class Stack(nn.Module):
+    """Blocks 1 and 3 are nearly identities."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Linear(8, 16)
+        self.blocks = nn.ModuleList([Residual(16, s) for s in (1.0, 1e-3, 1.0, 1e-3)])
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        for block in self.blocks:
+            h = block(h)
+        return self.head(h)
+
+
+class TwoOutputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.fc(x)
+        return x + y, y
+
+
+class Pairs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([TwoOutputs(), TwoOutputs()])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.blocks[0](x)
+        c, d = self.blocks[1](a)
+        return c + b + d
+
+
+def _batches() -> list[tuple[torch.Tensor]]:
+    generator = torch.Generator().manual_seed(1)
+    return [(torch.randn(4, 8, generator=generator),) for _ in range(3)]
+
+
+def test_blocks_are_found_with_their_hidden_state() -> None:
+    blocks = find_blocks(trace(Stack().eval(), (torch.randn(2, 8),)))
+    assert [b.path for b in blocks] == [f"blocks.{i}" for i in range(4)]
+    assert all(b.removable for b in blocks)
+
+
+def test_the_near_identity_blocks_go_and_the_rest_stays() -> None:
+    model = Stack().eval()
+    x = torch.randn(5, 8)
+    compiled = sparsec.compile(
+        model, (torch.randn(2, 8),), pipeline="prune-blocks{count=2}", backend="torch",
+        calibration=_batches(),
+    )
+    summary = dict(compiled.report.pass_summaries)["prune-blocks{ratio=0.25,count=2,metric=block-influence}"]
+    assert summary["removed"] == ["blocks.1", "blocks.3"]
+    scores = {b["block"]: b["score"] for b in summary["blocks"]}
+    assert max(scores["blocks.1"], scores["blocks.3"]) < min(scores["blocks.0"], scores["blocks.2"])
+    names = set(compiled.graph.module.state_dict())
+    assert not any(n.startswith(("blocks.1.", "blocks.3.")) for n in names)
+    assert any(n.startswith("blocks.2.") for n in names)
+    with torch.no_grad():
+        expected, actual = model(x), compiled(x)
+    assert actual.shape == expected.shape
+    assert torch.allclose(actual, expected, atol=1e-2)
+
+
+def test_removing_every_block_is_refused() -> None:
+    with pytest.raises(PassError, match="every block of blocks"):
+        sparsec.compile(
+            Stack().eval(), (torch.randn(2, 8),), pipeline="prune-blocks{ratio=1.0}", backend="torch",
+            calibration=_batches(),
+        )
+
+
+def test_blocks_with_two_outputs_are_kept_with_the_reason() -> None:
+    compiled = sparsec.compile(
+        Pairs().eval(), (torch.randn(2, 8),), pipeline="prune-blocks{ratio=0.5}", backend="torch",
+        calibration=_batches(),
+    )
+    summary = next(s for name, s in compiled.report.pass_summaries if name.startswith("prune-blocks"))
+    assert all("values leave it" in b["kept_because"] for b in summary["blocks"])
+    assert "removed" not in summary
+
+
+def test_a_llama_loses_a_decoder_layer_and_exports_to_onnx() -> None:
+    if not hf_available("LlamaForCausalLM"):
+        pytest.skip("transformers has no LlamaForCausalLM")
+    model, inputs = ZOO["llama-gqa"].build()
+    compiled = sparsec.compile(
+        model, inputs, pipeline="prune-blocks{count=1}", calibration=[inputs, inputs],
+    )
+    assert compiled.report.backend == "onnxruntime", compiled.report.backend_reason
+    summary = next(s for name, s in compiled.report.pass_summaries if name.startswith("prune-blocks"))
+    assert len(summary["removed"]) == 1 and summary["removed"][0].startswith("model.layers.")
+    layers = {n.split(".")[2] for n in compiled.graph.module.state_dict() if n.startswith("model.layers.")}
+    assert len(layers) == model.config.num_hidden_layers - 1
+    with torch.no_grad():
+        expected = compiled.graph.module(**inputs)
+        actual = compiled(**inputs)
+    assert torch.allclose(actual.logits if hasattr(actual, "logits") else actual[0],
+                          expected.logits if hasattr(expected, "logits") else expected[0], atol=1e-4)
