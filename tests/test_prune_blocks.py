@@ -8,6 +8,8 @@ removing every block, and blocks that are not one-hidden-state-in, one-out.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -99,6 +101,11 @@ def test_the_near_identity_blocks_go_and_the_rest_stays() -> None:
         expected, actual = model(x), compiled(x)
     assert actual.shape == expected.shape
     assert torch.allclose(actual, expected, atol=1e-2)
+    module = compiled.to_module()  # the user's class, two blocks fewer, renumbered
+    assert isinstance(module, Stack) and len(module.blocks) == 2
+    assert set(module.state_dict()) == {n.replace("blocks.2.", "blocks.1.") for n in names}
+    with torch.no_grad():
+        assert torch.allclose(module(x), actual, atol=1e-5)
 
 
 def test_removing_every_block_is_refused() -> None:
@@ -119,7 +126,7 @@ def test_blocks_with_two_outputs_are_kept_with_the_reason() -> None:
     assert "removed" not in summary
 
 
-def test_a_llama_loses_a_decoder_layer_and_exports_to_onnx() -> None:
+def test_a_llama_loses_a_decoder_layer_exports_to_onnx_and_saves_a_checkpoint(tmp_path: Path) -> None:
     if not hf_available("LlamaForCausalLM"):
         pytest.skip("transformers has no LlamaForCausalLM")
     model, inputs = ZOO["llama-gqa"].build()
@@ -134,5 +141,14 @@ def test_a_llama_loses_a_decoder_layer_and_exports_to_onnx() -> None:
     with torch.no_grad():
         expected = compiled.graph.module(**inputs)
         actual = compiled(**inputs)
-    assert torch.allclose(actual.logits if hasattr(actual, "logits") else actual[0],
-                          expected.logits if hasattr(expected, "logits") else expected[0], atol=1e-4)
+    expected = expected.logits if hasattr(expected, "logits") else expected[0]
+    assert torch.allclose(actual.logits if hasattr(actual, "logits") else actual[0], expected, atol=1e-4)
+    # the module and its checkpoint have one layer fewer, and plain transformers loads it
+    import transformers
+
+    assert compiled.module.config.num_hidden_layers == model.config.num_hidden_layers - 1
+    saved = compiled.save_pretrained(tmp_path / "checkpoint")
+    assert saved.loads_in_transformers, saved.reason
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint").eval()
+    with torch.no_grad():
+        assert torch.allclose(reloaded(**inputs).logits, expected, atol=1e-4)

@@ -10,6 +10,8 @@ Rules:
 - the result must reproduce the graph's outputs on the example inputs in eval mode, else
   `MaterializeError` names the module and attribute sparsec could not update, and the fix;
 - each module keeps the training flag it had in the user's model;
+- blocks that depth pruning removed are removed from the copy too, the rest renumbered
+  (`_depth.py`); the record then names tensors as a model of the smaller depth does;
 - `Materialized.record` (new tensor shapes and changed attributes) rebuilds the same tree
   from a fresh model of the original architecture (`apply_record`), for checkpoints.
 
@@ -36,6 +38,7 @@ import sparsec.materialize._layers  # noqa: F401 - registers the torch layer upd
 from sparsec.errors import MaterializeError
 from sparsec.frontends.trace_settings import trace_settings
 from sparsec.ir import Graph
+from sparsec.materialize._depth import drop_removed_blocks, renamed
 from sparsec.materialize.registry import updater_for
 from sparsec.pipeline import max_abs_diff
 
@@ -206,7 +209,8 @@ def materialize(model: nn.Module, graph: Graph, *, atol: float = 1e-4, rtol: flo
         if name in prefixes and update is not None:
             update(module, _Facts(readers, f"{name}." if name else ""))
 
-    modes = {name: m.training for name, m in model.named_modules()}
+    renames = drop_removed_blocks(tree, user, pruned)  # after the updaters: they read old names
+    modes = {renamed(name, renames): m.training for name, m in model.named_modules()}
     tree.eval()
     actual, failure = _located_call(tree, graph)
     expected = _outputs(graph.module, graph)
@@ -229,15 +233,17 @@ def materialize(model: nn.Module, graph: Graph, *, atol: float = 1e-4, rtol: flo
             "module's tensors, or use compiled.graph.module (eval-mode semantics only)"
         )
     for name, module in tree.named_modules():
-        module.train(modes.get(name, False))
+        module.train(modes.get(renamed(name, renames), False))
 
     attributes = {}
     for name, module in tree.named_modules():
-        before = _simple_attributes(originals[name]) if name in originals else {}
+        old = renamed(name, renames)
+        before = _simple_attributes(originals[old]) if old in originals else {}
         diff = {k: v for k, v in _simple_attributes(module).items() if before.get(k, v) != v}
         if diff:
             attributes[name] = diff
-    shapes = {n: list(pruned[n].shape) for n in sorted(changed)}
+    new_names = {renamed(n, renames): n for n, _ in _tensors(tree)}
+    shapes = {new_names.get(n, n): list(pruned[n].shape) for n in sorted(changed)}
     return Materialized(tree, Record(shapes, attributes), error)
 
 
