@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from zoo import ZOO, hf_available
 
 import sparsec
 from sparsec.errors import PassError
 from sparsec.frontends import trace
 from sparsec.passes.analysis.block_influence import find_blocks
-from zoo import ZOO, hf_available
 
 
 class Residual(nn.Module):
