@@ -7,7 +7,7 @@ Rules:
 - the corpus is the docstrings of the modules in `MODULES` (each module's, then each public
   class's and function's), deduplicated, UTF-8 bytes; the last 10% is held out;
 - the model is a LLaMA with grouped-query attention (`transformers.LlamaForCausalLM`:
-  hidden 128, 4 layers, 4 query heads sharing 2 KV heads, FFN 384, byte vocabulary 256);
+  hidden 128, 4 layers (`layers`), 4 query heads sharing 2 KV heads, FFN 384, byte vocabulary 256);
 - it is trained with AdamW and a cosine schedule on random windows of `SEQUENCE` bytes;
 - quality is perplexity per byte on held-out windows: lower is better.
 
@@ -143,14 +143,14 @@ def corpus_split() -> tuple[torch.Tensor, torch.Tensor]:
     return data[:cut], data[cut:]
 
 
-def new_model() -> torch.nn.Module:
+def new_model(layers: int = 4) -> torch.nn.Module:
     import transformers
 
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
         hidden_size=128,
         intermediate_size=384,
-        num_hidden_layers=4,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=32,
@@ -188,8 +188,8 @@ def perplexity(model: Callable[..., Any], batches: list[dict[str, Any]]) -> floa
     return math.exp(sum(losses) / len(losses))
 
 
-def train_model(data: torch.Tensor, *, steps: int, batch: int = 32) -> torch.nn.Module:
-    model = new_model().train()
+def train_model(data: torch.Tensor, *, steps: int, batch: int = 32, layers: int = 4) -> torch.nn.Module:
+    model = new_model(layers).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 3e-3, total_steps=steps)
     for inputs in windows(data, count=steps, batch=batch, seed=1):
