@@ -10,6 +10,9 @@ Rules:
 - `in_fresh_process(script, args)` runs `python script --child ... args` and returns the
   JSON object the child printed as its last stdout line (`emit` prints it); a child that
   fails raises with its stderr's tail;
+- `time_onnx(path, feed, threads, repeats)` is the timing a child runs for an ONNX file:
+  ONNX Runtime on CPU with `threads` intra-op threads, 3 warm-up runs, then the median
+  and minimum of `repeats` runs in milliseconds;
 - `machine()` is what every benchmark prints and stores: CPU model, LLVM's name for it, the
   kernels' ISA, usable cores, and the load average.
 """
@@ -23,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["emit", "in_fresh_process", "machine", "machine_line"]
+__all__ = ["emit", "in_fresh_process", "machine", "machine_line", "time_onnx"]
 
 
 def machine() -> dict[str, Any]:
@@ -68,3 +71,24 @@ def in_fresh_process(script: Path, args: list[str], timeout_s: float = 3600) -> 
             f"{' '.join(command)} failed (exit {done.returncode}):\n{done.stderr[-3000:]}"
         )
     return json.loads(lines[-1])  # type: ignore[no-any-return]
+
+
+def time_onnx(path: str, feed: dict[str, Any], threads: int, repeats: int) -> dict[str, float]:
+    """Median and minimum milliseconds of ORT runs of the ONNX file `path` on `feed`."""
+    import time
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    for _ in range(3):
+        session.run(None, feed)
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, feed)
+        samples.append((time.perf_counter() - start) * 1e3)
+    samples.sort()
+    return {"median_ms": samples[len(samples) // 2], "min_ms": samples[0]}

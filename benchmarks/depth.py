@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -32,14 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 import sparsec
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _docstring_lm as lm  # noqa: E402
-from _isolation import emit, in_fresh_process, machine, machine_line  # noqa: E402
+from _isolation import emit, in_fresh_process, machine, machine_line, time_onnx  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "depth.json"
 RATIO = 0.25
@@ -61,19 +59,8 @@ def without_layers(model: torch.nn.Module, drop: list[int]) -> torch.nn.Module:
 
 
 def time_child(path: str, batch: int, threads: int, repeats: int) -> dict[str, Any]:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     ids = np.random.default_rng(0).integers(0, 256, (batch, lm.SEQUENCE)).astype(np.int64)
-    feed = {session.get_inputs()[0].name: ids}
-    for _ in range(3):
-        session.run(None, feed)
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, feed)
-        samples.append((time.perf_counter() - start) * 1e3)
-    return {"median_ms": statistics.median(samples)}
+    return time_onnx(path, {"input_ids": ids}, threads, repeats)
 
 
 def latency(artifact: Path, args: argparse.Namespace) -> dict[str, float]:

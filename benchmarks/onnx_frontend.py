@@ -32,7 +32,6 @@ import argparse
 import io
 import json
 import logging
-import statistics
 import sys
 import tempfile
 import time
@@ -48,7 +47,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _onnxsim_peer  # noqa: E402
-from _isolation import emit, in_fresh_process, machine, machine_line  # noqa: E402
+from _isolation import emit, in_fresh_process, machine, machine_line, time_onnx  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "onnx_frontend.json"
 SEQUENCE = 64
@@ -192,16 +191,7 @@ def _session(path: Path, threads: int) -> ort.InferenceSession:
 
 
 def time_child(path: str, batch: int, threads: int, repeats: int) -> dict[str, Any]:
-    session = _session(Path(path), threads)
-    inputs = feed(Path(path), batch)
-    for _ in range(3):
-        session.run(None, inputs)
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, inputs)
-        samples.append((time.perf_counter() - start) * 1e3)
-    return {"median_ms": statistics.median(samples), "min_ms": min(samples)}
+    return time_onnx(path, feed(Path(path), batch), threads, repeats)
 
 
 def params(path: Path) -> int:
