@@ -239,6 +239,27 @@ def _name_output_dims(onnx_program: torch.onnx.ONNXProgram, graph: Graph) -> Non
         value.shape = ir.Shape(dims)
 
 
+def _free_interface_names(onnx_program: torch.onnx.ONNXProgram) -> None:
+    """Rename inner values that carry an input's or output's name.
+
+    The exporter names outputs as asked without checking inner values, so an output named
+    `linear` (as an imported model's may be) can collide with the graph's own `linear`
+    node; ONNX Runtime then refuses the model ("Duplicate definition of name").
+    """
+    model = onnx_program.model.graph
+    interface = {id(v) for v in (*model.inputs, *model.outputs)}
+    taken = {v.name for v in (*model.inputs, *model.outputs) if v.name}
+    inner = [v for node in model.all_nodes() for v in node.outputs]
+    used = {v.name for v in inner if v.name} | set(model.initializers)
+    for value in inner:
+        if value.name in taken and id(value) not in interface:
+            suffix = 1
+            while f"{value.name}_{suffix}" in used | taken:
+                suffix += 1
+            used.add(f"{value.name}_{suffix}")
+            value.name = f"{value.name}_{suffix}"
+
+
 def _export(
     graph: Graph, directory: Path, opset: int | None
 ) -> tuple[tuple[str, ...], pytree.TreeSpec, pytree.TreeSpec]:
@@ -265,6 +286,7 @@ def _export(
                 raise BackendError("torch.onnx.export returned no program")
             onnx_program.rename_axes(_dim_names(onnx_program, graph))
             _name_output_dims(onnx_program, graph)
+            _free_interface_names(onnx_program)
             onnx_program.save(directory / MODEL_FILE)
     except BackendError:
         raise

@@ -263,3 +263,14 @@ def test_the_cli_compiles_an_onnx_file_without_inputs(files: dict[str, Path], tm
     result = CliRunner().invoke(app, ["compile", str(_file(files, "mlp", tmp_path)), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert [name for name, _ in _interface(out / "model.onnx")[1]] == ["logits"]
+
+
+def test_an_output_named_like_an_inner_value_keeps_its_name(files: dict[str, Path], tmp_path: Path) -> None:
+    """GPT-2's dynamo export names its logits `linear`, as the graph names its own linears."""
+    model = onnx.load(str(_file(files, "mlp", tmp_path)))
+    model.graph.node[-1].output[0] = "linear"
+    model.graph.output[0].name = "linear"
+    compiled = sparsec.compile(model, pipeline="structured-50")
+    assert compiled.report.backend == "onnxruntime", compiled.report.backend_reason
+    artifact = compiled.save(tmp_path / "art")
+    assert [name for name, _ in _interface(artifact / "model.onnx")[1]] == ["linear"]
