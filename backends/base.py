@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from sparsec.ir.graph import Graph
 
 __all__ = [
+    "MIN_EXPORT_OPSET",
     "TARGETS",
     "Backend",
     "BackendOptions",
@@ -51,6 +52,7 @@ __all__ = [
 ]
 
 TARGETS: tuple[str, ...] = ("cpu", "cuda")
+MIN_EXPORT_OPSET = 18  # torch.onnx's dynamo exporter writes opset 18 and later
 
 # name -> "module:attribute"; imported on first use so that `import sparsec` stays light.
 _BACKENDS: dict[str, str] = {
@@ -99,9 +101,9 @@ class BackendOptions:
             raise ConfigError(
                 f"BackendOptions.threads must be an int >= 1 or None, not {self.threads!r}"
             )
-        if self.opset is not None and (not isinstance(self.opset, int) or self.opset < 18):
+        if self.opset is not None and (not isinstance(self.opset, int) or self.opset < MIN_EXPORT_OPSET):
             raise ConfigError(
-                f"BackendOptions.opset must be an int >= 18 (torch.onnx's dynamo exporter) or "
+                f"BackendOptions.opset must be an int >= {MIN_EXPORT_OPSET} (torch.onnx's dynamo exporter) or "
                 f"None, not {self.opset!r}"
             )
 

@@ -39,6 +39,7 @@ import torch
 
 from sparsec import hf
 from sparsec.backends.base import (
+    MIN_EXPORT_OPSET,
     Backend,
     BackendOptions,
     Executable,
@@ -78,7 +79,6 @@ __all__ = ["CompiledModel", "compile"]
 
 Progress = Callable[[str], None]
 Tracer = Callable[[Any, bool], Graph]  # (example inputs, dynamic) → Graph
-_MIN_EXPORT_OPSET = 18  # torch.onnx's exporter writes opset 18 and later
 
 
 @contextlib.contextmanager
@@ -478,7 +478,7 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
     if is_onnx_source(model):
         program = OnnxProgram(model)  # type: ignore[arg-type]  # refuses a bad file first
 
-        opset = max(program.module.opset, _MIN_EXPORT_OPSET)
+        opset = max(program.module.opset, MIN_EXPORT_OPSET)
 
         def tracer(inputs: Any, dynamic_dims: bool) -> Graph:
             graph = trace_onnx(program, inputs, dynamic=dynamic_dims)
@@ -487,7 +487,7 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
                     *graph.notes,
                     f"ONNX written by the backends is opset {opset}, not the file's "
                     f"{program.module.opset}: torch.onnx's exporter writes opset "
-                    f"{_MIN_EXPORT_OPSET} and later",
+                    f"{MIN_EXPORT_OPSET} and later",
                 )
             return graph
 

@@ -40,16 +40,19 @@ class _Uses:
     """Who reads each value: (node index, input position) pairs, and the graph outputs."""
 
     readers: dict[str, list[tuple[int, int]]]
+    producers: dict[str, int]
     outputs: set[str]
 
     @classmethod
     def of(cls, nodes: Sequence[NodeCall | None], outputs: Sequence[str]) -> _Uses:
         readers: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        producers: dict[str, int] = {}
         for index, node in enumerate(nodes):
             for position, name in enumerate(node.inputs if node else ()):
                 if name:
                     readers[name].append((index, position))
-        return cls(readers, set(outputs))
+            producers.update({name: index for name in (node.outputs if node else ()) if name})
+        return cls(readers, producers, set(outputs))
 
     def only_reader(self, value: str) -> int | None:
         readers = self.readers.get(value, [])
@@ -100,17 +103,15 @@ def _linear_weight(
         return None
     if source in tensors and tensors[source].dim() == 2:
         return tensors[source].t(), source, None
-    for index, producer in enumerate(nodes):
-        if producer is None or source not in producer.outputs:
-            continue
-        if (
-            producer.op_type == "Transpose" and not producer.domain
-            and producer.inputs[0] in tensors and tensors[producer.inputs[0]].dim() == 2
-            and list(producer.attrs.get("perm", [1, 0])) == [1, 0]
-            and uses.only_reader(source) is not None
-        ):
-            return tensors[producer.inputs[0]], producer.inputs[0], index
-        return None
+    index = uses.producers.get(source)
+    producer = nodes[index] if index is not None else None
+    if (
+        producer is not None and producer.op_type == "Transpose" and not producer.domain
+        and producer.inputs[0] in tensors and tensors[producer.inputs[0]].dim() == 2
+        and list(producer.attrs.get("perm", [1, 0])) == [1, 0]
+        and uses.only_reader(source) is not None
+    ):
+        return tensors[producer.inputs[0]], producer.inputs[0], index
     return None
 
 
@@ -146,10 +147,12 @@ def _gemm_is_general(node: NodeCall, tensors: dict[str, torch.Tensor]) -> bool:
 
 def _fuse_linears(nodes: list[NodeCall | None], table: _Tensors, outputs: Sequence[str]) -> None:
     tensors = table.tensors
+    # computed once: a fusion only removes the Add and Transpose it absorbs, whose own
+    # entries no later query reads
+    uses = _Uses.of(nodes, outputs)
     for index, node in enumerate(nodes):
         if node is None or _gemm_is_general(node, tensors):
             continue
-        uses = _Uses.of(nodes, outputs)
         found = _linear_weight(node, nodes, tensors, uses)
         if found is None:
             continue
