@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from torch.utils import _pytree as pytree
 
 from sparsec.errors import BackendError, ConfigError
+from sparsec.latency_model import register_latency_model
 
 if TYPE_CHECKING:
     from sparsec.calibration import Calibration
@@ -37,16 +38,20 @@ __all__ = [
     "MIN_EXPORT_OPSET",
     "TARGETS",
     "Backend",
+    "BackendEntry",
     "BackendOptions",
     "Diagnostic",
     "Executable",
     "Severity",
     "available_backends",
+    "backend_options_class",
+    "backends_with_options",
     "default_backend",
     "dump_spec",
     "flatten_inputs",
     "get_backend",
     "load_spec",
+    "register_backend",
     "require_lowerable",
     "unflatten_outputs",
 ]
@@ -54,12 +59,58 @@ __all__ = [
 TARGETS: tuple[str, ...] = ("cpu", "cuda")
 MIN_EXPORT_OPSET = 18  # torch.onnx's dynamo exporter writes opset 18 and later
 
-# name -> "module:attribute"; imported on first use so that `import sparsec` stays light.
-_BACKENDS: dict[str, str] = {
-    "onnxruntime": "sparsec.backends.onnxruntime:OnnxRuntimeBackend",
-    "torch": "sparsec.backends.torch_backend:TorchBackend",
-    "tvm": "sparsec.backends.tvm:TvmBackend",
-}
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    """One backend in the registry: what `get_backend`, configuration and the gate read.
+
+    Each field is "module:attribute", imported on first use so that `import sparsec` stays
+    light (tvm takes seconds to import):
+    - `backend`: the Backend class (constructed without arguments, or with its options);
+    - `options`: its options dataclass, or None when it takes none;
+    - `latency_model`: the break-even gate's model of its sparse kernels, registered with
+      `sparsec.latency_model` under the backend's name, or None.
+    """
+
+    backend: str
+    options: str | None = None
+    latency_model: str | None = None
+
+
+_REGISTRY: dict[str, BackendEntry] = {}
+
+
+def register_backend(name: str, entry: BackendEntry) -> None:
+    """Add a backend under `name`: the one place a new backend is named."""
+    if name in _REGISTRY:
+        raise ValueError(f"a backend is already registered as {name!r}")
+    _REGISTRY[name] = entry
+    if entry.latency_model is not None:
+        register_latency_model(name, entry.latency_model)
+
+
+register_backend(
+    "onnxruntime",
+    BackendEntry(
+        "sparsec.backends.onnxruntime:OnnxRuntimeBackend",
+        options="sparsec.backends.onnxruntime:OrtOptions",
+    ),
+)
+register_backend("torch", BackendEntry("sparsec.backends.torch_backend:TorchBackend"))
+register_backend(
+    "tvm",
+    BackendEntry(
+        "sparsec.backends.tvm:TvmBackend",
+        options="sparsec.backends.tvm.backend:TvmOptions",
+        latency_model="sparsec.backends.tvm.latency_model:TvmLatencyModel",
+    ),
+)
+
+
+def _resolve(reference: str) -> Any:
+    module_name, attribute = reference.split(":")
+    return getattr(importlib.import_module(module_name), attribute)
 
 
 class Severity(Enum):
@@ -142,17 +193,34 @@ class Backend(Protocol):
 
 def available_backends() -> tuple[str, ...]:
     """Names that `get_backend` accepts."""
-    return tuple(sorted(_BACKENDS))
+    return tuple(sorted(_REGISTRY))
+
+
+def backends_with_options() -> tuple[str, ...]:
+    """Names of the backends that take an options object."""
+    return tuple(name for name in available_backends() if _REGISTRY[name].options is not None)
+
+
+def backend_options_class(name: str) -> type | None:
+    """The options dataclass of backend `name`, or None; importing it imports the backend.
+
+    Raises BackendError for an unknown name, ImportError where the backend is not installed.
+    """
+    reference = _entry(name).options
+    return None if reference is None else _resolve(reference)  # type: ignore[no-any-return]
+
+
+def _entry(name: str) -> BackendEntry:
+    if name not in _REGISTRY:
+        raise BackendError(
+            f"unknown backend {name!r}; valid backends: {', '.join(available_backends())}"
+        )
+    return _REGISTRY[name]
 
 
 def get_backend(name: str) -> Backend:
     """The backend registered under `name`; BackendError lists the valid names otherwise."""
-    if name not in _BACKENDS:
-        raise BackendError(
-            f"unknown backend {name!r}; valid backends: {', '.join(available_backends())}"
-        )
-    module_name, attribute = _BACKENDS[name].split(":")
-    backend: Backend = getattr(importlib.import_module(module_name), attribute)()
+    backend: Backend = _resolve(_entry(name).backend)()
     return backend
 
 
@@ -208,7 +276,7 @@ def default_backend(target: str, graph: Graph | None = None) -> tuple[Backend, s
     return get_backend("onnxruntime"), f"default for {target!r} ({why})"
 
 
-def gate_cost_model(target: str, backend: str | None) -> str:
+def gate_latency_model(target: str, backend: str | None) -> str:
     """The cost model `lower-sparse-weights{cost_model=auto}` uses: the one describing the
     kernels that will run the sparse ops.
 

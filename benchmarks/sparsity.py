@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import sparsec  # noqa: E402
 from sparsec.calibration import Calibration  # noqa: E402
-from sparsec.cost_model import ReferenceCostModel  # noqa: E402
 from sparsec.frontends import trace  # noqa: E402
+from sparsec.latency_model import ReferenceLatencyModel  # noqa: E402
 from sparsec.ops import SparsityPattern  # noqa: E402
 from sparsec.passes.rewrite import CanonicalizeLinear, LowerSparseWeights, Sparsify  # noqa: E402
 from sparsec.pipeline import AnalysisManager, PassManager, Pipeline  # noqa: E402
@@ -224,7 +224,7 @@ def transformers_deviation(rows: list[dict[str, Any]], size: str) -> None:
 
 def kernels(rows: list[dict[str, Any]], repeats: int) -> None:
     for threads in (1, 2):
-        model = ReferenceCostModel(repeats=repeats, threads=threads)
+        model = ReferenceLatencyModel(repeats=repeats, threads=threads)
         for out_features, in_features in ((3072, 768), (768, 3072)):
             dense = model.dense_ms(out_features, in_features, 128)
             cases = [

@@ -5,7 +5,7 @@ Layout (every file but the manifest is listed in it with its sha256):
   and the metadata its executable needs to load; resolved pipeline; inputs (name, dtype,
   shape with dynamic dims named) and output names; files; a checksum of the manifest itself;
 - `program.pt2` + `weights.safetensors`: the pruned torch program, pickle-free (see
-  `sparsec.backends.torch_backend` for what torch.export.save/load unpickle and how we avoid it);
+  `sparsec.program_files` for what torch.export.save/load unpickle and how we avoid it);
 - the backend's files, e.g. `model.onnx`; `report.md` and `report.json`; the report's pictures
   (`widths.png`, `sparsity.png`: `sparsec.report_plots`), linked from `report.md`.
 
@@ -54,8 +54,8 @@ import torch
 
 import sparsec
 from sparsec.backends.base import Executable, get_backend
-from sparsec.backends.torch_backend import PROGRAM_FILE, WEIGHTS_FILE, load_program, save_program
 from sparsec.errors import ArtifactError
+from sparsec.program_files import PROGRAM_FILE, WEIGHTS_FILE, load_program, save_program
 from sparsec.report_plots import missing_reason, write_report_plots
 from sparsec.signature import check_inputs, input_specs_from_manifest
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sparsec.errors import PreconditionError
-from sparsec.frontends import normalize_inputs
+from sparsec.ir.inputs import normalize_inputs
 
 __all__ = ["Calibration", "LossFn", "require_calibration"]
 

@@ -45,15 +45,16 @@ from sparsec.backends.base import (
     Executable,
     available_backends,
     default_backend,
-    gate_cost_model,
+    gate_latency_model,
     get_backend,
 )
 from sparsec.calibration import Calibration
 from sparsec.errors import BackendError, ConfigError, MaterializeError, SparsecError, TraceError
-from sparsec.frontends import normalize_inputs, trace
+from sparsec.frontends import trace
 from sparsec.frontends.onnx import OnnxModule, OnnxProgram, is_onnx_source, trace_onnx
 from sparsec.frontends.onnx.load import OnnxSource
 from sparsec.ir import Graph
+from sparsec.ir.inputs import normalize_inputs
 from sparsec.materialize import Materialized, materialize
 from sparsec.metrics import count_macs, layer_widths
 from sparsec.parts import CompiledParts, compile_parts
@@ -175,8 +176,8 @@ def _group_rows(am: AnalysisManager, graph: Graph, results: list[tuple[Pass, Any
 
 def _resolve_auto_gates(pipeline: Pipeline, backend: str | None) -> Pipeline:
     """Passes with `cost_model=auto` get the cost model of the kernels that will run the
-    sparse ops (`gate_cost_model`); the report's pipeline then names the model used."""
-    model = gate_cost_model(pipeline.target, backend)
+    sparse ops (`gate_latency_model`); the report's pipeline then names the model used."""
+    model = gate_latency_model(pipeline.target, backend)
     passes = tuple(
         dataclasses.replace(p, cost_model=model)  # type: ignore[type-var]
         if getattr(p, "cost_model", None) == "auto"

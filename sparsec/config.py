@@ -45,13 +45,17 @@ from sparsec._config_locate import FieldPath, Locator, toml_locator, yaml_locato
 from sparsec._option_types import coerce_value, describe_option, field_types, option_names
 from sparsec._pipeline_text import parse_text
 from sparsec._suggest import did_you_mean, unknown_choice
+from sparsec.backends.base import (
+    TARGETS,
+    available_backends,
+    backend_options_class,
+    backends_with_options,
+)
 from sparsec.errors import ConfigError, PassOptionError, SparsecError
 from sparsec.pipeline import Pass, Pipeline, options_dict, registry
 
 __all__ = [
-    "BACKENDS",
     "SUFFIXES",
-    "TARGETS",
     "backend_options_from_dict",
     "backend_options_type",
     "dump_pipeline",
@@ -61,16 +65,8 @@ __all__ = [
     "registered_passes",
 ]
 
-TARGETS: tuple[str, ...] = ("cpu", "cuda")
-BACKENDS: tuple[str, ...] = ("onnxruntime", "torch", "tvm")
 SUFFIXES: tuple[str, ...] = (".toml", ".yaml", ".yml")
 _TOP_LEVEL: tuple[str, ...] = ("target", "backend", "backend_options", "passes")
-# backend name -> "module:class" of its options, or None; imported only when options are given.
-_BACKEND_OPTIONS: dict[str, str | None] = {
-    "onnxruntime": "sparsec.backends.onnxruntime:OrtOptions",
-    "torch": None,
-    "tvm": "sparsec.backends.tvm.backend:TvmOptions",
-}
 
 _Position = Callable[[FieldPath], str | None]
 """Where a field is in the source, as `line` or `line:column`, or None when unknown."""
@@ -97,21 +93,15 @@ def backend_options_type(backend: str) -> type | None:
 
     Importing the class imports the backend (tvm for "tvm"); ConfigError when it is missing.
     """
-    if problem := unknown_choice("backend", backend, BACKENDS):
+    if problem := unknown_choice("backend", backend, available_backends()):
         raise ConfigError(problem)
-    reference = _BACKEND_OPTIONS.get(backend)
-    if reference is None:
-        return None
-    module_name, attribute = reference.split(":")
     try:
-        module = importlib.import_module(module_name)
+        return backend_options_class(backend)
     except ImportError as exc:
         raise ConfigError(
             f"backend {backend!r} cannot be imported ({exc}), so its options cannot be "
             f"checked. Fix: pip install 'sparsec[{backend}]', or drop the backend options"
         ) from exc
-    cls: type = getattr(module, attribute)
-    return cls
 
 
 def backend_options_from_dict(
@@ -123,7 +113,7 @@ def backend_options_from_dict(
     'tune_trial' of backend 'tvm'; did you mean 'tune_trials'?`.
     """
     problems = _Problems(source, lambda path: None)
-    if backend is not None and (problem := unknown_choice("backend", backend, BACKENDS)):
+    if backend is not None and (problem := unknown_choice("backend", backend, available_backends())):
         problems.add(("backend",), problem)
     options = _build_backend_options(data, backend, problems)
     problems.raise_if_any()
@@ -266,7 +256,7 @@ def _validate(data: Any, source: str, position: _Position) -> Pipeline:
     if problem := unknown_choice("target", target, TARGETS):
         problems.add(("target",), problem)
     backend = data.get("backend")
-    if backend is not None and (problem := unknown_choice("backend", backend, BACKENDS)):
+    if backend is not None and (problem := unknown_choice("backend", backend, available_backends())):
         problems.add(("backend",), problem)
     entries = data.get("passes", [])
     if not isinstance(entries, list):
@@ -300,7 +290,7 @@ def _build_backend_options(raw: Any, backend: Any, problems: _Problems) -> Any:
         return None
     if not raw:
         return None  # an empty table sets nothing
-    with_options = ", ".join(repr(name) for name, ref in _BACKEND_OPTIONS.items() if ref)
+    with_options = ", ".join(repr(name) for name in backends_with_options())
     if backend is None:
         problems.add(
             path,
@@ -309,7 +299,7 @@ def _build_backend_options(raw: Any, backend: Any, problems: _Problems) -> Any:
             f"compile()); backends with options: {with_options}",
         )
         return None
-    if not isinstance(backend, str) or backend not in BACKENDS:
+    if not isinstance(backend, str) or backend not in available_backends():
         return None  # the backend itself is already reported
     try:
         cls = backend_options_type(backend)

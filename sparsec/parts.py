@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from sparsec.errors import ArtifactError, SparsecError, TraceError
-from sparsec.frontends import normalize_inputs
+from sparsec.ir.inputs import normalize_inputs
 
 __all__ = ["CompiledParts", "PartRow", "PartsReport", "compile_parts"]
 

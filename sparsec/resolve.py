@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from sparsec._suggest import did_you_mean, unknown_choice
+from sparsec.backends.base import TARGETS, available_backends
 from sparsec.config import (
-    BACKENDS,
     SUFFIXES,
-    TARGETS,
     backend_options_from_dict,
     backend_options_type,
     load_pipeline,
@@ -62,7 +61,7 @@ def resolve_pipeline(
     resolved = _resolve(pipeline)
     if target is not None and (problem := unknown_choice("target", target, TARGETS)):
         raise ConfigError(problem)
-    if backend is not None and (problem := unknown_choice("backend", backend, BACKENDS)):
+    if backend is not None and (problem := unknown_choice("backend", backend, available_backends())):
         raise ConfigError(problem)
     if target is None and backend is None and not backend_options:
         _check_options_type(resolved)

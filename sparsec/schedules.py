@@ -31,8 +31,8 @@ import torch
 
 from sparsec.calibration import Calibration, LossFn
 from sparsec.errors import PreconditionError
-from sparsec.frontends import normalize_inputs
 from sparsec.ir import Graph
+from sparsec.ir.inputs import normalize_inputs
 from sparsec.pipeline import AnalysisManager, Pass, PassManager, PipelineRun
 
 __all__ = [

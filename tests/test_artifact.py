@@ -20,10 +20,10 @@ import sparsec
 import sparsec.artifact as artifact_module
 from sparsec.artifact import FORMAT_VERSION, MANIFEST_FILE, read_artifact, write_artifact
 from sparsec.backends.base import BackendOptions, Executable, get_backend
-from sparsec.backends.torch_backend import PROGRAM_FILE, WEIGHTS_FILE, load_program
 from sparsec.errors import ArtifactError
 from sparsec.frontends import trace
 from sparsec.ir.graph import Graph
+from sparsec.program_files import PROGRAM_FILE, WEIGHTS_FILE, load_program
 
 ATOL = 1e-4
 

@@ -7,6 +7,7 @@ per mode checks that the options reach the backend; nothing here runs meta-sched
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -18,6 +19,12 @@ from config_files import config_error, write
 from torch import nn
 
 import sparsec
+from sparsec.backends.base import (
+    BackendEntry,
+    backend_options_class,
+    backends_with_options,
+    register_backend,
+)
 from sparsec.cli import parse_backend_options
 from sparsec.config import (
     backend_options_from_dict,
@@ -407,3 +414,16 @@ def test_cli_backend_options(tmp_path: Path, tvm) -> None:  # type: ignore[no-un
     assert manifest["backend"] == "tvm"
     assert manifest["pipeline"]["backend_options"]["dense_threads"] == 2
     assert manifest["backend_metadata"]["dense_threads"] == 2
+
+
+def test_a_backend_name_is_registered_once() -> None:
+    with pytest.raises(ValueError, match="already registered as 'torch'"):
+        register_backend("torch", BackendEntry("sparsec.backends.torch_backend:TorchBackend"))
+
+
+def test_the_registry_names_each_backends_options() -> None:
+    assert backends_with_options() == ("onnxruntime", "tvm")
+    for name in backends_with_options():
+        options = backend_options_class(name)
+        assert options is not None and dataclasses.is_dataclass(options)
+    assert backend_options_class("torch") is None

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparsec import cost_model
-from sparsec.cost_model import ReferenceCostModel
+from sparsec import latency_model
 from sparsec.gate_cache import GateCache, cpu_model
+from sparsec.latency_model import ReferenceLatencyModel
 from sparsec.ops.masks import SparsityPattern
 
 
@@ -69,18 +69,18 @@ def test_an_unwritable_cache_location_leaves_the_gate_working(
 
 def test_reference_model_measures_each_shape_once(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real = cost_model.fastest_ms
+    real = latency_model.fastest_ms
 
     def counting(fn, repeats, threads):  # type: ignore[no-untyped-def]
         calls.append(1)
         return real(fn, repeats, threads)
 
-    monkeypatch.setattr(cost_model, "fastest_ms", counting)
+    monkeypatch.setattr(latency_model, "fastest_ms", counting)
     pattern = SparsityPattern("unstructured", 0.9)
-    first = ReferenceCostModel(repeats=2)
+    first = ReferenceLatencyModel(repeats=2)
     dense, sparse = first.dense_ms(32, 16, 4), first.sparse_ms("csr", 32, 16, 4, pattern)
     assert len(calls) == 2
-    second = ReferenceCostModel(repeats=2)
+    second = ReferenceLatencyModel(repeats=2)
     assert (second.dense_ms(32, 16, 4), second.sparse_ms("csr", 32, 16, 4, pattern)) == (
         dense,
         sparse,

@@ -12,8 +12,8 @@ from models import make_depthwise
 
 import sparsec
 from examples.models import SmallTransformer
-from sparsec.cost_model import register_cost_model
 from sparsec.frontends import trace
+from sparsec.latency_model import register_latency_model
 from sparsec.ops import SparsityPattern, recorded_masks
 from sparsec.passes.rewrite import LowerSparseWeights, Sparsify
 from sparsec.pipeline import AnalysisManager, PassManager, PassResult, Pipeline, VerifyEach
@@ -113,7 +113,7 @@ class _FixedCost:
 
 
 def test_gate_follows_the_cost_model_and_says_why() -> None:
-    register_cost_model("fixed-test", _FixedCost)
+    register_latency_model("fixed-test", _FixedCost)
     model = _mlp()
     _, low = _lower(model, Sparsify(sparsity=0.3), LowerSparseWeights(cost_model="fixed-test"))
     assert not low.changed

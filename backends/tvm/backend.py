@@ -36,6 +36,7 @@ import tvm
 from torch.utils import _pytree as pytree
 
 from sparsec.errors import ArtifactError, BackendError
+from sparsec.program_files import load_program
 
 from ..base import (
     TARGETS,
@@ -47,7 +48,6 @@ from ..base import (
     load_spec,
     require_lowerable,
 )
-from ..torch_backend import load_program
 from .dense_only import DENSE_MODE, load_dense, lower_dense
 from .importer import import_graph
 from .params_io import LIBRARY_FILE, load_params

@@ -35,8 +35,8 @@ from torch.export import ExportedProgram
 from tvm.target import Target
 
 from sparsec.errors import ArtifactError, BackendError
+from sparsec.program_files import PROGRAM_FILE, WEIGHTS_FILE, save_program
 
-from ..torch_backend import PROGRAM_FILE, WEIGHTS_FILE, save_program
 from .importer import chain_layouts, kernel_for, kernel_name, kernel_operands
 from .kernels import BsrShape, KernelLayout
 from .layout import ChainCall, FuseSparseChains

@@ -1,4 +1,4 @@
-"""How many units each group loses: uniform or global allocation, and a cost model to hit a
+"""How many units each group loses: uniform or global allocation, and a size estimate to hit a
 parameter or MACs target without rewriting the graph.
 
 Rules:
@@ -9,7 +9,7 @@ Rules:
 - every group then obeys its limits: at most `max_ratio` of its prunable units, at least
   `min_channels` left, and a kept count that is a multiple of `round_to` (rounded up, so a
   limit is never crossed; a group too small for one multiple stays whole);
-- `CostModel` counts parameters and MACs after a removal from the dependency groups' slots:
+- `SizeEstimate` counts parameters and MACs after a removal from the dependency groups' slots:
   a tensor's axis shrinks by the removed labels of its slot, a conv/linear's MACs scale with
   its kept output and input channels.
 """
@@ -32,7 +32,7 @@ from sparsec.passes.analysis.dependency_groups import DependencyGroup, Dependenc
 
 __all__ = [
     "Allocation",
-    "CostModel",
+    "SizeEstimate",
     "GroupLimits",
     "limits_for",
     "TargetKind",
@@ -127,7 +127,7 @@ def bisect_level(
     return (lo, m_lo) if target - m_lo <= m_hi - target else (hi, m_hi)
 
 
-class CostModel:
+class SizeEstimate:
     """Parameters and MACs of the graph after removing units, without rewriting it."""
 
     def __init__(self, graph: Graph, deps: DependencyInfo) -> None:

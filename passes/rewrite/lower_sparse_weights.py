@@ -11,8 +11,8 @@ Rules:
 - `format="auto"` follows the mask's pattern: N:M → `sparsec::nm_linear`, r×c blocks →
   `sparsec::bsr_linear`, unstructured (or 1×1 blocks) → `sparsec::csr_linear`; an explicit
   format must fit the pattern (CSR fits all);
-- the break-even gate (`sparsec.cost_model`, `cost_model` names the model; "auto", the
-  default, is the model of the backend compile() lowers to: `backends.base.gate_cost_model`)
+- the break-even gate (`sparsec.latency_model`, `cost_model` names the model; "auto", the
+  default, is the model of the backend compile() lowers to: `backends.base.gate_latency_model`)
   keeps dense
   unless sparse is `min_speedup`× faster at `tokens` rows (a 1×1 conv's rows are its batch ×
   spatial positions); `gate="off"` lowers every candidate (for backends whose kernels the
@@ -35,8 +35,14 @@ import torch
 import torch.fx as fx
 from pydantic import Field
 
-from sparsec.cost_model import Decision, SparseFormat, decide, get_cost_model, known_cost_models
 from sparsec.ir import Graph
+from sparsec.latency_model import (
+    Decision,
+    SparseFormat,
+    decide,
+    get_latency_model,
+    known_latency_models,
+)
 from sparsec.ops import to_bsr, to_csr, to_nm
 from sparsec.ops.masks import MASKS_META, SparsityPattern, WeightMask, recorded_masks, weight_matrix
 from sparsec.passes.analysis.layer_input_stats import conv_spec, weight_layers
@@ -98,9 +104,9 @@ class LowerSparseWeights(RewritePass):
     @pydantic.field_validator("cost_model")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        if value != "auto" and value not in known_cost_models():
+        if value != "auto" and value not in known_latency_models():
             raise ValueError(
-                f"unknown cost model {value!r}; known: auto, {', '.join(known_cost_models())}"
+                f"unknown cost model {value!r}; known: auto, {', '.join(known_latency_models())}"
             )
         return value
 
@@ -123,7 +129,7 @@ class LowerSparseWeights(RewritePass):
     def run(self, graph: Graph, am: AnalysisManager) -> PassResult:
         masks = recorded_masks(graph.module)
         # compile() resolves "auto" for its backend; run alone, the pass uses the reference
-        model = get_cost_model("reference" if self.cost_model == "auto" else self.cost_model)()
+        model = get_latency_model("reference" if self.cost_model == "auto" else self.cost_model)()
         rows: list[dict[str, Any]] = []
         lowered: list[tuple[fx.Node, SparseFormat, WeightMask]] = []
         kept_dense: dict[str, WeightMask] = {}

@@ -2,7 +2,7 @@
 
 Rules:
 - `target` says what `ratio` is a fraction of: "channels" (prunable units), "params" or
-  "macs" of the whole model; params and MACs targets are met by bisection on a cost model
+  "macs" of the whole model; params and MACs targets are met by bisection on a size estimate
   that counts without rewriting, then measured on the pruned graph; the summary reports
   requested, estimated and achieved ratios, and says why when they differ by more than 2%;
 - `allocation="local"` removes the same fraction of every group; `"global"` ranks the units
@@ -46,8 +46,8 @@ from sparsec.passes.analysis.dependency_groups import (
 from sparsec.passes.analysis.magnitude_importance import MagnitudeImportance
 from sparsec.passes.rewrite._allocation import (
     Allocation,
-    CostModel,
     GroupLimits,
+    SizeEstimate,
     TargetKind,
     bisect_level,
     limits_for,
@@ -120,7 +120,7 @@ class PruneChannels(RewritePass):
     ) -> tuple[list[np.ndarray], dict[str, Any]]:
         pruned = [g for g in deps.groups if not self._ignored(g) and g.index in scores]
         limits = [self.limits(g, scores[g.index]) for g in pruned]
-        cost = CostModel(graph, deps)
+        cost = SizeEstimate(graph, deps)
         prunable = sum(len(g.prunable_units) for g in pruned)
 
         def removal(level: float) -> list[np.ndarray]:
@@ -203,7 +203,7 @@ class PruneChannels(RewritePass):
             )
         elif abs(achieved - target["estimated"]) > 1e-3:
             target["note"] = (
-                f"the cost model estimated {target['estimated']:.1%} but the pruned graph measures "
+                f"the size estimate was {target['estimated']:.1%} but the pruned graph measures "
                 f"{achieved:.1%}: the estimate, made from the dependency slots before rewriting, "
                 "does not capture how every op's cost depends on the removed channels"
             )

@@ -50,7 +50,7 @@ from sparsec.budget_search.timing import save_inputs, time_artifact
 from sparsec.calibration import Calibration
 from sparsec.compile import CompiledModel, compile
 from sparsec.errors import SearchError, SparsecError
-from sparsec.frontends import normalize_inputs
+from sparsec.ir.inputs import normalize_inputs
 from sparsec.recover import recover as run_recovery
 
 __all__ = ["Measured", "SearchResult", "pareto_front", "search"]

@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sparsec.errors import SearchError
-from sparsec.frontends import normalize_inputs
+from sparsec.ir.inputs import normalize_inputs
 
 __all__ = ["load_inputs", "save_inputs", "time_artifact"]
 

@@ -24,25 +24,12 @@ from torch.utils import _pytree as pytree
 from sparsec.errors import TraceError
 from sparsec.frontends.trace_settings import trace_settings
 from sparsec.ir.graph import Graph, InputSpec
+from sparsec.ir.inputs import normalize_inputs
 
-__all__ = ["drop_guards", "normalize_inputs", "own_tensors", "suggested_bounds", "trace", "trace_error"]
+__all__ = ["drop_guards", "own_tensors", "suggested_bounds", "trace", "trace_error"]
 
 _BATCH = "batch"
 _SEQ = "seq"
-
-
-def normalize_inputs(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Accept a tensor, a tuple of args, or a dict of keyword args."""
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,), {}
-    if isinstance(example_inputs, dict):
-        return (), dict(example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs), {}
-    raise TraceError(
-        f"example_inputs must be a tensor, a tuple of positional inputs or a dict of keyword "
-        f"inputs, not {type(example_inputs).__name__}"
-    )
 
 
 def _dynamic_dims(tensor: torch.Tensor, batch: Dim, seq: Dim) -> dict[int, Dim] | None:

@@ -7,16 +7,15 @@ Rules:
   cores, on random weights of that pattern); it measures with `threads`
   threads (default 1: with other processes on the cores, multi-threaded timings swing by
   100×, and the dense/sparse ratio is what decides);
-- backends with their own kernels register another model under a name
-  (`register_cost_model("tvm", factory)`), and `lower-sparse-weights{cost_model=tvm}`
-  uses it;
+- backends with their own kernels register another model under a name (their registry
+  entry's `latency_model`), and `lower-sparse-weights{cost_model=tvm}` uses it;
 - every model keeps what it measured in a `GateCache` for this host and code version, so
   the same compile on the same host decides the same way;
 - `decide` keeps dense unless sparse is at least `min_speedup` times faster, and says why.
 
 Example:
     pattern = SparsityPattern("unstructured", 0.9)
-    decision = decide(ReferenceCostModel(), "fc1.weight", "csr", (3072, 768), pattern, tokens=128)
+    decision = decide(ReferenceLatencyModel(), "fc1.weight", "csr", (3072, 768), pattern, tokens=128)
     decision.reason  # "csr 1.20 ms vs dense 3.10 ms at 90% sparsity: 2.58x faster"
 """
 
@@ -35,24 +34,24 @@ from sparsec.ops import bsr_linear, csr_linear, nm_linear, to_bsr, to_csr, to_nm
 from sparsec.ops.masks import SparsityPattern, mask_from_scores
 
 __all__ = [
-    "COST_MODELS",
-    "CostModel",
+    "LATENCY_MODELS",
+    "LatencyModel",
     "Decision",
     "SparseFormat",
-    "ReferenceCostModel",
+    "ReferenceLatencyModel",
     "decide",
     "fastest_ms",
-    "get_cost_model",
-    "known_cost_models",
+    "get_latency_model",
+    "known_latency_models",
     "measurement_key",
     "random_layer",
-    "register_cost_model",
+    "register_latency_model",
 ]
 
 SparseFormat = Literal["csr", "bsr", "nm"]
 
 
-class CostModel(Protocol):
+class LatencyModel(Protocol):
     """Predicted or measured milliseconds of one linear layer, dense or sparse."""
 
     def dense_ms(self, out_features: int, in_features: int, tokens: int) -> float: ...
@@ -95,7 +94,7 @@ def random_layer(
 
 
 @dataclass
-class ReferenceCostModel:
+class ReferenceLatencyModel:
     """Measures torch dense and sparsec's reference kernels on this machine (cached)."""
 
     repeats: int = 10
@@ -167,30 +166,34 @@ def _version() -> str:
     return __version__
 
 
-COST_MODELS: dict[str, Callable[[], CostModel]] = {"reference": ReferenceCostModel}
-"""Cost models by name; backends add theirs with `register_cost_model`."""
+LatencyModelFactory = Callable[[], LatencyModel]
+
+LATENCY_MODELS: dict[str, LatencyModelFactory | str] = {"reference": ReferenceLatencyModel}
+"""Latency models by name: a factory, or "module:attribute" of one, imported on first use
+(a backend's model may need a heavy import). Backends add theirs through their registry
+entry (`sparsec.backends.base.BackendEntry.latency_model`)."""
 
 
-_BUILT_IN_ELSEWHERE: dict[str, str] = {"tvm": "sparsec.backends.tvm"}
-"""Cost models that register themselves when their backend is imported (heavy imports)."""
+def register_latency_model(name: str, factory: LatencyModelFactory | str) -> None:
+    """Make `lower-sparse-weights{cost_model=<name>}` use `factory()`; a name is taken once."""
+    if name in LATENCY_MODELS and LATENCY_MODELS[name] is not factory:
+        raise ValueError(f"a latency model is already registered as {name!r}")
+    LATENCY_MODELS[name] = factory
 
 
-def register_cost_model(name: str, factory: Callable[[], CostModel]) -> None:
-    """Make `lower-sparse-weights{cost_model=<name>}` use `factory()`."""
-    COST_MODELS[name] = factory
+def known_latency_models() -> list[str]:
+    return sorted(LATENCY_MODELS)
 
 
-def known_cost_models() -> list[str]:
-    return sorted({*COST_MODELS, *_BUILT_IN_ELSEWHERE})
-
-
-def get_cost_model(name: str) -> Callable[[], CostModel]:
-    """The factory registered as `name`, importing its backend first where needed."""
-    if name not in COST_MODELS and name in _BUILT_IN_ELSEWHERE:
-        importlib.import_module(_BUILT_IN_ELSEWHERE[name])
-    if name not in COST_MODELS:
-        raise KeyError(f"unknown cost model {name!r}; known: {known_cost_models()}")
-    return COST_MODELS[name]
+def get_latency_model(name: str) -> LatencyModelFactory:
+    """The factory registered as `name`, importing its module first where it was named."""
+    if name not in LATENCY_MODELS:
+        raise KeyError(f"unknown cost model {name!r}; known: {known_latency_models()}")
+    factory = LATENCY_MODELS[name]
+    if isinstance(factory, str):
+        module, attribute = factory.split(":")
+        factory = LATENCY_MODELS[name] = getattr(importlib.import_module(module), attribute)
+    return factory
 
 
 @dataclass(frozen=True)
@@ -206,7 +209,7 @@ class Decision:
 
 
 def decide(
-    model: CostModel,
+    model: LatencyModel,
     layer: str,
     fmt: SparseFormat,
     shape: tuple[int, int],

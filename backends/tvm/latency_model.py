@@ -16,7 +16,7 @@ Rules:
   machine the minimum is the stable estimate, and the ratio is what decides), kept in a
   `GateCache` keyed by this host's CPU, its ISA and a digest of the kernel generator's
   source, so a rebuild reads the same figures and a changed kernel is measured again;
-- decision rule (`sparsec.cost_model.decide`): keep the sparse format when
+- decision rule (`sparsec.latency_model.decide`): keep the sparse format when
   `dense_ms / sparse_ms >= min_speedup` of `lower-sparse-weights`.
 
 Example:
@@ -37,14 +37,14 @@ import numpy as np
 import torch
 import tvm
 
-from sparsec.cost_model import (
-    ReferenceCostModel,
+from sparsec.gate_cache import GateCache
+from sparsec.latency_model import (
+    ReferenceLatencyModel,
     SparseFormat,
     fastest_ms,
     measurement_key,
     random_layer,
 )
-from sparsec.gate_cache import GateCache
 from sparsec.ops import to_bsr, to_csr, to_nm
 from sparsec.ops.masks import SparsityPattern, mask_from_scores
 
@@ -56,7 +56,7 @@ from .sparse_calls import SparseCall
 from .target import host_target
 from .threads import set_threads
 
-__all__ = ["TvmCostModel"]
+__all__ = ["TvmLatencyModel"]
 
 
 def _ort_gemm(weight: np.ndarray, threads: int) -> Any:
@@ -81,7 +81,7 @@ def _ort_gemm(weight: np.ndarray, threads: int) -> Any:
 
 
 @dataclass
-class TvmCostModel:
+class TvmLatencyModel:
     """Measures our TVM kernels against torch and ORT dense on this machine (cached)."""
 
     repeats: int = 10
@@ -105,7 +105,7 @@ class TvmCostModel:
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        torch_ms = ReferenceCostModel(self.repeats, self.threads, self.seed).dense_ms(
+        torch_ms = ReferenceLatencyModel(self.repeats, self.threads, self.seed).dense_ms(
             out_features, in_features, tokens
         )
         x, w, _ = random_layer(out_features, in_features, tokens, self.seed)
