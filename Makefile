@@ -19,6 +19,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check sparsec passes backends tests examples benchmarks
+	$(PY) -m mypy
 	$(PY) -m pytest -q --durations=25 tests
 
 fuzz: $(STAMP)

@@ -66,7 +66,7 @@ def parse_backend_options(items: list[str]) -> dict[str, Any]:
       (quote it, `tuning_dir='123'`, to keep digits a string); whether they fit the backend
       is checked with the pipeline file's rules.
     """
-    from sparsec._pipeline_text import parse_literal
+    from sparsec.config._pipeline_text import parse_literal
     from sparsec.errors import ConfigError
 
     options: dict[str, Any] = {}
@@ -158,11 +158,18 @@ def compile_command(
     ] = None,
     print_ir: Annotated[bool, typer.Option("--print-ir", help="print the IR after compiling")] = False,
     dump_ir: Annotated[Path | None, typer.Option(help="write numbered IR dumps per pass here")] = None,
+    skip_pass: Annotated[
+        list[str] | None,
+        typer.Option("--skip-pass", help="leave this pass out (its name, e.g. prune-channels); repeatable"),
+    ] = None,
+    stop_after: Annotated[
+        str | None, typer.Option(help="run no pass after this one (its name): bisects a pipeline")
+    ] = None,
 ) -> None:
     """Compile a model into an artifact directory and print its report."""
     import sparsec
+    from sparsec.config.resolve import resolve_pipeline
     from sparsec.frontends.onnx import is_onnx_source
-    from sparsec.resolve import resolve_pipeline
 
     try:
         # options first: a typo fails in a second, before the model is imported and traced
@@ -180,6 +187,7 @@ def compile_command(
             compiled = sparsec.compile(
                 module, examples, pipeline=resolved,
                 threads=threads, dump_ir=dump_ir, calibration=data,
+                skip_passes=skip_pass or (), stop_after=stop_after,
                 progress=lambda m: (status.update(m), console.log(m)),
             )
             status.update("writing artifact")
@@ -327,7 +335,7 @@ def passes() -> None:
 @app.command()
 def presets() -> None:
     """List pipeline presets."""
-    from sparsec.presets import list_presets
+    from sparsec.config.presets import list_presets
 
     for name, description in list_presets().items():
         typer.echo(f"{name:16s} {description}")

@@ -30,7 +30,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from sparsec.backends.base import (
     get_backend,
 )
 from sparsec.calibration import Calibration
+from sparsec.config import PipelineSpec, did_you_mean, resolve_pipeline
 from sparsec.errors import BackendError, ConfigError, MaterializeError, SparsecError, TraceError
 from sparsec.frontends import trace
 from sparsec.frontends.onnx import OnnxModule, OnnxProgram, is_onnx_source, trace_onnx
@@ -65,6 +67,7 @@ from sparsec.pipeline import (
     IRDump,
     NumericCheck,
     Pass,
+    PassFilter,
     PassManager,
     Pipeline,
     Statistics,
@@ -73,7 +76,6 @@ from sparsec.pipeline import (
     max_abs_diff,
 )
 from sparsec.report import ModelStats, Report
-from sparsec.resolve import PipelineSpec, resolve_pipeline
 from sparsec.signature import check_inputs
 
 __all__ = ["CompiledModel", "compile"]
@@ -199,9 +201,11 @@ def _build(
     given_backend: Backend | None = None,
     dynamic: bool = True,
     tracer: Tracer | None = None,
+    pass_filter: PassFilter | None = None,
 ) -> _Build:
     progress(f"tracing {_model_name(model)}")
-    with _eval_mode(model), torch.no_grad():
+    phases = _Phases()
+    with phases("trace"), _eval_mode(model), torch.no_grad():
         if tracer is None:
             args, kwargs = normalize_inputs(example_inputs)
             graph = trace(model, kwargs or args, dynamic=dynamic)
@@ -213,6 +217,9 @@ def _build(
     before = _stats(graph)
     timing, stats, numeric = Timing(), Statistics(), NumericCheck(reference)
     instruments: list[Instrument] = [timing, stats, numeric]
+    if pass_filter is not None:  # first: a skipped entry reaches no other instrument
+        pass_filter = dataclasses.replace(pass_filter)
+        instruments.insert(0, pass_filter)
     if verify_each:
         instruments.append(VerifyEach())
     if dump_ir is not None:
@@ -225,7 +232,7 @@ def _build(
     named = given_backend.name if given_backend is not None else pipeline.backend
     pipeline = _resolve_auto_gates(pipeline, named)
     am = AnalysisManager(graph, calibration)
-    with torch.no_grad():
+    with phases("passes"), torch.no_grad():
         run = PassManager(pipeline, instruments, progress=on_pass).run(graph, am)
     if given_backend is not None:
         backend, reason = given_backend, "given to compile() with its options"
@@ -235,21 +242,23 @@ def _build(
             reason += " with its backend_options"
     else:
         backend, reason = default_backend(pipeline.target, graph)
-    tree = _materialize(model, graph, progress)
+    with phases("materialize"):
+        tree = _materialize(model, graph, progress)
     progress(f"lowering to {backend.name} for {pipeline.target}")
     chosen = given_backend is not None or bool(pipeline.backend)
-    try:
-        executable = backend.lower(graph, pipeline.target, options)
-    except BackendError as exc:
-        if chosen or backend.name == "torch":
-            raise  # the user asked for this backend: its error is the answer
-        first = str(exc).splitlines()[0][:300]
-        reason = f"{reason}; {backend.name} failed ({first}), so the torch backend runs it"
-        progress(f"{backend.name} failed; falling back to torch")
-        backend = get_backend("torch")
-        executable = backend.lower(graph, pipeline.target, options)
+    with phases("lower"):
+        try:
+            executable = backend.lower(graph, pipeline.target, options)
+        except BackendError as exc:
+            if chosen or backend.name == "torch":
+                raise  # the user asked for this backend: its error is the answer
+            first = str(exc).splitlines()[0][:300]
+            reason = f"{reason}; {backend.name} failed ({first}), so the torch backend runs it"
+            progress(f"{backend.name} failed; falling back to torch")
+            backend = get_backend("torch")
+            executable = backend.lower(graph, pipeline.target, options)
     lowered_from = weights_key(graph)
-    with torch.no_grad():
+    with phases("numeric check"), torch.no_grad():
         backend_error = max_abs_diff(
             executable(*graph.example_args, **graph.example_kwargs),
             graph.module(*graph.example_args, **graph.example_kwargs),
@@ -261,6 +270,7 @@ def _build(
         pipeline=str(pipeline),
         before=before,
         after=_stats(graph),
+        phase_times=list(phases.records),
         pass_times=list(timing.records),
         pass_stats=list(stats.records),
         pass_deviation=list(numeric.records),
@@ -272,11 +282,45 @@ def _build(
         notes=[
             *graph.notes,
             *([] if pipeline.passes else ["the pipeline has no passes: the model was compiled as it is"]),
+            *[f"pass {entry} did not run: {why}" for entry, why in (pass_filter.records if pass_filter else [])],
             _module_note(tree, model),
             *getattr(executable, "notes", []),
         ],
     )
     return _Build(graph, executable, report, pipeline, backend, options, lowered_from, tree)
+
+
+def _pass_filter(
+    pipeline: Pipeline, skip: Sequence[str], stop_after: str | None
+) -> PassFilter | None:
+    """The PassFilter for compile()'s `skip_passes` / `stop_after`; ConfigError for a name
+    that is not in the pipeline (a typo would otherwise run everything)."""
+    if isinstance(skip, str):
+        skip = [skip]
+    if not skip and stop_after is None:
+        return None
+    names = [p.name for p in pipeline.passes]
+    for name in [*skip, *([stop_after] if stop_after is not None else [])]:
+        if name not in names:
+            raise ConfigError(
+                f"pass {name!r} is not in the pipeline {pipeline}; {did_you_mean(name, names)}"
+            )
+    return PassFilter(skip=frozenset(skip), stop_after=stop_after)
+
+
+class _Phases:
+    """Wall-clock seconds of each phase of a build, for the report."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, float]] = []
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.records.append((name, time.perf_counter() - start))
 
 
 def _model_name(model: torch.nn.Module) -> str:
@@ -317,8 +361,10 @@ class CompiledModel:
         given_backend: Backend | None = None,
         dynamic: bool = True,
         tracer: Tracer | None = None,
+        pass_filter: PassFilter | None = None,
     ) -> None:
         self._model = model
+        self._pass_filter = pass_filter
         self._tracer = tracer
         self._given_backend = given_backend
         self._pipeline = pipeline
@@ -335,7 +381,7 @@ class CompiledModel:
         self._build = _build(
             self._model, example_inputs, self._pipeline, self._options,
             self._verify_each, self._dump_ir, self._progress, self._calibration,
-            self._given_backend, self._dynamic, self._tracer,
+            self._given_backend, self._dynamic, self._tracer, self._pass_filter,
         )
         return self
 
@@ -454,6 +500,8 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
     progress: Progress | None = None,
     calibration: Calibration | Iterable[Any] | None = None,
     dynamic: bool = True,
+    skip_passes: Sequence[str] = (),
+    stop_after: str | None = None,
 ) -> CompiledModel | CompiledParts:
     """Compile `model` for `target` ("cpu" or "cuda") with `pipeline` (preset, file or object).
 
@@ -473,6 +521,8 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
     (`sparsec.parts`; the torch backend runs it). `progress(message)` receives a line per step (default: printed to stderr when it is a
     terminal). `dynamic=False` traces the example's exact shapes (for models that fix their sizes);
     by default the batch, and the sequence of integer inputs, stay dynamic.
+    `skip_passes` / `stop_after`: pass names (as in the pipeline) to leave out, or after
+    which to stop, to find which pass causes a problem; the report says what did not run.
     """
     tracer: Tracer | None = None
     opset: int | None = None
@@ -529,6 +579,7 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
         if isinstance(calibration, Calibration) or calibration is None
         else Calibration(calibration)
     )
+    pass_filter = _pass_filter(resolved, skip_passes, stop_after)
     compiled = CompiledModel(
         model,
         resolved,
@@ -540,6 +591,7 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
         given_backend,
         dynamic,
         tracer,
+        pass_filter,
     )
     if example_inputs is None:
         return compiled

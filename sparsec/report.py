@@ -35,6 +35,9 @@ class Report:
     pipeline: str
     before: ModelStats
     after: ModelStats
+    # where the compile time went: trace, passes (each also in pass_times), materialize,
+    # lower, numeric check; seconds, in order
+    phase_times: list[tuple[str, float]] = field(default_factory=list)
     pass_times: list[tuple[str, float]] = field(default_factory=list)
     pass_stats: list[dict[str, Any]] = field(default_factory=list)
     pass_deviation: list[tuple[str, float]] = field(default_factory=list)
@@ -70,6 +73,10 @@ class Report:
         ]
         if self.backend_error is not None:
             lines += [f"Max |backend - torch| on the example inputs: {self.backend_error:.3g}", ""]
+        if self.phase_times:
+            total = sum(seconds for _, seconds in self.phase_times)
+            phases = ", ".join(f"{name} {seconds:.2f}" for name, seconds in self.phase_times)
+            lines += [f"Compile time: {total:.2f} s ({phases})", ""]
         if self.pass_times:
             lines += ["## Passes", "", "| pass | time (s) | params after | deviation from input model |", "|---|---:|---:|---:|"]
             deviation = dict(self.pass_deviation)

@@ -33,9 +33,9 @@ from sparsec.config import (
     parse_pipeline_text,
     pipeline_from_dict,
 )
+from sparsec.config.resolve import resolve_pipeline
 from sparsec.errors import ConfigError
 from sparsec.pipeline import Pipeline
-from sparsec.resolve import resolve_pipeline
 
 REPO = Path(__file__).resolve().parent.parent
 SPARSE = "sparsify{pattern=block,block=[16,1],sparsity=0.75},lower-sparse-weights{gate=off}"

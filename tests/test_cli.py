@@ -88,6 +88,15 @@ def test_bad_model_reference_and_pipeline(tmp_path: Path) -> None:
     assert not (tmp_path / "y").exists(), "a failed compile must not leave an artifact"
 
 
+def test_stop_after_bisects_the_pipeline(tmp_path: Path) -> None:
+    result = _sparsec(
+        "compile", "examples.models:mlp", "--input", "2x64", "--out", str(tmp_path / "m"),
+        "--backend", "torch", "--stop-after", "magnitude-importance",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "did not run: stopped after magnitude-importance" in result.stdout
+
+
 def test_passes_and_presets_list() -> None:
     assert "prune-channels" in _sparsec("passes").stdout
     assert "structured-50" in _sparsec("presets").stdout

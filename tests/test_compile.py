@@ -90,6 +90,22 @@ def test_report_markdown_has_the_sections(compiled_pair) -> None:
     ):
         assert heading in text
     assert "Max |backend - torch|" in text
+    phases = [name for name, _ in compiled.report.phase_times]
+    assert phases == ["trace", "passes", "materialize", "lower", "numeric check"]
+    assert "Compile time:" in text
+
+
+def test_stop_after_and_skip_passes_leave_passes_out() -> None:
+    model, x = make_cnn_chain()
+    stopped = sparsec.compile(
+        model, (x,), pipeline="structured-50", backend="torch", stop_after="magnitude-importance"
+    )
+    assert stopped.report.after.parameters == stopped.report.before.parameters
+    assert any("prune-channels" in n and "did not run: stopped after magnitude-importance" in n for n in stopped.report.notes)
+    skipped = sparsec.compile(model, (x,), pipeline="structured-50", backend="torch", skip_passes=["prune-channels"])
+    assert skipped.report.after.parameters == skipped.report.before.parameters
+    with pytest.raises(ConfigError, match="did you mean 'prune-channels'"):
+        sparsec.compile(model, (x,), pipeline="structured-50", skip_passes=["prune-chanels"])
 
 
 def test_pipeline_none_keeps_outputs() -> None:

@@ -11,6 +11,8 @@ from config_files import config_error, write
 from pydantic import Field
 
 from sparsec.config import dump_pipeline, load_pipeline, parse_pipeline_text, pipeline_from_dict
+from sparsec.config.presets import get_preset, list_presets
+from sparsec.config.resolve import resolve_pipeline
 from sparsec.errors import ConfigError
 from sparsec.pipeline import (
     Analysis,
@@ -21,8 +23,6 @@ from sparsec.pipeline import (
     register,
     registry,
 )
-from sparsec.presets import get_preset, list_presets
-from sparsec.resolve import resolve_pipeline
 
 
 @register

@@ -266,3 +266,23 @@ def test_export_program_is_cached_until_the_graph_changes() -> None:
     third = graph.export_program()
     assert third is not second
     assert torch.equal(third.state_dict["fc2.bias"], torch.zeros(1))
+
+
+def test_verify_repropagates_only_when_what_shapes_depend_on_changed(
+    chain: tuple[nn.Module, torch.Tensor, Graph], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a rewrite (which propagates), verify() does not propagate again; a tensor whose
+    shape changed behind the rewriter's back is still caught."""
+    graph = chain[2]
+    with graph.rewrite("test-slice") as rw:
+        rw.slice_parameter("fc.weight", axis=0, keep=[0, 1])
+        rw.slice_parameter("fc.bias", axis=0, keep=[0, 1])
+    calls = []
+    real = Graph.propagate_shapes
+    monkeypatch.setattr(Graph, "propagate_shapes", lambda self: calls.append(1) or real(self))
+    graph.verify()
+    assert calls == []
+    graph.module.c1.weight = nn.Parameter(graph.module.c1.weight[:3].detach().clone())
+    with pytest.raises(VerificationError):
+        graph.verify()
+    assert calls == [1]

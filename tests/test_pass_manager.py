@@ -22,6 +22,7 @@ from sparsec.pipeline import (
     AnalysisManager,
     IRDump,
     NumericCheck,
+    PassFilter,
     PassManager,
     PassResult,
     Pipeline,
@@ -375,6 +376,25 @@ def test_numeric_check_only_records_for_other_passes(graph: Graph) -> None:
 
 
 # ---------------------------------------------------------------- pipeline and pass objects
+def test_pass_filter_skips_by_name_and_stops_after_one(graph: Graph) -> None:
+    pipeline = Pipeline([CountNodes(), ScaleBias(factor=2.0), ScaleBias(factor=3.0), NodesPlusOne()])
+    bias = graph.tensor("fc.bias").detach().clone()
+    stop, timing = PassFilter(stop_after="test-scale-bias"), Timing()
+    run = PassManager(pipeline, [stop, timing]).run(graph)
+    assert [str(p) for p, _ in run.results] == [str(CountNodes()), str(ScaleBias(factor=2.0))]
+    assert run.skipped == [str(ScaleBias(factor=3.0)), str(NodesPlusOne())]
+    assert [entry for entry, _ in timing.records] == [str(p) for p, _ in run.results]
+    torch.testing.assert_close(graph.tensor("fc.bias"), bias * 2)
+    assert stop.records[0] == (str(ScaleBias(factor=3.0)), "stopped after test-scale-bias")
+
+    skip = PassFilter(skip=frozenset({"test-scale-bias"}))
+    run = PassManager(pipeline, [skip]).run(graph)
+    assert run.skipped == [str(ScaleBias(factor=2.0)), str(ScaleBias(factor=3.0))]
+    assert not run.changed
+    torch.testing.assert_close(graph.tensor("fc.bias"), bias * 2)  # unchanged by this run
+    assert dataclasses.replace(skip).records == []  # a fresh filter, same settings
+
+
 def test_pipeline_text_form() -> None:
     pipeline = Pipeline([MagnitudeImportance(norm=1), PruneChannels(ratio=0.25, ignore=("fc.*",))])
     assert str(pipeline) == (

@@ -158,6 +158,8 @@ class Graph:
     _exported: tuple[Any, torch.export.ExportedProgram] | None = field(
         default=None, init=False, repr=False, compare=False
     )
+    # what the last shape propagation saw (`_shape_inputs`): verify() skips an identical one
+    _propagated: Any = field(default=None, init=False, repr=False, compare=False)
 
     # ----- reading -----
     @property
@@ -165,7 +167,7 @@ class Graph:
         return list(self.module.graph.nodes)
 
     def node(self, name: str) -> fx.Node:
-        for n in self.module.graph.nodes:
+        for n in self.nodes:
             if n.name == name:
                 return n
         raise KeyError(f"no node named %{name} in the graph")
@@ -215,6 +217,22 @@ class Graph:
         for node, value in zip(placeholders, inputs, strict=True):
             node.meta["val"] = value
         self.symbol_names = names
+        self._propagated = self._shape_inputs()
+
+    def _shape_inputs(self) -> tuple[str, tuple[Any, ...]]:
+        """Everything a shape propagation reads besides the example inputs: the graph's code
+        (ops, arguments, constants) and the shape, dtype and device of each attribute read.
+        Equal tuples propagate to equal shapes."""
+        attributes: list[tuple[Any, ...]] = []
+        for node in self.module.graph.nodes:
+            if node.op == "get_attr":
+                try:
+                    tensor = self.tensor(str(node.target))
+                except (AttributeError, KeyError):
+                    attributes.append((node.target, None))
+                    continue
+                attributes.append((node.target, tuple(tensor.shape), tensor.dtype, tensor.device))
+        return str(self.module.graph), tuple(attributes)
 
     def _fresh_input(self, value: Any, fake_mode: FakeTensorMode, names: dict[str, str]) -> Any:
         """A fake input in `fake_mode` with the same dynamic dims as the traced one.
@@ -234,7 +252,11 @@ class Graph:
         return fresh
 
     def verify(self) -> None:
-        """Lint the graph and re-propagate shapes; raise VerificationError naming the bad node."""
+        """Lint the graph and re-propagate shapes; raise VerificationError naming the bad node.
+
+        The propagation is skipped when nothing it reads changed since the last one (the
+        Rewriter propagates after every rewrite, so VerifyEach would repeat it).
+        """
         try:
             self.module.graph.lint()
         except Exception as exc:
@@ -247,7 +269,8 @@ class Graph:
                     raise VerificationError(
                         f"{describe_node(node)} refers to a missing attribute @{node.target}"
                     ) from exc
-        self.propagate_shapes()
+        if self._propagated != self._shape_inputs():  # else the last propagation still holds
+            self.propagate_shapes()
 
     # ----- editing -----
     @contextlib.contextmanager

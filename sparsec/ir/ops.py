@@ -12,7 +12,7 @@ Rules:
 Example:
     @rule(aten.relu.default)
     def _unary(flow, node):
-        flow.identity_all(node.args[0], node)
+        flow.identity_all(_args(node)[0], node)
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ _UNARY = [
 
 @rule(*_UNARY)
 def _unary(flow: ChannelFlow, node: fx.Node) -> None:
-    flow.identity_all(node.args[0], node)
+    flow.identity_all(_args(node)[0], node)
 
 
 _BINARY = [
@@ -242,8 +242,8 @@ def _binary(flow: ChannelFlow, node: fx.Node) -> None:
 # ---------------------------------------------------------------- layers
 def _conv_groups(node: fx.Node) -> int:
     if node.target is aten.convolution.default:
-        return int(node.args[8])
-    return int(node.args[6]) if len(node.args) > 6 else int(node.kwargs.get("groups", 1))
+        return int(_args(node)[8])
+    return int(_args(node)[6]) if len(_args(node)) > 6 else int(_kwargs(node).get("groups", 1))
 
 
 _CONVS = [aten.conv1d.default, aten.conv2d.default, aten.conv3d.default]
@@ -251,8 +251,8 @@ _CONVS = [aten.conv1d.default, aten.conv2d.default, aten.conv3d.default]
 
 @rule(*_CONVS)
 def _conv(flow: ChannelFlow, node: fx.Node) -> None:
-    x, weight = node.args[0], node.args[1]
-    bias = node.args[2] if len(node.args) > 2 else None
+    x, weight = _args(node)[0], _args(node)[1]
+    bias = _args(node)[2] if len(_args(node)) > 2 else None
     groups = _conv_groups(node)
     layer = _layer(weight)
     out_c, w_out, w_in = flow.slot(node, 1), flow.slot(weight, 0), flow.slot(weight, 1)
@@ -283,20 +283,20 @@ def _conv(flow: ChannelFlow, node: fx.Node) -> None:
 
 @resizer(*_CONVS)
 def _resize_conv(node: fx.Node, r: Resize) -> Resized | None:
-    weight = node.args[1]
+    weight = _args(node)[1]
     groups = _conv_groups(node)
-    new_in = r.new_size(node.args[0], 1)
+    new_in = r.new_size(_args(node)[0], 1)
     if groups == 1 or new_in is None or weight.meta["val"].shape[1] != 1:
         return None
-    if len(node.args) > 6:
-        return Resized((*node.args[:6], new_in, *node.args[7:]), dict(node.kwargs))
+    if len(_args(node)) > 6:
+        return Resized((*_args(node)[:6], new_in, *_args(node)[7:]), dict(node.kwargs))
     return Resized(tuple(node.args), {**node.kwargs, "groups": new_in})
 
 
 @rule(aten.linear.default)
 def _linear(flow: ChannelFlow, node: fx.Node) -> None:
-    x, weight = node.args[0], node.args[1]
-    bias = node.args[2] if len(node.args) > 2 else None
+    x, weight = _args(node)[0], _args(node)[1]
+    bias = _args(node)[2] if len(_args(node)) > 2 else None
     layer = _layer(weight)
     out_f, w_out = flow.slot(node, -1), flow.slot(weight, 0)
     flow.identity(w_out, out_f)
@@ -313,10 +313,10 @@ def _linear(flow: ChannelFlow, node: fx.Node) -> None:
 
 @rule(aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default)
 def _batch_norm(flow: ChannelFlow, node: fx.Node) -> None:
-    x = node.args[0]
+    x = _args(node)[0]
     out = node
     if isinstance(node.meta.get("val"), (tuple, list)):
-        users = [u for u in node.users if u.target is operator.getitem and u.args[1] == 0]
+        users = [u for u in node.users if u.target is operator.getitem and _args(u)[1] == 0]
         extra = [u for u in node.users if u not in users]
         for u in extra:
             flow.freeze(u, "batch-norm statistics outputs are not tracked")
@@ -325,7 +325,7 @@ def _batch_norm(flow: ChannelFlow, node: fx.Node) -> None:
         out = users[0]
     flow.identity_all(x, out)
     channel = flow.slot(out, 1)
-    for param in node.args[1:5]:
+    for param in _args(node)[1:5]:
         if isinstance(param, fx.Node):
             flow.identity(flow.slot(param, 0), channel)
             flow.role(flow.slot(param, 0), "norm", _layer(param))
@@ -333,15 +333,15 @@ def _batch_norm(flow: ChannelFlow, node: fx.Node) -> None:
 
 @rule(aten.layer_norm.default)
 def _layer_norm(flow: ChannelFlow, node: fx.Node) -> None:
-    x = node.args[0]
+    x = _args(node)[0]
     flow.identity_all(x, node)
-    normalized = list(node.args[1])
+    normalized = list(_args(node)[1])
     if len(normalized) != 1:
         for axis in range(flow.rank(node) - len(normalized), flow.rank(node)):
             s = flow.slot(node, axis)
             if s is not None:
                 flow.freeze_slot(s, "layer_norm over several axes")
-    for param in node.args[2:4]:
+    for param in _args(node)[2:4]:
         if isinstance(param, fx.Node):
             flow.identity(flow.slot(param, 0), flow.slot(node, -1))
             flow.role(flow.slot(param, 0), "norm", _layer(param))
@@ -350,7 +350,7 @@ def _layer_norm(flow: ChannelFlow, node: fx.Node) -> None:
 @resizer(aten.layer_norm.default)
 def _resize_layer_norm(node: fx.Node, r: Resize) -> Resized | None:
     new = r.new_size(node, -1)
-    if new is None or list(node.args[1]) == [new]:
+    if new is None or list(_args(node)[1]) == [new]:
         return None
     args = list(node.args)
     args[1] = [new]
@@ -359,7 +359,7 @@ def _resize_layer_norm(node: fx.Node, r: Resize) -> Resized | None:
 
 @rule(aten.embedding.default)
 def _embedding(flow: ChannelFlow, node: fx.Node) -> None:
-    weight, indices = node.args[0], node.args[1]
+    weight, indices = _args(node)[0], _args(node)[1]
     w_dim = flow.slot(weight, 1)
     flow.identity(w_dim, flow.slot(node, -1))
     flow.role(w_dim, "producer", _layer(weight))
@@ -381,7 +381,7 @@ _POOLS = [
 
 @rule(*_POOLS)
 def _pool(flow: ChannelFlow, node: fx.Node) -> None:
-    x = node.args[0]
+    x = _args(node)[0]
     for axis in range(min(2, flow.rank(node))):
         flow.identity(flow.slot(x, axis), flow.slot(node, axis))
 
@@ -391,12 +391,12 @@ _REDUCTIONS = [aten.mean.dim, aten.sum.dim_IntList, aten.amax.default, aten.amin
 
 @rule(*_REDUCTIONS)
 def _reduce(flow: ChannelFlow, node: fx.Node) -> None:
-    x = node.args[0]
+    x = _args(node)[0]
     rank = flow.rank(x)
-    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    dims = _args(node)[1] if len(_args(node)) > 1 else _kwargs(node).get("dim")
     dims = [dims] if isinstance(dims, int) else list(dims or range(rank))
     reduced = {d % rank for d in dims}
-    keepdim = bool(node.args[2]) if len(node.args) > 2 else bool(node.kwargs.get("keepdim", False))
+    keepdim = bool(_args(node)[2]) if len(_args(node)) > 2 else bool(_kwargs(node).get("keepdim", False))
     out_axis = 0
     for axis in range(rank):
         if axis in reduced:
@@ -409,16 +409,16 @@ def _reduce(flow: ChannelFlow, node: fx.Node) -> None:
 # ---------------------------------------------------------------- layout
 @rule(aten.flatten.using_ints)
 def _flatten(flow: ChannelFlow, node: fx.Node) -> None:
-    x = node.args[0]
+    x = _args(node)[0]
     rank = flow.rank(x)
-    start = (node.args[1] if len(node.args) > 1 else 0) % max(rank, 1)
-    end = (node.args[2] if len(node.args) > 2 else -1) % max(rank, 1)
+    start = (_args(node)[1] if len(_args(node)) > 1 else 0) % max(rank, 1)
+    end = (_args(node)[2] if len(_args(node)) > 2 else -1) % max(rank, 1)
     _link_reshape(flow, x, node, _blocks_flatten(rank, start, end))
 
 
 @rule(aten.view.default, aten.reshape.default, aten._unsafe_view.default)
 def _view(flow: ChannelFlow, node: fx.Node) -> None:
-    x = node.args[0]
+    x = _args(node)[0]
     blocks = factor_reshape(_sizes(x), _sizes(node))
     if blocks is None:
         flow.freeze(x, f"reshape at %{node.name} could not be factored")
@@ -514,7 +514,7 @@ def _link_reshape(
         )
         outer = flow.slot(parts_node, parts[0])
         merged = flow.slot(merged_node, merged_axis)
-        inner = 1
+        inner: int | None = 1
         for a in parts[1:]:
             size = _static_size(flow, parts_node, a)
             _freeze_axis(flow, parts_node, a, f"inner axis of reshape %{out.name}")
@@ -539,7 +539,7 @@ def _freeze_axis(flow: ChannelFlow, node: fx.Node, axis: int, reason: str) -> No
 
 @resizer(aten.view.default, aten.reshape.default, aten._unsafe_view.default)
 def _resize_view(node: fx.Node, r: Resize) -> Resized | None:
-    shape = list(node.args[1])
+    shape = list(_args(node)[1])
     changed = False
     for axis, size in enumerate(shape):
         if isinstance(size, int) and size != -1:
@@ -549,12 +549,12 @@ def _resize_view(node: fx.Node, r: Resize) -> Resized | None:
                 changed = True
     if not changed:
         return None
-    return Resized((node.args[0], shape, *node.args[2:]), dict(node.kwargs))
+    return Resized((_args(node)[0], shape, *_args(node)[2:]), dict(node.kwargs))
 
 
 @rule(aten.permute.default)
 def _permute(flow: ChannelFlow, node: fx.Node) -> None:
-    x, dims = node.args[0], node.args[1]
+    x, dims = _args(node)[0], _args(node)[1]
     rank = flow.rank(x)
     for out_axis, in_axis in enumerate(dims):
         flow.identity(flow.slot(x, in_axis % rank), flow.slot(node, out_axis))
@@ -562,9 +562,9 @@ def _permute(flow: ChannelFlow, node: fx.Node) -> None:
 
 @rule(aten.transpose.int)
 def _transpose(flow: ChannelFlow, node: fx.Node) -> None:
-    x = node.args[0]
+    x = _args(node)[0]
     rank = flow.rank(x)
-    d0, d1 = node.args[1] % rank, node.args[2] % rank
+    d0, d1 = _args(node)[1] % rank, _args(node)[2] % rank
     order = list(range(rank))
     order[d0], order[d1] = order[d1], order[d0]
     for out_axis, in_axis in enumerate(order):
@@ -573,7 +573,7 @@ def _transpose(flow: ChannelFlow, node: fx.Node) -> None:
 
 @rule(aten.t.default)
 def _t(flow: ChannelFlow, node: fx.Node) -> None:
-    x = node.args[0]
+    x = _args(node)[0]
     rank = flow.rank(x)
     for out_axis in range(rank):
         flow.identity(flow.slot(x, rank - 1 - out_axis), flow.slot(node, out_axis))
@@ -581,33 +581,33 @@ def _t(flow: ChannelFlow, node: fx.Node) -> None:
 
 @rule(aten.unsqueeze.default)
 def _unsqueeze(flow: ChannelFlow, node: fx.Node) -> None:
-    x = node.args[0]
-    at = node.args[1] % flow.rank(node)
+    x = _args(node)[0]
+    at = _args(node)[1] % flow.rank(node)
     for axis in range(flow.rank(x)):
         flow.identity(flow.slot(x, axis), flow.slot(node, axis if axis < at else axis + 1))
 
 
 @rule(aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default)
 def _squeeze(flow: ChannelFlow, node: fx.Node) -> None:
-    x = node.args[0]
+    x = _args(node)[0]
     kept = [a for a in range(flow.rank(x)) if _static_size(flow, x, a) != 1 or not _is_squeezed(node, a)]
     for out_axis, in_axis in enumerate(kept):
         flow.identity(flow.slot(x, in_axis), flow.slot(node, out_axis))
 
 
 def _is_squeezed(node: fx.Node, axis: int) -> bool:
-    rank = node.args[0].meta["val"].dim()
+    rank = _args(node)[0].meta["val"].dim()
     if node.target is aten.squeeze.default:
         return True
-    dims = node.args[1] if isinstance(node.args[1], (list, tuple)) else [node.args[1]]
+    dims = _args(node)[1] if isinstance(_args(node)[1], (list, tuple)) else [_args(node)[1]]
     return axis in {d % rank for d in dims}
 
 
 @rule(aten.cat.default)
 def _cat(flow: ChannelFlow, node: fx.Node) -> None:
-    tensors = node.args[0]
+    tensors = _args(node)[0]
     rank = flow.rank(node)
-    dim = (node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)) % rank
+    dim = (_args(node)[1] if len(_args(node)) > 1 else _kwargs(node).get("dim", 0)) % rank
     offset = 0
     out = flow.slot(node, dim)
     for t in tensors:
@@ -627,13 +627,14 @@ _SPLITS = [aten.split_with_sizes.default, aten.split.Tensor, aten.chunk.default]
 
 
 def _split_dim(node: fx.Node) -> int:
-    rank = node.args[0].meta["val"].dim()
-    return (node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)) % rank
+    rank: int = _args(node)[0].meta["val"].dim()
+    dim: int = _args(node)[2] if len(_args(node)) > 2 else _kwargs(node).get("dim", 0)
+    return dim % rank
 
 
 @rule(*_SPLITS)
 def _split(flow: ChannelFlow, node: fx.Node) -> None:
-    x = node.args[0]
+    x = _args(node)[0]
     rank = flow.rank(x)
     dim = _split_dim(node)
     src = flow.slot(x, dim)
@@ -642,7 +643,7 @@ def _split(flow: ChannelFlow, node: fx.Node) -> None:
         if user.target is not operator.getitem:
             flow.freeze(x, f"split %{node.name} used as a whole")
             continue
-        k = int(user.args[1])
+        k = int(_args(user)[1])
         for axis in range(rank):
             if axis != dim:
                 flow.identity(flow.slot(x, axis), flow.slot(user, axis))
@@ -655,7 +656,7 @@ def _split(flow: ChannelFlow, node: fx.Node) -> None:
 
 @resizer(*_SPLITS)
 def _resize_split(node: fx.Node, r: Resize) -> Resized | None:
-    x = node.args[0]
+    x = _args(node)[0]
     dim = _split_dim(node)
     kept = r.kept(x, dim)
     if kept is None:
@@ -670,9 +671,9 @@ def _resize_split(node: fx.Node, r: Resize) -> Resized | None:
 
 @rule(aten.slice.Tensor)
 def _slice(flow: ChannelFlow, node: fx.Node) -> None:
-    x = node.args[0]
+    x = _args(node)[0]
     rank = flow.rank(x)
-    dim = (node.args[1] if len(node.args) > 1 else 0) % rank
+    dim = (_args(node)[1] if len(_args(node)) > 1 else 0) % rank
     for axis in range(rank):
         if axis != dim:
             flow.identity(flow.slot(x, axis), flow.slot(node, axis))
@@ -688,9 +689,9 @@ def _slice(flow: ChannelFlow, node: fx.Node) -> None:
 
 
 def _slice_bounds(node: fx.Node, size: int) -> tuple[int, int, int]:
-    start = node.args[2] if len(node.args) > 2 and node.args[2] is not None else 0
-    end = node.args[3] if len(node.args) > 3 and node.args[3] is not None else size
-    step = node.args[4] if len(node.args) > 4 else 1
+    start = _args(node)[2] if len(_args(node)) > 2 and _args(node)[2] is not None else 0
+    end = _args(node)[3] if len(_args(node)) > 3 and _args(node)[3] is not None else size
+    step = _args(node)[4] if len(_args(node)) > 4 else 1
     start = max(0, start + size if start < 0 else min(start, size))
     end = max(0, end + size if end < 0 else min(end, size))
     return start, end, step
@@ -698,9 +699,9 @@ def _slice_bounds(node: fx.Node, size: int) -> tuple[int, int, int]:
 
 @resizer(aten.slice.Tensor)
 def _resize_slice(node: fx.Node, r: Resize) -> Resized | None:
-    x = node.args[0]
+    x = _args(node)[0]
     rank = x.meta["val"].dim()
-    dim = (node.args[1] if len(node.args) > 1 else 0) % rank
+    dim = (_args(node)[1] if len(_args(node)) > 1 else 0) % rank
     size = x.meta["val"].shape[dim]
     kept = r.kept(x, dim)
     if kept is None or not isinstance(size, int):
@@ -710,7 +711,7 @@ def _resize_slice(node: fx.Node, r: Resize) -> Resized | None:
     new_end = new_start + int(((kept >= start) & (kept < end)).sum())
     if (new_start, new_end) == (start, end):
         return None
-    args = list(node.args) + [None] * (4 - len(node.args))
+    args = list(node.args) + [None] * (4 - len(_args(node)))
     args[1], args[2], args[3] = dim, new_start, new_end
     return Resized(tuple(args), dict(node.kwargs))
 
@@ -718,7 +719,7 @@ def _resize_slice(node: fx.Node, r: Resize) -> Resized | None:
 # ---------------------------------------------------------------- plumbing
 @rule(operator.getitem)
 def _getitem(flow: ChannelFlow, node: fx.Node) -> None:
-    producer = node.args[0]
+    producer = _args(node)[0]
     if not (isinstance(producer, fx.Node) and producer.target in RULES):
         flow.freeze(node, f"getitem of %{getattr(producer, 'name', producer)}, which has no rule")
 
@@ -729,11 +730,21 @@ def _no_channels(flow: ChannelFlow, node: fx.Node) -> None:
 
 
 # ---------------------------------------------------------------- helpers for the rules below
+def _args(node: fx.Node) -> tuple[Any, ...]:
+    """A node's positional arguments, typed loosely: each rule knows its op's schema."""
+    return node.args
+
+
+def _kwargs(node: fx.Node) -> dict[str, Any]:
+    """A node's keyword arguments, typed loosely like `_args`."""
+    return dict(node.kwargs)
+
+
 def _arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
     """Argument `name` of `node`, positional at `index` or keyword."""
-    if len(node.args) > index:
-        return node.args[index]
-    return node.kwargs.get(name, default)
+    if len(_args(node)) > index:
+        return _args(node)[index]
+    return _kwargs(node).get(name, default)
 
 
 def _is_param(node: Any) -> bool:
@@ -793,14 +804,14 @@ def _link_matmul(flow: ChannelFlow, a: Any, b: Any, out: Any) -> None:
 
 @rule(aten.matmul.default, aten.mm.default, aten.bmm.default)
 def _matmul(flow: ChannelFlow, node: fx.Node) -> None:
-    _link_matmul(flow, node.args[0], node.args[1], node)
+    _link_matmul(flow, _args(node)[0], _args(node)[1], node)
 
 
 @rule(aten.addmm.default, aten.baddbmm.default)
 def _addmm(flow: ChannelFlow, node: fx.Node) -> None:
     """`bias + m1 @ m2` (GPT-2's Conv1D: `addmm(bias, x, weight[in, out])`): the bias
     broadcasts onto the output and, as a parameter, produces its features."""
-    bias, m1, m2 = node.args[0], node.args[1], node.args[2]
+    bias, m1, m2 = _args(node)[0], _args(node)[1], _args(node)[2]
     _link_matmul(flow, m1, m2, node)
     if isinstance(bias, fx.Node):
         flow.broadcast(bias, node)
@@ -827,9 +838,9 @@ def _sdpa(flow: ChannelFlow, node: fx.Node) -> None:
     - E links q with k (contraction), Ev links v with out, L links q with out, S links k with v;
     - attn_mask broadcasts onto [..., Hq, L, S] (a per-head bias, as in T5, joins the heads).
     """
-    q, k, v = node.args[0], node.args[1], node.args[2]
+    q, k, v = _args(node)[0], _args(node)[1], _args(node)[2]
     mask = _arg(node, 3, "attn_mask")
-    gqa = bool(node.kwargs.get("enable_gqa", False))
+    gqa = bool(_kwargs(node).get("enable_gqa", False))
     rank = flow.rank(q)
     if rank < 3 or flow.rank(k) != rank or flow.rank(v) != rank:
         for t in (q, k, v, mask, node):
@@ -871,9 +882,9 @@ def _sdpa(flow: ChannelFlow, node: fx.Node) -> None:
 @resizer(aten.scaled_dot_product_attention.default)
 def _resize_sdpa(node: fx.Node, r: Resize) -> Resized | None:
     """The default scale is 1/sqrt(E): pin the original value when E shrinks."""
-    q = node.args[0]
+    q = _args(node)[0]
     new_e = r.new_size(q, -1)
-    if new_e is None or node.kwargs.get("scale") is not None:
+    if new_e is None or _kwargs(node).get("scale") is not None:
         return None
     old_e = q.meta["val"].shape[-1]
     return Resized(tuple(node.args), {**node.kwargs, "scale": 1.0 / float(old_e) ** 0.5})
@@ -884,7 +895,7 @@ def _resize_sdpa(node: fx.Node, r: Resize) -> Resized | None:
 def _expand(flow: ChannelFlow, node: fx.Node) -> None:
     """Axes kept from the input link with the output; broadcast (size-1 -> n) and new
     leading axes are free: the resizer rewrites their sizes when they shrink."""
-    x = node.args[0]
+    x = _args(node)[0]
     r_in, r_out = flow.rank(x), flow.rank(node)
     for axis in range(r_in):
         s = flow.slot(x, axis)
@@ -895,7 +906,7 @@ def _expand(flow: ChannelFlow, node: fx.Node) -> None:
 
 @resizer(aten.expand.default)
 def _resize_expand(node: fx.Node, r: Resize) -> Resized | None:
-    sizes = list(node.args[1])
+    sizes = list(_args(node)[1])
     changed = False
     for axis, size in enumerate(sizes):
         if isinstance(size, int) and size != -1:
@@ -905,13 +916,13 @@ def _resize_expand(node: fx.Node, r: Resize) -> Resized | None:
                 changed = True
     if not changed:
         return None
-    return Resized((node.args[0], sizes, *node.args[2:]), dict(node.kwargs))
+    return Resized((_args(node)[0], sizes, *_args(node)[2:]), dict(node.kwargs))
 
 
 @rule(aten.repeat.default)
 def _repeat(flow: ChannelFlow, node: fx.Node) -> None:
     """Tiling: output element j of a repeated axis of size n comes from input j % n."""
-    x, repeats = node.args[0], list(node.args[1])
+    x, repeats = _args(node)[0], list(_args(node)[1])
     r_in, r_out = flow.rank(x), flow.rank(node)
     for axis in range(r_in):
         out_axis = axis + r_out - r_in
@@ -929,7 +940,7 @@ def _repeat(flow: ChannelFlow, node: fx.Node) -> None:
 @rule(aten.repeat_interleave.self_int)
 def _repeat_interleave(flow: ChannelFlow, node: fx.Node) -> None:
     """Along `dim`, output element j comes from input j // repeats (dim=None flattens: frozen)."""
-    x, repeats = node.args[0], node.args[1]
+    x, repeats = _args(node)[0], _args(node)[1]
     dim = _arg(node, 2, "dim")
     if dim is None or not isinstance(repeats, int):
         flow.freeze(x, f"repeat_interleave %{node.name} flattens or repeats dynamically")
@@ -950,7 +961,7 @@ def _repeat_interleave(flow: ChannelFlow, node: fx.Node) -> None:
 @resizer(aten.repeat_interleave.self_int)
 def _resize_repeat_interleave(node: fx.Node, r: Resize) -> Resized | None:
     dim = _arg(node, 2, "dim")
-    if dim is None or node.kwargs.get("output_size") is None:
+    if dim is None or _kwargs(node).get("output_size") is None:
         return None
     new = r.new_size(node, dim)
     if new is None:
@@ -969,7 +980,7 @@ def _group_norm(flow: ChannelFlow, node: fx.Node) -> None:
       group's first channel), so the remaining groups keep their size and statistics and
       the resizer lowers `num_groups`.
     """
-    x, groups = node.args[0], int(node.args[1])
+    x, groups = _args(node)[0], int(_args(node)[1])
     flow.identity_all(x, node)
     channel = flow.slot(node, 1)
     for param in (_arg(node, 2, "weight"), _arg(node, 3, "bias")):
@@ -986,7 +997,7 @@ def _group_norm(flow: ChannelFlow, node: fx.Node) -> None:
 
 @resizer(aten.group_norm.default)
 def _resize_group_norm(node: fx.Node, r: Resize) -> Resized | None:
-    groups = int(node.args[1])
+    groups = int(_args(node)[1])
     new_c = r.new_size(node, 1)
     if new_c is None or groups <= 1:
         return None
@@ -998,19 +1009,19 @@ def _resize_group_norm(node: fx.Node, r: Resize) -> Resized | None:
 
 @rule(aten.native_layer_norm.default)
 def _native_layer_norm(flow: ChannelFlow, node: fx.Node) -> None:
-    x = node.args[0]
-    outs = [u for u in node.users if u.target is operator.getitem and u.args[1] == 0]
+    x = _args(node)[0]
+    outs = [u for u in node.users if u.target is operator.getitem and _args(u)[1] == 0]
     for u in node.users:
         if u not in outs:
             flow.freeze(u, "layer-norm statistics outputs are not tracked")
-    normalized = list(node.args[1])
+    normalized = list(_args(node)[1])
     for out in outs:
         flow.identity_all(x, out)
     if len(normalized) != 1:
         for axis in range(flow.rank(x) - len(normalized), flow.rank(x)):
             _freeze_axis(flow, x, axis, "layer_norm over several axes")
         return
-    for param in node.args[2:4]:
+    for param in _args(node)[2:4]:
         if isinstance(param, fx.Node):
             flow.identity(flow.slot(param, 0), flow.slot(x, -1))
             flow.role(flow.slot(param, 0), "norm", _layer(param))
@@ -1018,8 +1029,8 @@ def _native_layer_norm(flow: ChannelFlow, node: fx.Node) -> None:
 
 @resizer(aten.native_layer_norm.default)
 def _resize_native_layer_norm(node: fx.Node, r: Resize) -> Resized | None:
-    new = r.new_size(node.args[0], -1)
-    if new is None or len(node.args[1]) != 1 or list(node.args[1]) == [new]:
+    new = r.new_size(_args(node)[0], -1)
+    if new is None or len(_args(node)[1]) != 1 or list(_args(node)[1]) == [new]:
         return None
     args = list(node.args)
     args[1] = [new]
@@ -1070,7 +1081,7 @@ def _check_only(flow: ChannelFlow, node: fx.Node) -> None:
 
 @resizer(aten._assert_tensor_metadata.default)
 def _resize_assert_metadata(node: fx.Node, r: Resize) -> Resized | None:
-    a = node.args[0]
+    a = _args(node)[0]
     if not isinstance(a, fx.Node) or not isinstance(a.meta.get("val"), torch.Tensor):
         return None
     if not any(r.new_size(a, axis) is not None for axis in range(a.meta["val"].dim())):
@@ -1098,7 +1109,7 @@ def _creator(flow: ChannelFlow, node: fx.Node) -> None:
     """A tensor made from sizes (or a constant pattern): no channel flows in, and its
     static axes keep their size, so anything they meet is frozen."""
     if node.target in (aten.tril.default, aten.triu.default):
-        x = node.args[0]
+        x = _args(node)[0]
         flow.freeze(x, f"%{node.name} ({node.target}) keeps a fixed triangle")
     flow.freeze(node, f"%{node.name} is created with a fixed shape by {node.target}")
 
@@ -1119,14 +1130,14 @@ def _link_except(flow: ChannelFlow, x: Any, out: Any, dim: int, reason: str) -> 
 
 @rule(aten.cumsum.default, aten.cumprod.default)
 def _cumulative(flow: ChannelFlow, node: fx.Node) -> None:
-    x = node.args[0]
+    x = _args(node)[0]
     dim = _dim_arg(node, 1, "dim", 0, flow.rank(x))
     _link_except(flow, x, node, dim, f"%{node.name} accumulates along axis {dim}")
 
 
 @rule(aten.diff.default)
 def _diff(flow: ChannelFlow, node: fx.Node) -> None:
-    x = node.args[0]
+    x = _args(node)[0]
     dim = _dim_arg(node, 2, "dim", -1, flow.rank(x))
     reason = f"%{node.name} differences along axis {dim}"
     _link_except(flow, x, node, dim, reason)
@@ -1138,9 +1149,9 @@ def _diff(flow: ChannelFlow, node: fx.Node) -> None:
 @rule(aten.select.int)
 def _select(flow: ChannelFlow, node: fx.Node) -> None:
     """x[..., i, ...] (a CLS token): the selected axis is frozen, the others link."""
-    x = node.args[0]
+    x = _args(node)[0]
     rank = flow.rank(x)
-    dim = int(node.args[1]) % rank
+    dim = int(_args(node)[1]) % rank
     _freeze_axis(flow, x, dim, f"%{node.name} selects one index of axis {dim}")
     for axis in range(rank):
         if axis != dim:
@@ -1149,8 +1160,8 @@ def _select(flow: ChannelFlow, node: fx.Node) -> None:
 
 @rule(aten.index_select.default)
 def _index_select(flow: ChannelFlow, node: fx.Node) -> None:
-    x = node.args[0]
-    dim = int(node.args[1]) % flow.rank(x)
+    x = _args(node)[0]
+    dim = int(_args(node)[1]) % flow.rank(x)
     _link_except(flow, x, node, dim, f"%{node.name} gathers axis {dim} by index values")
 
 
@@ -1158,9 +1169,9 @@ def _index_select(flow: ChannelFlow, node: fx.Node) -> None:
 def _gather_op(flow: ChannelFlow, node: fx.Node) -> None:
     """out = index's shape; on axes other than `dim`, out[i] reads x[i] (linked when x and
     index agree in size); `dim` is addressed by values, so it is frozen."""
-    x, index = node.args[0], node.args[2]
+    x, index = _args(node)[0], _args(node)[2]
     rank = flow.rank(x)
-    dim = int(node.args[1]) % rank
+    dim = int(_args(node)[1]) % rank
     flow.identity_all(index, node)
     reason = f"%{node.name} gathers axis {dim} by index values"
     _freeze_axis(flow, x, dim, reason)
@@ -1180,7 +1191,7 @@ def _index(flow: ChannelFlow, node: fx.Node) -> None:
     """Advanced indexing x[None, idx, ...]: axes before and after the indexed ones link;
     indexed axes are addressed by values and frozen, and the index tensors broadcast onto
     the axes they produce. Non-adjacent index tensors (result axes moved first): frozen."""
-    x, indices = node.args[0], list(node.args[1])
+    x, indices = _args(node)[0], list(_args(node)[1])
     rank, r_out = flow.rank(x), flow.rank(node)
     used = [i for i, t in enumerate(indices) if t is not None]
     reason = f"%{node.name} indexes by tensor values"
@@ -1208,7 +1219,7 @@ def _index(flow: ChannelFlow, node: fx.Node) -> None:
 @rule(aten.unbind.int)
 def _unbind(flow: ChannelFlow, node: fx.Node) -> None:
     """Each piece links with x on every axis but `dim`, which is frozen (it counts pieces)."""
-    x = node.args[0]
+    x = _args(node)[0]
     rank = flow.rank(x)
     dim = _dim_arg(node, 1, "dim", 0, rank)
     _freeze_axis(flow, x, dim, f"%{node.name} unbinds axis {dim} into separate tensors")
@@ -1224,7 +1235,7 @@ def _unbind(flow: ChannelFlow, node: fx.Node) -> None:
 @rule(aten.stack.default)
 def _stack(flow: ChannelFlow, node: fx.Node) -> None:
     """Every input links with the output on every axis but the new one, which is frozen."""
-    tensors = node.args[0]
+    tensors = _args(node)[0]
     rank = flow.rank(node)
     dim = _dim_arg(node, 1, "dim", 0, rank)
     _freeze_axis(flow, node, dim, f"%{node.name} stacks tensors along axis {dim}")
@@ -1238,7 +1249,7 @@ def _stack(flow: ChannelFlow, node: fx.Node) -> None:
 def _pad(flow: ChannelFlow, node: fx.Node) -> None:
     """Padded axes (the last len(pad) // 2) change size and are not linked; others link.
     An axis padded by (0, 0) links too."""
-    x, pad = node.args[0], list(node.args[1])
+    x, pad = _args(node)[0], list(_args(node)[1])
     rank = flow.rank(x)
     padded = {}
     for k in range(len(pad) // 2):

@@ -64,14 +64,14 @@ def _format_arg(arg: Any, symbol_names: Mapping[str, str]) -> str:
 def _op_name(node: fx.Node) -> str:
     target = node.target
     if isinstance(target, torch._ops.OpOverload):
-        packet, overload = target.name().split("::")[-1], target._overloadname
+        packet, overload = str(target._schema.name).split("::")[-1], target._overloadname
         return packet if overload == "default" else f"{packet.split('.')[0]}.{overload}"
     return getattr(target, "__name__", str(target))
 
 
 def format_graph(gm: fx.GraphModule, symbol_names: Mapping[str, str]) -> str:
     lines: list[str] = []
-    params = {name: p for name, p in gm.named_parameters()}
+    params: dict[str, torch.Tensor] = dict(gm.named_parameters())
     params.update(dict(gm.named_buffers()))
     for node in gm.graph.nodes:
         if node.op == "get_attr":

@@ -3,7 +3,9 @@
 Rules:
 - an instrument sees `before(pass, graph)` and `after(pass, graph, result)` for each
   pipeline entry, analyses included (`result` is None for analyses);
-- instruments record what they measure in `records`, which the report reads.
+- instruments record what they measure in `records`, which the report reads;
+- before each entry every instrument is asked `should_run(pass, graph)`; one False skips
+  the entry (no hooks run for it): `PassFilter` bisects a pipeline this way.
 
 Example:
     pm = PassManager(pipeline, instruments=[Timing(), IRDump(Path("dumps"))])
@@ -25,17 +27,51 @@ if TYPE_CHECKING:
     from sparsec.ir import Graph
     from sparsec.pipeline.base import Pass, PassResult
 
-__all__ = ["Instrument", "Timing", "Statistics", "IRDump", "VerifyEach", "NumericCheck", "max_abs_diff"]
+__all__ = ["Instrument", "PassFilter", "Timing", "Statistics", "IRDump", "VerifyEach", "NumericCheck", "max_abs_diff"]
 
 
 class Instrument:
-    """Base instrument: does nothing; override `before` / `after`."""
+    """Base instrument: does nothing; override `should_run` / `before` / `after`."""
+
+    def should_run(self, p: Pass, graph: Graph) -> bool:
+        return True
 
     def before(self, p: Pass, graph: Graph) -> None:
         return None
 
     def after(self, p: Pass, graph: Graph, result: PassResult | None) -> None:
         return None
+
+
+@dataclass
+class PassFilter(Instrument):
+    """Skip passes by name, or stop after one: bisect a pipeline without editing it.
+
+    Rules (LLVM's -opt-bisect-limit, TVM's `should_run`):
+    - `skip`: pass names (kebab-case, "prune-channels") that never run;
+    - `stop_after`: once the pass of that name has run, no later entry runs;
+    - `records`: (entry, why) for every entry skipped; `dataclasses.replace` gives a fresh
+      filter with the same settings and no records.
+    Example: `PassManager(pipeline, [PassFilter(stop_after="prune-channels")])`.
+    """
+
+    skip: frozenset[str] = frozenset()
+    stop_after: str | None = None
+    records: list[tuple[str, str]] = field(default_factory=list, init=False)
+    _stopped: bool = field(default=False, init=False)
+
+    def should_run(self, p: Pass, graph: Graph) -> bool:
+        if self._stopped:
+            self.records.append((str(p), f"stopped after {self.stop_after}"))
+            return False
+        if p.name in self.skip:
+            self.records.append((str(p), "skipped by name"))
+            return False
+        return True
+
+    def after(self, p: Pass, graph: Graph, result: PassResult | None) -> None:
+        if p.name == self.stop_after:
+            self._stopped = True
 
 
 @dataclass

@@ -117,10 +117,12 @@ def _plain(options: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class PipelineRun:
-    """What a run did: each rewrite's result, in order, and the analysis manager."""
+    """What a run did: each entry's result, in order, the entries an instrument skipped,
+    and the analysis manager."""
 
     results: list[tuple[Pass, PassResult | None]] = field(default_factory=list)
     analyses: AnalysisManager | None = None
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -146,6 +148,9 @@ class PassManager:
         done: list[str] = []
         total = len(self.pipeline.passes)
         for index, p in enumerate(self.pipeline.passes):
+            if not all(inst.should_run(p, graph) for inst in self.instruments):
+                run.skipped.append(str(p))
+                continue
             if self.progress:
                 self.progress(index, total, p)
             for inst in self.instruments:

@@ -21,9 +21,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sparsec._suggest import did_you_mean, unknown_choice
 from sparsec.backends.base import TARGETS, available_backends
-from sparsec.config import (
+from sparsec.config._suggest import did_you_mean, unknown_choice
+from sparsec.config.files import (
     SUFFIXES,
     backend_options_from_dict,
     backend_options_type,
@@ -31,9 +31,9 @@ from sparsec.config import (
     parse_pipeline_text,
     registered_passes,
 )
+from sparsec.config.presets import DEFAULT_PRESET, get_preset, list_presets
 from sparsec.errors import ConfigError
 from sparsec.pipeline import Pass, Pipeline, options_dict
-from sparsec.presets import DEFAULT_PRESET, get_preset, list_presets
 
 __all__ = ["PipelineSpec", "resolve_pipeline"]
 

@@ -41,16 +41,16 @@ from typing import Any
 
 import yaml
 
-from sparsec._config_locate import FieldPath, Locator, toml_locator, yaml_locator
-from sparsec._option_types import coerce_value, describe_option, field_types, option_names
-from sparsec._pipeline_text import parse_text
-from sparsec._suggest import did_you_mean, unknown_choice
 from sparsec.backends.base import (
     TARGETS,
     available_backends,
     backend_options_class,
     backends_with_options,
 )
+from sparsec.config._locate import FieldPath, Locator, toml_locator, yaml_locator
+from sparsec.config._option_types import coerce_value, describe_option, field_types, option_names
+from sparsec.config._pipeline_text import parse_text
+from sparsec.config._suggest import did_you_mean, unknown_choice
 from sparsec.errors import ConfigError, PassOptionError, SparsecError
 from sparsec.pipeline import Pass, Pipeline, options_dict, registry
 

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from sparsec._suggest import closest
+from sparsec.config._suggest import closest
 
 __all__ = ["coerce_value", "describe_option", "field_types", "option_names"]
 

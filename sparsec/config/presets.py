@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from sparsec._suggest import did_you_mean
-from sparsec.config import pipeline_from_dict
+from sparsec.config._suggest import did_you_mean
+from sparsec.config.files import pipeline_from_dict
 from sparsec.errors import ConfigError
 from sparsec.pipeline import Pipeline
 
