@@ -200,7 +200,7 @@ def main() -> None:
         )
         + "\n"
     )
-    print(f"wrote {args.out.relative_to(ROOT)}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

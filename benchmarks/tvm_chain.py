@@ -5,7 +5,7 @@ Rules:
   sparsified by `sparsify{pattern=block,block=[16,1],sparsity=0.9}` and
   `lower-sparse-weights{format=bsr,gate=off}`, input x [tokens, 768] (default 128);
 - "fused": `backend="tvm"` as built (the chain packs x once, writes the intermediate as
-  the down kernel's panel with bias and GELU fused; backends/tvm/layout.py); "unfused":
+  the down kernel's panel with bias and GELU fused; backends/tvm/fuse_chains.py); "unfused":
   the same graph built with `PartitionedExecutable.build(..., fuse_chains=False)` (two
   kernels, each packing its own input, and torch's GELU between them); both through the
   partitioned executable, so the Python call overhead is in both; dense ORT and torch

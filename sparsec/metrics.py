@@ -9,7 +9,6 @@ Rules:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import sympy
@@ -18,6 +17,7 @@ import torch.fx as fx
 from torch.utils import _pytree as pytree
 
 from sparsec.ir import Graph
+from sparsec.ir.opinfo import op_info
 
 __all__ = ["LayerWidth", "count_macs", "layer_widths", "concrete_shape", "macs_by_node"]
 
@@ -62,29 +62,11 @@ def concrete_shape(value: torch.Tensor, subs: dict[sympy.Symbol, int]) -> list[i
 
 
 def _node_macs(node: fx.Node, subs: dict[sympy.Symbol, int]) -> int:
-    out = node.meta.get("val")
-    if not isinstance(out, torch.Tensor):
+    """The node's MACs from its OpInfo (sparsec.ir.opinfo), per sample; 0 for other ops."""
+    info = op_info(node.target)
+    if info is None or info.macs is None or not isinstance(node.meta.get("val"), torch.Tensor):
         return 0
-    out_numel = math.prod(concrete_shape(out, subs))
-    target = node.target
-    if target in (
-        aten.conv1d.default,
-        aten.conv2d.default,
-        aten.conv3d.default,
-        aten.convolution.default,
-    ):
-        weight = node.args[1].meta["val"]
-        return out_numel * math.prod(weight.shape[1:])
-    if target is aten.linear.default:
-        return out_numel * int(node.args[1].meta["val"].shape[1])
-    if target in (aten.matmul.default, aten.mm.default, aten.bmm.default, aten.addmm.default):
-        lhs = node.args[1] if target is aten.addmm.default else node.args[0]
-        return out_numel * int(concrete_shape(lhs.meta["val"], subs)[-1])
-    if target is aten.scaled_dot_product_attention.default:
-        q = concrete_shape(node.args[0].meta["val"], subs)
-        k = concrete_shape(node.args[1].meta["val"], subs)
-        return math.prod(q[:-1]) * k[-2] * q[-1] * 2
-    return 0
+    return info.macs(node, lambda value: concrete_shape(value.meta["val"], subs))
 
 
 def count_macs(graph: Graph) -> int:
@@ -105,9 +87,10 @@ def layer_widths(graph: Graph) -> list[LayerWidth]:
     for node in graph.nodes:
         if node.op != "call_function":
             continue
-        is_conv = node.target in (aten.conv1d.default, aten.conv2d.default, aten.conv3d.default)
-        if not (is_conv or node.target is aten.linear.default):
+        info = op_info(node.target)
+        if info is None or info.layer is None:
             continue
+        is_conv = info.layer == "conv"
         weight = node.args[1]
         shape = weight.meta["val"].shape
         groups = 1

@@ -1,4 +1,4 @@
-"""Channel-flow rules for attention and transformer ops (sparsec.ir.ops), on tiny modules.
+"""Channel-flow rules for attention and transformer ops (sparsec.ir.opinfo), on tiny modules.
 
 Rules:
 - each test traces a hand-written module, checks the dependency groups the rules produce

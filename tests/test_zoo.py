@@ -100,6 +100,17 @@ def test_zoo_prunes_and_runs(entry: ZooEntry) -> None:
             assert g["after"] < g["before"], f"attention group {g['layers']} was not pruned"
 
 
+@pytest.mark.parametrize("entry", _entries())
+def test_zoo_runs_no_op_without_an_opinfo(entry: ZooEntry) -> None:
+    """OpInfo coverage: every op the zoo traces to has a channel-flow rule. An op without
+    one freezes the channels around it; the report lists it under unruled ops."""
+    compiled = _compiled(entry)[0]
+    assert compiled.report.unruled_ops == {}, (
+        f"{entry.name} runs ops without an OpInfo flow rule: {compiled.report.unruled_ops}; "
+        "add them (ARCHITECTURE.md, 'Add an op')"
+    )
+
+
 @pytest.mark.parametrize("name", ["gpt2", "qwen2-gqa"])
 def test_zoo_tied_embeddings_stay_tied(name: str) -> None:
     entry = ZOO[name]

@@ -40,6 +40,7 @@ from sparsec.errors import BackendError
 
 from .activations import Activation, activation_of
 from .cuda_kernels import bsr_cuda_kernel
+from .fuse_chains import SparseChain, find_chains
 from .isa import isa_of
 from .kernels import (
     SLAB_FEATURES,
@@ -50,7 +51,6 @@ from .kernels import (
     choose_schedule,
     panel_tile,
 )
-from .layout import SparseChain, find_chains
 from .slabs import slab_major
 from .sparse_calls import SPARSE_OPS, SparseCall
 

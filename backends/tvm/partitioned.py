@@ -37,9 +37,9 @@ from tvm.target import Target
 from sparsec.errors import ArtifactError, BackendError
 from sparsec.program_files import PROGRAM_FILE, WEIGHTS_FILE, save_program
 
+from .fuse_chains import ChainCall, FuseSparseChains
 from .importer import chain_layouts, kernel_for, kernel_name, kernel_operands
 from .kernels import BsrShape, KernelLayout
-from .layout import ChainCall, FuseSparseChains
 from .relax_executable import compile_module
 from .sparse_calls import (
     SparseCall,

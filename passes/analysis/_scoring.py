@@ -22,7 +22,7 @@ from typing import Literal
 
 import numpy as np
 
-from sparsec.ir.ops import Slot
+from sparsec.ir.opinfo import Slot
 from sparsec.passes.analysis.dependency_groups import DependencyGroup, DependencyInfo
 
 __all__ = ["Aggregate", "Normalize", "Scope", "UnitValues", "aggregate", "normalize", "to_units"]

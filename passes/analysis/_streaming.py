@@ -27,6 +27,7 @@ from torch.fx import _pytree as fx_pytree
 
 from sparsec.calibration import Calibration
 from sparsec.ir import Graph
+from sparsec.ir.opinfo import LayerKind, op_info
 from sparsec.passes.analysis.dependency_groups import DependencyInfo
 
 __all__ = [
@@ -43,8 +44,12 @@ __all__ = [
 Watch = Mapping[str, Callable[[torch.Tensor], None]]
 Transform = Mapping[str, Callable[[torch.Tensor], torch.Tensor]]
 
-aten = torch.ops.aten
-_CONVS = (aten.conv1d.default, aten.conv2d.default, aten.conv3d.default)
+
+
+def layer_kind(op: fx.Node) -> LayerKind | None:
+    """"conv" or "linear" for a weighted layer (its OpInfo), else None."""
+    info = op_info(op.target)
+    return info.layer if info is not None else None
 
 
 class _Stop(Exception):
@@ -100,7 +105,7 @@ def tap(
 
 def channel_axis(op: fx.Node) -> int:
     """The channel axis of a conv's (1) or linear's (last) input."""
-    if op.target in _CONVS:
+    if layer_kind(op) == "conv":
         return 1
     val = op.args[0].meta["val"]  # type: ignore[union-attr]
     return val.dim() - 1
@@ -137,7 +142,7 @@ def consumer_inputs(graph: Graph, deps: DependencyInfo) -> list[ConsumerInput]:
                 continue
             weight = nodes[param.node]
             for op in weight.users:
-                if op.target in (*_CONVS, aten.linear.default) and op.args[1] is weight:
+                if layer_kind(op) is not None and op.args[1] is weight:
                     consumer = ConsumerInput(op, param.target, group.index)
                     if consumer.slot in deps.slot_units:
                         found.append(consumer)

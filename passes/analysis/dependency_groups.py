@@ -1,7 +1,7 @@
 """Dependency groups: which channels of which tensors must be removed together.
 
 Rules:
-- every op's rule (sparsec.ir.ops) links elements of slots; connected elements form a
+- every op's rule (its OpInfo's `flow`, sparsec.ir.opinfo) links elements of slots; connected elements form a
   *unit* (one channel, one head, a channel tied across groups), found with scipy's
   connected components so large graphs cost seconds;
 - connected slots form a *group*; a group is prunable only where a layer produces its
@@ -28,7 +28,7 @@ import torch.fx as fx
 from torch.utils import _pytree as pytree
 
 from sparsec.ir import Graph
-from sparsec.ir.ops import RULES, ChannelFlow, ParamRole, Slot
+from sparsec.ir.opinfo import ChannelFlow, ParamRole, Slot, has_rule, op_info
 from sparsec.pipeline import Analysis, AnalysisManager, pass_dataclass, register
 
 __all__ = ["DependencyGroups", "DependencyInfo", "DependencyGroup", "ParamSlice"]
@@ -127,8 +127,8 @@ def _collect_flow(graph: Graph) -> tuple[ChannelFlow, dict[str, list[str]]]:
         elif node.op == "output":
             for leaf in pytree.tree_leaves(node.args[0]):
                 flow.freeze(leaf, "model output")
-        elif node.op == "call_function" and node.target in RULES:
-            RULES[node.target](flow, node)
+        elif node.op == "call_function" and has_rule(node):
+            op_info(node.target).flow(flow, node)  # type: ignore[union-attr,misc]
         elif node.op in ("call_function", "call_module", "call_method"):
             op = str(node.target)
             unruled[op].append(node.name)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar
 
 import torch
 import torch.fx as fx
@@ -40,6 +40,7 @@ from torch.utils import _pytree as pytree
 
 from sparsec.calibration import Calibration, require_calibration
 from sparsec.ir import Graph
+from sparsec.ir.opinfo import LayerKind, op_info
 from sparsec.pipeline import Analysis, AnalysisManager, pass_dataclass, register
 
 __all__ = [
@@ -53,16 +54,8 @@ __all__ = [
     "weight_layers",
 ]
 
-LayerKind = Literal["linear", "conv"]
-
 aten = torch.ops.aten
-_LINEAR = aten.linear.default
-_CONVS = {
-    aten.conv1d.default: 1,
-    aten.conv1d.padding: 1,
-    aten.conv2d.default: 2,
-    aten.conv2d.padding: 2,
-}
+_UNFOLDED_SPATIAL_DIMS = (1, 2)  # conv1d and conv2d inputs are unfolded; conv3d is not
 _CHUNK_ELEMENTS = 1 << 23
 """The most unfolded input values a conv's statistics hold at once (32 MiB in float32)."""
 
@@ -77,9 +70,12 @@ def weight_layers(graph: Graph, kinds: tuple[LayerKind, ...] = ("linear",)) -> l
         weight = node.args[1]
         if not (isinstance(weight, fx.Node) and weight.op == "get_attr"):
             continue
+        info = op_info(node.target)
+        if info is None or info.layer not in kinds or info.weight_arg != 1:
+            continue
         rank = graph.tensor(str(weight.target)).dim()
-        linear = node.target == _LINEAR and "linear" in kinds and rank == 2
-        conv = node.target in _CONVS and "conv" in kinds and rank == _CONVS[node.target] + 2
+        linear = info.layer == "linear" and rank == 2
+        conv = info.spatial_dims in _UNFOLDED_SPATIAL_DIMS and rank == info.spatial_dims + 2
         if linear or conv:
             layers.append(node)
     return layers
@@ -163,7 +159,7 @@ def input_rows(node: fx.Node, args: tuple[Any, ...]) -> Iterator[torch.Tensor]:
     """The rows a layer node reads, given its evaluated arguments: `[rows, in]` for a linear
     or an ungrouped conv, `[rows, groups, kernel · in/groups]` for a grouped conv."""
     x, weight = args[0], args[1]
-    if node.target == _LINEAR:
+    if node.target is aten.linear.default:
         yield x.detach().reshape(-1, x.shape[-1]).float()
     else:
         yield from _unfold(x, conv_spec(node, weight.shape))

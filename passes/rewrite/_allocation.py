@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import torch
 import torch.fx as fx
 
 from sparsec.ir import Graph
-from sparsec.ir.ops import Slot
+from sparsec.ir.opinfo import Slot, op_info
 from sparsec.metrics import macs_by_node
 from sparsec.passes.analysis.dependency_groups import DependencyGroup, DependencyInfo
 
@@ -43,9 +42,6 @@ __all__ = [
 Allocation = Literal["local", "global"]
 TargetKind = Literal["channels", "params", "macs"]
 
-aten = torch.ops.aten
-_CONVS = (aten.conv1d.default, aten.conv2d.default, aten.conv3d.default)
-_MATMULS = (aten.matmul.default, aten.mm.default, aten.bmm.default)
 
 
 @dataclass(frozen=True)
@@ -154,16 +150,11 @@ class SizeEstimate:
             self.ops.append((name, self._mac_slots(nodes[name])))
 
     def _mac_slots(self, node: fx.Node) -> list[Slot]:
-        out = node.meta["val"]
-        operands = [a for a in node.args if isinstance(a, fx.Node)]
-        candidates: list[Slot] = []
-        if node.target in _CONVS:
-            candidates = [(node.name, 1), (operands[1].name, 1)]
-        elif node.target is aten.linear.default:
-            candidates = [(node.name, out.dim() - 1), (operands[1].name, 1)]
-        elif node.target in _MATMULS or node.target is aten.addmm.default:
-            lhs = operands[1] if node.target is aten.addmm.default else operands[0]
-            candidates = [(node.name, out.dim() - 1), (lhs.name, lhs.meta["val"].dim() - 1)]
+        """The slots whose kept fraction scales the node's MACs (its OpInfo's `mac_axes`)."""
+        info = op_info(node.target)
+        if info is None or info.mac_axes is None:
+            return []
+        candidates = [(value.name, axis) for value, axis in info.mac_axes(node)]
         return [s for s in candidates if s in self.deps.slot_units]
 
     def _kept(self, slot: Slot, removed: np.ndarray) -> float:

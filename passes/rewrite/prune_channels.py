@@ -37,7 +37,7 @@ from pydantic import Field
 from sparsec.calibration import Calibration, require_calibration
 from sparsec.ir import Graph
 from sparsec.metrics import count_macs
-from sparsec.passes.analysis._streaming import consumer_inputs
+from sparsec.passes.analysis._streaming import consumer_inputs, layer_kind
 from sparsec.passes.analysis.dependency_groups import (
     DependencyGroup,
     DependencyGroups,
@@ -235,7 +235,7 @@ class PruneChannels(RewritePass):
                 if reason is not None:
                     rows.append({"layer": consumer, "skipped": reason})
                     continue
-                out_slot = (consumer, 1 if "conv" in str(op.target) else op.meta["val"].dim() - 1)
+                out_slot = (consumer, 1 if layer_kind(op) == "conv" else op.meta["val"].dim() - 1)
                 keep = deps.keep_indices(out_slot, removed) if out_slot in deps.slot_units else None
                 fit: LayerFit = refit_layer(
                     graph, rw, reference, calibration, consumer, keep, self.ridge

@@ -5,7 +5,7 @@ Shared by every structured rewrite (channels, heads): they choose units, this re
 Rules:
 - each parameter is sliced once per axis even when several get_attr nodes or aliased
   names read it, and aliases keep sharing one tensor afterwards;
-- shape constants are updated by the op resizers in sparsec.ir.ops, which see the shapes
+- shape constants are updated by the op resizers (OpInfo.resize, sparsec.ir.opinfo), which see the shapes
   from before the removal.
 """
 
@@ -19,7 +19,7 @@ import torch.fx as fx
 
 from sparsec.errors import PreconditionError
 from sparsec.ir import Graph, Rewriter
-from sparsec.ir.ops import RESIZERS, Resize, Slot
+from sparsec.ir.opinfo import Resize, Slot, op_info
 from sparsec.passes.analysis.dependency_groups import DependencyInfo
 
 __all__ = ["emptied_slots", "remove_units"]
@@ -69,7 +69,8 @@ def _resize_ops(graph: Graph, rw: Rewriter, kept: dict[Slot, np.ndarray]) -> Non
 
     ask = Resize(new_size=new_size, kept=kept_of)
     for node in graph.nodes:
-        fn = RESIZERS.get(node.target) if node.op == "call_function" else None
+        info = op_info(node.target) if node.op == "call_function" else None
+        fn = info.resize if info is not None else None
         if fn is None:
             continue
         update = fn(node, ask)

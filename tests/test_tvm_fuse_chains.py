@@ -1,4 +1,4 @@
-"""Chains of sparse linears that keep activations in panel layout (backends/tvm/layout.py).
+"""Chains of sparse linears that keep activations in panel layout (backends/tvm/fuse_chains.py).
 
 - kernels: the first kernel writes the second's panel with bias and activation fused, the
   second reads it; the panel and y equal torch (fp32, atol 1e-4) for FEATURE and TOKEN
@@ -30,6 +30,7 @@ import tvm  # noqa: E402
 
 import sparsec  # noqa: E402
 from sparsec.backends.tvm.activations import Activation, reference_activation  # noqa: E402
+from sparsec.backends.tvm.fuse_chains import ChainCall, FuseSparseChains, find_chains  # noqa: E402
 from sparsec.backends.tvm.importer import chain_layouts, import_graph, kernel_for  # noqa: E402
 from sparsec.backends.tvm.isa import AVX2, AVX512, isa_of  # noqa: E402
 from sparsec.backends.tvm.kernels import (  # noqa: E402
@@ -42,7 +43,6 @@ from sparsec.backends.tvm.kernels import (  # noqa: E402
     compile_config,
     panel_tile,
 )
-from sparsec.backends.tvm.layout import ChainCall, FuseSparseChains, find_chains  # noqa: E402
 from sparsec.backends.tvm.partitioned import (  # noqa: E402
     PartitionedExecutable,
     build_kernels,

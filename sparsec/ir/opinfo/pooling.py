@@ -1,0 +1,53 @@
+"""Pooling, reductions and resampling: the channel axis passes, reduced or resampled axes do not."""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from sparsec.ir.opinfo._flow import ChannelFlow, _args, _kwargs
+from sparsec.ir.opinfo._registry import rule
+
+aten = torch.ops.aten
+
+_POOLS = [
+    aten.adaptive_avg_pool1d.default, aten.adaptive_avg_pool2d.default,
+    aten.adaptive_avg_pool3d.default, aten.avg_pool1d.default, aten.avg_pool2d.default,
+    aten.avg_pool3d.default, aten.max_pool1d.default, aten.max_pool2d.default,
+    aten.max_pool3d.default, aten._adaptive_avg_pool2d.default,
+]
+
+@rule(*_POOLS)
+def _pool(flow: ChannelFlow, node: fx.Node) -> None:
+    x = _args(node)[0]
+    for axis in range(min(2, flow.rank(node))):
+        flow.identity(flow.slot(x, axis), flow.slot(node, axis))
+
+_REDUCTIONS = [aten.mean.dim, aten.sum.dim_IntList, aten.amax.default, aten.amin.default]
+
+@rule(*_REDUCTIONS)
+def _reduce(flow: ChannelFlow, node: fx.Node) -> None:
+    x = _args(node)[0]
+    rank = flow.rank(x)
+    dims = _args(node)[1] if len(_args(node)) > 1 else _kwargs(node).get("dim")
+    dims = [dims] if isinstance(dims, int) else list(dims or range(rank))
+    reduced = {d % rank for d in dims}
+    keepdim = bool(_args(node)[2]) if len(_args(node)) > 2 else bool(_kwargs(node).get("keepdim", False))
+    out_axis = 0
+    for axis in range(rank):
+        if axis in reduced:
+            out_axis += 1 if keepdim else 0
+            continue
+        flow.identity(flow.slot(x, axis), flow.slot(node, out_axis))
+        out_axis += 1
+
+_UPSAMPLES = [
+    aten.upsample_nearest1d.vec, aten.upsample_nearest2d.vec, aten.upsample_nearest3d.vec,
+    aten.upsample_bilinear2d.vec, aten.upsample_bicubic2d.vec, aten.upsample_linear1d.vec,
+    aten.upsample_trilinear3d.vec, aten.upsample_nearest1d.default,
+    aten.upsample_nearest2d.default, aten.upsample_nearest3d.default,
+    aten.upsample_bilinear2d.default, aten.upsample_bicubic2d.default,
+]
+
+for _op in _UPSAMPLES:
+    rule(_op)(_pool)
