@@ -119,7 +119,9 @@ def test_flatten_head_maps_features_to_channels() -> None:
     np.testing.assert_array_equal(hidden, np.repeat(channel, 16))
 
 
-class _Roll(nn.Module):
+class _Flip(nn.Module):
+    """An op without an OpInfo (aten.flip) on the channel axis of c1."""
+
     def __init__(self) -> None:
         super().__init__()
         self.c1 = nn.Conv2d(3, 8, 3, padding=1)
@@ -127,16 +129,16 @@ class _Roll(nn.Module):
         self.fc = nn.Linear(8, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.c2(torch.roll(self.c1(x), 1, dims=1)).mean(dim=(2, 3)))
+        return self.fc(self.c2(torch.flip(self.c1(x), dims=[1])).mean(dim=(2, 3)))
 
 
 def test_op_without_rule_freezes_with_reason() -> None:
-    graph = trace(_Roll().eval(), (torch.randn(2, 3, 16, 16),))
+    graph = trace(_Flip().eval(), (torch.randn(2, 3, 16, 16),))
     deps = AnalysisManager(graph).get(DependencyGroups())
-    assert deps.unruled_ops == {"aten.roll.default": ["roll"]}
+    assert deps.unruled_ops == {"aten.flip.default": ["flip"]}
     (c1,) = deps.group_of("c1")
     assert set(c1.frozen_units.values()) == {
-        "channels of %roll flow through aten.roll.default, which has no rule"
+        "channels of %flip flow through aten.flip.default, which has no rule"
     }
     assert len(c1.prunable_units) == 0
     (c2,) = deps.group_of("c2")
@@ -146,6 +148,54 @@ def test_op_without_rule_freezes_with_reason() -> None:
     graph.verify()
     assert graph.tensor("c1.weight").shape[0] == 8
     assert graph.tensor("c2.weight").shape[0] == 4
+
+
+class _ShiftedWindows(nn.Module):
+    """Swin's shifted windows: the spatial axes roll, the channels pass through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 6, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c2(torch.roll(torch.relu(self.c1(x)), shifts=(2, -1), dims=(2, 3)))
+
+
+def test_roll_freezes_only_the_rolled_axes() -> None:
+    model = _ShiftedWindows().eval()
+    x = torch.randn(2, 3, 8, 8)
+    graph = trace(model, (x,))
+    deps = AnalysisManager(graph).get(DependencyGroups())
+    assert deps.unruled_ops == {}
+    (c1,) = deps.group_of("c1")
+    assert len(c1.prunable_units) == 8  # the channels flow through the roll
+    # removing channels that were zeroed keeps the outputs: the roll links them correctly
+    with torch.no_grad():
+        model.c1.weight[::2] = 0
+        model.c1.bias[::2] = 0
+    graph = trace(model, (x,))
+    PassManager([MagnitudeImportance(), PruneChannels(ratio=0.5)]).run(graph)
+    graph.verify()
+    assert graph.tensor("c1.weight").shape[0] == 4
+    for batch in (x, torch.randn(3, 3, 8, 8)):
+        torch.testing.assert_close(graph(batch), model(batch), atol=1e-5, rtol=1e-5)
+
+
+def test_roll_of_a_channel_axis_or_of_the_flattened_tensor_freezes_it() -> None:
+    class RollChannels(nn.Module):
+        def __init__(self, dims: tuple[int, ...]) -> None:
+            super().__init__()
+            self.c1, self.dims = nn.Conv2d(3, 8, 1), dims
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.roll(self.c1(x), shifts=(1,) * max(len(self.dims), 1), dims=self.dims)
+
+    for dims, reason in (((1,), "%roll rolls axis 1"), ((), "%roll rolls the flattened tensor")):
+        graph = trace(RollChannels(dims).eval(), (torch.randn(2, 3, 4, 4),))
+        (c1,) = AnalysisManager(graph).get(DependencyGroups()).group_of("c1")
+        assert len(c1.prunable_units) == 0
+        assert reason in set(c1.frozen_units.values()).pop()
 
 
 def test_groups_are_deterministic() -> None:

@@ -306,6 +306,23 @@ def _getitem(flow: ChannelFlow, node: fx.Node) -> None:
     if not (isinstance(producer, fx.Node) and has_rule(producer)):
         flow.freeze(node, f"getitem of %{getattr(producer, 'name', producer)}, which has no rule")
 
+@rule(aten.roll.default)
+def _roll(flow: ChannelFlow, node: fx.Node) -> None:
+    """Rolled axes are frozen; every other axis links, so the channels around a roll of the
+    spatial axes (Swin's shifted windows) stay prunable. Without `dims` the roll runs over
+    the flattened tensor: everything is frozen."""
+    x = _args(node)[0]
+    rank = flow.rank(x)
+    dims = _arg(node, 2, "dims", [])
+    for axis in range(rank):
+        if not dims or axis in {d % rank for d in dims}:
+            reason = f"%{node.name} rolls axis {axis}" if dims else f"%{node.name} rolls the flattened tensor"
+            _freeze_axis(flow, x, axis, reason)
+            _freeze_axis(flow, node, axis, reason)
+        else:
+            flow.identity(flow.slot(x, axis), flow.slot(node, axis))
+
+
 @rule(aten.expand.default)
 def _expand(flow: ChannelFlow, node: fx.Node) -> None:
     """Axes kept from the input link with the output; broadcast (size-1 -> n) and new
