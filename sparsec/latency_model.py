@@ -25,13 +25,14 @@ import importlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 
 from sparsec.gate_cache import GateCache, cpu_model
-from sparsec.ops import bsr_linear, csr_linear, nm_linear, to_bsr, to_csr, to_nm
 from sparsec.ops.masks import SparsityPattern, mask_from_scores
+from sparsec.ops.sparse_formats import FORMATS
+from sparsec.ops.sparse_formats import SparseFormat as SparseFormatClass
 
 __all__ = [
     "LATENCY_MODELS",
@@ -45,10 +46,12 @@ __all__ = [
     "known_latency_models",
     "measurement_key",
     "random_layer",
+    "random_sparse_call",
     "register_latency_model",
 ]
 
 SparseFormat = Literal["csr", "bsr", "nm"]
+"""A format by name (`sparsec.ops.sparse_formats.FORMATS` holds the classes)."""
 
 
 class LatencyModel(Protocol):
@@ -132,19 +135,30 @@ class ReferenceLatencyModel:
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        x, w, gen = random_layer(out_features, in_features, tokens, self.seed)
-        mask = mask_from_scores(torch.rand(w.shape, generator=gen), pattern)
-        if fmt == "nm":
-            v, i = to_nm(w, pattern.n, pattern.m, mask)
-            call: Callable[[], object] = lambda: nm_linear(x, v, i, None, pattern.n, pattern.m)  # noqa: E731
-        elif fmt == "bsr":
-            v, c, r = to_bsr(w, pattern.block, mask)
-            call = lambda: bsr_linear(x, v, c, r, None, out_features, in_features)  # noqa: E731
-        else:
-            v, c, r = to_csr(w, mask)
-            call = lambda: csr_linear(x, v, c, r, None, out_features, in_features)  # noqa: E731
+        sparse, args = random_sparse_call(fmt, out_features, in_features, tokens, pattern, self.seed)
+
+        def call() -> object:
+            return sparse.op(*args)
+
         with torch.no_grad():
             return self.cache.put(key, fastest_ms(call, self.repeats, self.threads))
+
+
+def random_sparse_call(
+    fmt: SparseFormat,
+    out_features: int,
+    in_features: int,
+    tokens: int,
+    pattern: SparsityPattern,
+    seed: int,
+) -> tuple[SparseFormatClass, tuple[Any, ...]]:
+    """A seeded random layer masked to `pattern` and compressed into `fmt`: the format and
+    the arguments of its op (x first, no bias)."""
+    x, w, gen = random_layer(out_features, in_features, tokens, seed)
+    mask = mask_from_scores(torch.rand(w.shape, generator=gen), pattern)
+    sparse = FORMATS[fmt]
+    arrays = sparse.compress(w, mask, pattern)
+    return sparse, sparse.call_args(x, arrays, None, (out_features, in_features), pattern)
 
 
 def measurement_key(

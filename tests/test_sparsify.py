@@ -11,6 +11,7 @@ from sparsec.errors import PassError, PreconditionError
 from sparsec.frontends import trace
 from sparsec.ir import Graph
 from sparsec.ops import check_mask, recorded_masks
+from sparsec.passes.analysis import DependencyGroups
 from sparsec.passes.rewrite import Sparsify
 from sparsec.pipeline import AnalysisManager, PassManager, PassResult, VerifyEach
 
@@ -67,6 +68,24 @@ def test_masks_meet_the_pattern(method: str, options: dict) -> None:
         expected = recorded.pattern.target_sparsity
         assert abs(1 - float(recorded.mask.float().mean()) - expected) < 0.02
     assert [row["note"] for row in result.summary["layers"]] == [method] * 3
+
+
+def test_masks_are_ir_state_and_the_channel_groups_survive() -> None:
+    """Masks are set through the Rewriter (logged, rolled back with the graph), and the
+    dependency groups, which read shapes only, stay cached across the pass."""
+    graph = trace(_mlp(), (torch.randn(2, 32),))
+    am = AnalysisManager(graph)
+    groups = am.get(DependencyGroups())
+    run = PassManager([Sparsify(sparsity=0.5)]).run(graph, am)
+    (result,) = [r for _, r in run.results]
+    assert result is not None
+    assert [c.target for c in result.changes if c.kind == "mask"] == ["0.weight", "2.weight", "4.weight"]
+    assert am.is_cached(DependencyGroups()) and am.get(DependencyGroups()) is groups
+    before = recorded_masks(graph.module)
+    with pytest.raises(RuntimeError), graph.rewrite("test-fails") as rw:
+        rw.drop_mask("0.weight")
+        raise RuntimeError("the pass fails after editing")
+    assert recorded_masks(graph.module) == before
 
 
 def test_ignore_overrides_and_ragged_layers_are_reported() -> None:

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import tvm
 
 from sparsec.gate_cache import GateCache
@@ -44,9 +43,9 @@ from sparsec.latency_model import (
     fastest_ms,
     measurement_key,
     random_layer,
+    random_sparse_call,
 )
-from sparsec.ops import to_bsr, to_csr, to_nm
-from sparsec.ops.masks import SparsityPattern, mask_from_scores
+from sparsec.ops.masks import SparsityPattern
 
 from .importer import kernel_for
 from .isa import isa_of
@@ -126,22 +125,10 @@ class TvmLatencyModel:
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        x, w, gen = random_layer(out_features, in_features, tokens, self.seed)
-        mask = mask_from_scores(torch.rand(w.shape, generator=gen), pattern)
-        nm: tuple[int, int] | None = None
-        if fmt == "nm":
-            values, indices = to_nm(w, pattern.n, pattern.m, mask)
-            shape = BsrShape(out_features, in_features, 1, 1)
-            nm = (pattern.n, pattern.m)
-            args: tuple[Any, ...] = (x, values, indices, None)
-        else:
-            r, c = pattern.block if fmt == "bsr" else (1, 1)
-            values, cols, crow = to_bsr(w, (r, c), mask) if fmt == "bsr" else to_csr(w, mask)
-            shape = BsrShape(out_features, in_features, r, c)
-            args = (x, values, cols, crow, None)
-        linear = _SparseLinear(
-            self._kernel(shape), SparseCall(shape, nm), host_target(self.threads)
-        )
+        sparse, op_args = random_sparse_call(fmt, out_features, in_features, tokens, pattern, self.seed)
+        call = SparseCall.of_args(sparse, op_args)
+        args: tuple[Any, ...] = (op_args[0], *op_args[1 : 1 + len(sparse.parts)], None)
+        linear = _SparseLinear(self._kernel(call.shape), call, host_target(self.threads))
         set_threads(self.threads)
         return self.cache.put(key, fastest_ms(lambda: linear(*args), self.repeats, self.threads))
 

@@ -7,9 +7,9 @@ Rules:
 - `SparseCall.of(node)` reads the static part from the graph: the BsrShape (N:M and CSR
   are 1×1 blocks; array shapes from `node.meta["val"]`) and, for N:M, (n, m);
 - `SparseCall.operands(*args)` turns the op's arguments after x into the kernel's compact
-  (values [nnz, r, c], cols and crow int64) and the bias (None when the op has none): N:M slot k of
-  a row holds input column `k // n * m + indices[k]`, a fixed count per row; an empty
-  weight gets one unread zero block (`kernel_arrays`).
+  (values [nnz, r, c], cols and crow int64) and the bias (None when the op has none); the
+  call's `SparseFormat` (`sparsec.ops.sparse_formats`) says how; an empty weight gets one
+  unread zero block (`kernel_arrays`).
 
 Example:
     call = SparseCall.of(node)
@@ -18,13 +18,15 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.fx as fx
 
 from sparsec.errors import BackendError
+from sparsec.ops.sparse_formats import FORMATS, SparseFormat, StaticCall
 
 from .kernels import BsrShape
 
@@ -38,8 +40,8 @@ __all__ = [
 ]
 
 # op names (OpOverload.__name__, what the Relax importer keys its convert map on)
-SPARSE_OPS: tuple[str, ...] = ("bsr_linear.default", "csr_linear.default", "nm_linear.default")
-_NM_OP = "nm_linear.default"
+_BY_NAME: dict[str, SparseFormat] = {fmt.op.__name__: fmt for fmt in FORMATS.values()}
+SPARSE_OPS: tuple[str, ...] = tuple(_BY_NAME)
 
 
 def is_sparse_call(node: Any) -> bool:
@@ -85,43 +87,41 @@ def kernel_arrays(
 
 @dataclass(frozen=True)
 class SparseCall:
-    """The static part of one sparse linear call: its block shape, and (n, m) for N:M."""
+    """The static part of one sparse linear call: its block shape, (n, m) for N:M, and its
+    format, which turns the op's arrays into kernel operands."""
 
     shape: BsrShape
     nm: tuple[int, int] | None = None
+    format: SparseFormat = field(default_factory=lambda: FORMATS["bsr"])
 
     @classmethod
     def of(cls, node: fx.Node) -> SparseCall:
         if not is_sparse_call(node):
             raise BackendError(f"%{node.name} does not call a sparse linear op ({SPARSE_OPS})")
-        if node.target.__name__ == _NM_OP:  # type: ignore[union-attr]
-            out_features, kept = _tensor_shape(node.args[1])
-            n, m = int(node.args[4]), int(node.args[5])  # type: ignore[arg-type]
-            return cls(BsrShape(out_features, kept * m // n, 1, 1), (n, m))
-        values = _tensor_shape(node.args[1])
-        r, c = (values[1], values[2]) if len(values) == 3 else (1, 1)
-        return cls(BsrShape(int(node.args[5]), int(node.args[6]), r, c))  # type: ignore[arg-type]
+        return cls.of_args(_BY_NAME[node.target.__name__], node.args, _tensor_shape)  # type: ignore[union-attr]
+
+    @classmethod
+    def of_args(
+        cls, fmt: SparseFormat, args: Sequence[Any], shape_of: Any = lambda t: tuple(t.shape)
+    ) -> SparseCall:
+        """The call of `fmt`'s op with `args` (x first); `shape_of` gives an array's shape."""
+        static = fmt.static_call(args, shape_of)
+        shape = BsrShape(static.out_features, static.in_features, *static.block)
+        return cls(shape, static.nm, fmt)
 
     @property
     def arity(self) -> int:
-        """Arguments the op takes after x: (values, indices, bias, n, m) or
-        (values, cols, crow, bias, out_features, in_features)."""
-        return 5 if self.nm is not None else 6
+        """Arguments the op takes after x: its arrays, the bias and two ints ((n, m), or
+        (out_features, in_features))."""
+        return len(self.format.parts) + 3
 
     def operands(
         self, values: torch.Tensor, *rest: Any
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The kernel's (values, cols, crow) and the op's bias, from the op's args after x."""
         shape = self.shape
-        if self.nm is not None:
-            n, m = self.nm
-            indices, bias = rest[0], rest[1]
-            kept = indices.shape[1]
-            group_base = torch.arange(kept, dtype=torch.int64) // n * m
-            cols = (indices.to(torch.int64) + group_base).reshape(-1)
-            crow = torch.arange(shape.out_features + 1, dtype=torch.int64) * kept
-        else:
-            cols, crow, bias = rest[0], rest[1], rest[2]
-        values, cols = kernel_arrays(values, cols.to(torch.int64), shape)
-        crow = crow.to(torch.int64).contiguous()
+        static = StaticCall(shape.out_features, shape.in_features, (shape.r, shape.c), self.nm)
+        values, cols, crow, bias = self.format.kernel_operands(static, (values, *rest))
+        values, cols = kernel_arrays(values, cols, shape)
+        crow = crow.contiguous()
         return values, cols, crow, None if bias is None else bias.contiguous()

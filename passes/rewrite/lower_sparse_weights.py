@@ -43,19 +43,12 @@ from sparsec.latency_model import (
     get_latency_model,
     known_latency_models,
 )
-from sparsec.ops import to_bsr, to_csr, to_nm
-from sparsec.ops.masks import MASKS_META, SparsityPattern, WeightMask, recorded_masks, weight_matrix
+from sparsec.ops.masks import WeightMask, recorded_masks, weight_matrix
+from sparsec.ops.sparse_formats import FORMATS, natural_format
 from sparsec.passes.analysis.layer_input_stats import conv_spec, weight_layers
 from sparsec.pipeline import AnalysisManager, PassResult, RewritePass, pass_dataclass, register
 
 __all__ = ["LowerSparseWeights"]
-
-_OPS = {
-    "csr": torch.ops.sparsec.csr_linear.default,
-    "bsr": torch.ops.sparsec.bsr_linear.default,
-    "nm": torch.ops.sparsec.nm_linear.default,
-}
-
 
 def _dense_conv_reason(node: fx.Node, shape: tuple[int, ...]) -> str | None:
     """Why a conv cannot become a sparse linear over channels, or None if it can."""
@@ -77,13 +70,6 @@ def _channels_last(rank: int, spatial: int) -> tuple[list[int], list[int]]:
     channels = rank - spatial - 1  # an unbatched input has no batch axis
     order = [*(i for i in range(rank) if i != channels), channels]
     return order, [order.index(i) for i in range(rank)]
-
-
-def _natural_format(mask: WeightMask) -> SparseFormat:
-    pattern = mask.pattern
-    if pattern.kind == "nm":
-        return "nm"
-    return "bsr" if pattern.kind == "block" and pattern.block != (1, 1) else "csr"
 
 
 @register
@@ -112,19 +98,11 @@ class LowerSparseWeights(RewritePass):
 
     def choose_format(self, mask: WeightMask) -> SparseFormat | str:
         """The format for a layer, or the reason none fits."""
-        natural = _natural_format(mask)
-        if self.format == "auto" or self.format == natural or self.format == "csr":
-            return natural if self.format == "auto" else self.format
+        if self.format == "auto":
+            return natural_format(mask.pattern).name  # type: ignore[return-value]
+        if FORMATS[self.format].fits(mask.pattern):
+            return self.format
         return f"format {self.format} does not fit a {mask.pattern} mask (use auto or csr)"
-
-    def _compressed(
-        self, fmt: SparseFormat, weight: torch.Tensor, mask: torch.Tensor, pattern: SparsityPattern
-    ) -> list[torch.Tensor]:
-        if fmt == "nm":
-            return list(to_nm(weight, pattern.n, pattern.m, mask))
-        if fmt == "bsr":
-            return list(to_bsr(weight, pattern.block, mask))
-        return list(to_csr(weight, mask))
 
     def run(self, graph: Graph, am: AnalysisManager) -> PassResult:
         masks = recorded_masks(graph.module)
@@ -159,7 +137,7 @@ class LowerSparseWeights(RewritePass):
                 continue
             shape = tuple(weight_matrix(graph.tensor(target)).shape)
             fmt = self.choose_format(mask)
-            if fmt not in _OPS:
+            if fmt not in FORMATS:
                 rows.append({"layer": target, "format": "dense", "reason": fmt})
                 continue
             if self.gate == "off":
@@ -188,7 +166,6 @@ class LowerSparseWeights(RewritePass):
             if decision.format != "dense":
                 lowered.append((node, fmt, mask))  # type: ignore[arg-type]
         dense_bytes = sparse_bytes = 0
-        released: set[str] = set()
         # read before rewriting: an input may become a new node (an earlier 1×1 conv's permute)
         ranks = {node: node.args[0].meta["val"].dim() for node, _, _ in lowered}  # type: ignore[union-attr]
         with graph.rewrite(self.name) as rw:
@@ -201,10 +178,11 @@ class LowerSparseWeights(RewritePass):
                 target = str(weight_node.target)  # type: ignore[union-attr]
                 weight = graph.tensor(target).detach()
                 matrix = weight_matrix(weight)
-                tensors = self._compressed(fmt, matrix, weight_matrix(mask.mask), mask.pattern)
+                sparse = FORMATS[fmt]
+                tensors = sparse.compress(matrix, weight_matrix(mask.mask), mask.pattern)
                 names = [
                     rw.add_tensor(f"{target}.{part}", t, parameter=t.is_floating_point())
-                    for part, t in zip(("values", "indices", "pointers"), tensors, strict=False)
+                    for part, t in zip(sparse.parts, tensors, strict=True)
                 ]
                 attrs = [rw.get_attr(name, before=node) for name in names]
                 x = node.args[0]
@@ -212,13 +190,9 @@ class LowerSparseWeights(RewritePass):
                     to_last, back = _channels_last(ranks[node], weight.dim() - 2)
                     x = rw.insert_call(torch.ops.aten.permute.default, (x, to_last), before=node)
                 bias = node.args[2] if len(node.args) > 2 else None
-                out_features, in_features = matrix.shape
-                args: tuple[Any, ...] = (
-                    (x, *attrs, bias, mask.pattern.n, mask.pattern.m)
-                    if fmt == "nm"
-                    else (x, *attrs, bias, out_features, in_features)
-                )
-                call = rw.insert_call(_OPS[fmt], args, before=node)
+                shape = (int(matrix.shape[0]), int(matrix.shape[1]))
+                args = sparse.call_args(x, attrs, bias, shape, mask.pattern)
+                call = rw.insert_call(sparse.op, args, before=node)
                 if weight.dim() > 2:
                     call = rw.insert_call(torch.ops.aten.permute.default, (call, back), before=node)
                 rw.replace_uses(node, call)
@@ -231,10 +205,7 @@ class LowerSparseWeights(RewritePass):
                         n.op == "get_attr" and n.target == target for n in graph.module.graph.nodes
                     ):
                         rw.replace_tensor(target, weight.new_empty(0))
-                        released.add(target)
-        stored = graph.module.meta.get(MASKS_META, {})
-        for target in released:
-            stored.pop(target, None)
+                        rw.drop_mask(target)
         summary = {
             "layers": rows,
             "lowered": len(lowered),

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from sparsec.calibration import require_calibration
 from sparsec.ir import Graph
 from sparsec.passes.analysis._streaming import flat_inputs
+from sparsec.passes.analysis.dependency_groups import DependencyGroups
 from sparsec.pipeline import AnalysisManager, PassResult, RewritePass, pass_dataclass, register
 
 __all__ = ["RecalibrateBN"]
@@ -107,4 +108,7 @@ class RecalibrateBN(RewritePass):
                         "mean_var_ratio": round(ratio, 4),
                     }
                 )
-        return PassResult(changed=bool(rows), summary={"batch_norms": rows})
+        # only BN statistics change: the channel groups survive
+        return PassResult(
+            changed=bool(rows), preserved=frozenset({DependencyGroups}), summary={"batch_norms": rows}
+        )

@@ -43,13 +43,13 @@ from sparsec.calibration import require_calibration
 from sparsec.errors import PreconditionError
 from sparsec.ir import Graph
 from sparsec.ops.masks import (
-    MASKS_META,
     SparsityPattern,
     WeightMask,
     from_weight_matrix,
     mask_from_scores,
     weight_matrix,
 )
+from sparsec.passes.analysis.dependency_groups import DependencyGroups
 from sparsec.passes.analysis.layer_input_stats import (
     InputStats,
     LayerInputStats,
@@ -191,11 +191,10 @@ class Sparsify(RewritePass):
                 mask = from_weight_matrix(mask, weight.shape)
                 results[target] = (weight * mask, mask)
         with graph.rewrite(self.name) as rw:
-            for target, (weight, _) in results.items():
+            for target, (weight, mask) in results.items():
                 rw.replace_tensor(target, weight)
-        masks = graph.module.meta.setdefault(MASKS_META, {})
+                rw.set_mask(target, WeightMask(plan[target], mask))
         for target, (weight, mask) in results.items():
-            masks[target] = WeightMask(plan[target], mask)
             rows.append(
                 {
                     "layer": target,
@@ -208,7 +207,13 @@ class Sparsify(RewritePass):
                 }
             )
         summary["layers"] = rows
-        return PassResult(changed=bool(results), changes=tuple(rw.changes), summary=summary)
+        # weight values and masks change, the structure does not: the channel groups survive
+        return PassResult(
+            changed=bool(results),
+            preserved=frozenset({DependencyGroups}),
+            changes=tuple(rw.changes),
+            summary=summary,
+        )
 
     def _sparsegpt(
         self,

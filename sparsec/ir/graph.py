@@ -107,6 +107,12 @@ class _FakePropagator(fx.Interpreter):
             return getattr(self, n.op)(n.target, args, kwargs)
 
 
+MASKS_META = "sparsec.masks"
+"""Key in `GraphModule.meta`: weight target -> its sparsity mask (`sparsec.ops.masks.WeightMask`).
+Part of the IR state: edited only through `Rewriter.set_mask` / `drop_mask`, restored with
+the graph when a rewrite fails."""
+
+
 class _Snapshot:
     """The graph structure and references to every tensor: enough to undo a failed rewrite."""
 
@@ -118,6 +124,7 @@ class _Snapshot:
             name: (owner, leaf, getattr(owner, leaf))
             for name, owner, leaf in _tensor_slots(module)
         }
+        self.masks = dict(module.meta.get(MASKS_META, {}))
 
     def restore(self, module: fx.GraphModule) -> None:
         for name, owner, leaf in _tensor_slots(module):
@@ -129,6 +136,7 @@ class _Snapshot:
             else:
                 owner._buffers[leaf] = value
         module.graph = self.graph
+        module.meta[MASKS_META] = self.masks
         module.recompile()
 
 

@@ -21,6 +21,7 @@ import torch
 import torch.fx as fx
 
 from sparsec.errors import RewriteError
+from sparsec.ir.graph import MASKS_META
 
 if TYPE_CHECKING:
     from sparsec.ir.graph import Graph
@@ -55,6 +56,17 @@ class Rewriter:
         for part in path:
             module = getattr(module, part)
         return module, leaf
+
+    # ----- sparsity masks (IR state) -----
+    def set_mask(self, target: str, mask: Any) -> None:
+        """Record the sparsity mask of weight `target` (a `WeightMask`)."""
+        self.graph.module.meta.setdefault(MASKS_META, {})[target] = mask
+        self._log("mask", target, str(getattr(mask, "pattern", "")))
+
+    def drop_mask(self, target: str) -> None:
+        """Forget the mask of `target` (its weight was lowered to a compressed op)."""
+        if self.graph.module.meta.get(MASKS_META, {}).pop(target, None) is not None:
+            self._log("drop-mask", target, "")
 
     # ----- parameters and buffers -----
     def replace_tensor(self, target: str, value: torch.Tensor) -> None:

@@ -28,6 +28,8 @@ from typing import Literal
 
 import torch
 
+from sparsec.ir.graph import MASKS_META
+
 __all__ = [
     "MASKS_META",
     "PatternKind",
@@ -186,10 +188,6 @@ def check_mask(mask: torch.Tensor, pattern: SparsityPattern) -> str | None:
             row, col = bad[0].tolist()
             return f"block ({row}, {col}) is partly kept ({int(blocks[row, col])} of {r * c})"
     return None
-
-
-MASKS_META = "sparsec.masks"
-"""Key in `GraphModule.meta`: weight target → `WeightMask`, written by the sparsify pass."""
 
 
 @dataclass(frozen=True)
