@@ -70,7 +70,6 @@ def _llama() -> tuple[Any, Any]:
     )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config).eval()
-    model.config.return_dict = False
     return model, {"input_ids": torch.randint(0, config.vocab_size, (1, 128))}
 
 

@@ -81,3 +81,18 @@ def test_fixed_size_suggests_dynamic_false_which_works() -> None:
         FixedBatch().eval(), (x,), backend="torch", pipeline="none", dynamic=False
     )
     assert compiled(x).shape == (2, 2, 4)
+
+
+def test_a_model_that_fails_without_tracing_is_told_so() -> None:
+    """torch.export's message would be about tracing; the model's own error is the cause."""
+
+    class Broken(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x).last_hidden_state  # type: ignore[attr-defined,no-any-return]
+
+    with pytest.raises(TraceError, match="fails on the example inputs without tracing too: AttributeError"):
+        sparsec.compile(Broken(), (torch.randn(2, 4),), backend="torch")

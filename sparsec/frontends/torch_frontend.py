@@ -100,8 +100,38 @@ def _export(
         except Exception as exc:  # torch.export raises many unrelated types; all mean "untraceable"
             suggested = suggested_bounds(str(exc)) if dynamic and not bounds else {}
             if not suggested:
+                eager = _eager_error(model, args, kwargs)
+                if eager is not None:
+                    raise _eager_trace_error(model, eager) from exc
                 raise trace_error(model, exc) from exc
             bounds = suggested
+
+
+def _eager_error(model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Exception | None:
+    """The error the model raises on the example inputs without tracing, or None if it runs.
+    Why: when the model itself fails, torch.export's error is about tracing and misleads.
+    Not tried in training mode, where a forward would update the user's BN statistics."""
+    if model.training:
+        return None
+    try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+    except Exception as exc:  # the user's forward: any error means it does not run
+        return exc
+    return None
+
+
+def _eager_trace_error(model: torch.nn.Module, exc: Exception) -> TraceError:
+    text = str(exc).strip()
+    first_line = next(iter(text.splitlines()), type(exc).__name__)[:400]
+    fix = _specific_fix(text) or (
+        "make `model(*example_inputs)` run first (check the inputs' names, shapes and dtypes, "
+        "and the model's config); sparsec traces what the model runs"
+    )
+    return TraceError(
+        f"{type(model).__name__} fails on the example inputs without tracing too: "
+        f"{type(exc).__name__}: {first_line}\nFix: {fix}"
+    )
 
 
 def trace_error(model: torch.nn.Module, exc: Exception) -> TraceError:
@@ -142,12 +172,14 @@ _FIXES: tuple[tuple[str, str], ...] = (
 )
 
 
+def _specific_fix(message: str) -> str | None:
+    """The fix for the cause a message names, or None when no known cause matches."""
+    return next((fix for pattern, fix in _FIXES if re.search(pattern, message)), None)
+
+
 def _fix_for(message: str) -> str:
     """The fix for an export failure, from the cause its message names."""
-    for pattern, fix in _FIXES:
-        if re.search(pattern, message):
-            return fix
-    return (
+    return _specific_fix(message) or (
         "remove Python control flow that depends on tensor values from forward() (use "
         "torch.where / torch.cond), or pass sparsec.compile(..., dynamic=False) if the model "
         "only supports fixed shapes; TraceError.details has torch's full message"
