@@ -27,7 +27,7 @@ import fcntl
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sparsec._atomic import write_text_atomically
@@ -76,6 +76,11 @@ class GateCache:
                 self._entries = self._read()
         value = self._entries.get(entry)
         return float(value) if value is not None else None
+
+    def measured(self, entry: str, measure: Callable[[], float]) -> float:
+        """The time kept for `entry`, or `measure()` kept now: the one way models read it."""
+        cached = self.get(entry)
+        return cached if cached is not None else self.put(entry, measure())
 
     def put(self, entry: str, ms: float) -> float:
         """Keep `ms` as the time of `entry` (merged with other writers); returns it."""

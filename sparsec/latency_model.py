@@ -114,14 +114,13 @@ class ReferenceLatencyModel:
         return self._cache
 
     def dense_ms(self, out_features: int, in_features: int, tokens: int) -> float:
+        def measure() -> float:
+            x, w, _ = random_layer(out_features, in_features, tokens, self.seed)
+            with torch.no_grad():
+                return fastest_ms(lambda: torch.nn.functional.linear(x, w), self.repeats, self.threads)
+
         key = measurement_key("dense", out_features, in_features, tokens, self.threads)
-        cached = self.cache.get(key)
-        if cached is not None:
-            return cached
-        x, w, _ = random_layer(out_features, in_features, tokens, self.seed)
-        with torch.no_grad():
-            ms = fastest_ms(lambda: torch.nn.functional.linear(x, w), self.repeats, self.threads)
-        return self.cache.put(key, ms)
+        return self.cache.measured(key, measure)
 
     def sparse_ms(
         self,
@@ -131,17 +130,13 @@ class ReferenceLatencyModel:
         tokens: int,
         pattern: SparsityPattern,
     ) -> float:
+        def measure() -> float:
+            sparse, args = random_sparse_call(fmt, out_features, in_features, tokens, pattern, self.seed)
+            with torch.no_grad():
+                return fastest_ms(lambda: sparse.op(*args), self.repeats, self.threads)
+
         key = measurement_key(fmt, out_features, in_features, tokens, self.threads, pattern)
-        cached = self.cache.get(key)
-        if cached is not None:
-            return cached
-        sparse, args = random_sparse_call(fmt, out_features, in_features, tokens, pattern, self.seed)
-
-        def call() -> object:
-            return sparse.op(*args)
-
-        with torch.no_grad():
-            return self.cache.put(key, fastest_ms(call, self.repeats, self.threads))
+        return self.cache.measured(key, measure)
 
 
 def random_sparse_call(

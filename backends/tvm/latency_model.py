@@ -100,18 +100,18 @@ class TvmLatencyModel:
         return self._cache
 
     def dense_ms(self, out_features: int, in_features: int, tokens: int) -> float:
+        def measure() -> float:
+            torch_ms = ReferenceLatencyModel(self.repeats, self.threads, self.seed).dense_ms(
+                out_features, in_features, tokens
+            )
+            x, w, _ = random_layer(out_features, in_features, tokens, self.seed)
+            session = _ort_gemm(w.numpy(), self.threads)
+            feed = {"x": x.numpy()}
+            ort_ms = fastest_ms(lambda: session.run(None, feed), self.repeats, self.threads)
+            return min(torch_ms, ort_ms)
+
         key = measurement_key("dense", out_features, in_features, tokens, self.threads)
-        cached = self.cache.get(key)
-        if cached is not None:
-            return cached
-        torch_ms = ReferenceLatencyModel(self.repeats, self.threads, self.seed).dense_ms(
-            out_features, in_features, tokens
-        )
-        x, w, _ = random_layer(out_features, in_features, tokens, self.seed)
-        session = _ort_gemm(w.numpy(), self.threads)
-        feed = {"x": x.numpy()}
-        ort_ms = fastest_ms(lambda: session.run(None, feed), self.repeats, self.threads)
-        return self.cache.put(key, min(torch_ms, ort_ms))
+        return self.cache.measured(key, measure)
 
     def sparse_ms(
         self,
@@ -121,16 +121,16 @@ class TvmLatencyModel:
         tokens: int,
         pattern: SparsityPattern,
     ) -> float:
+        def measure() -> float:
+            sparse, op_args = random_sparse_call(fmt, out_features, in_features, tokens, pattern, self.seed)
+            call = SparseCall.of_args(sparse, op_args)
+            args: tuple[Any, ...] = (op_args[0], *op_args[1 : 1 + len(sparse.parts)], None)
+            linear = _SparseLinear(self._kernel(call.shape), call, host_target(self.threads))
+            set_threads(self.threads)
+            return fastest_ms(lambda: linear(*args), self.repeats, self.threads)
+
         key = measurement_key(fmt, out_features, in_features, tokens, self.threads, pattern)
-        cached = self.cache.get(key)
-        if cached is not None:
-            return cached
-        sparse, op_args = random_sparse_call(fmt, out_features, in_features, tokens, pattern, self.seed)
-        call = SparseCall.of_args(sparse, op_args)
-        args: tuple[Any, ...] = (op_args[0], *op_args[1 : 1 + len(sparse.parts)], None)
-        linear = _SparseLinear(self._kernel(call.shape), call, host_target(self.threads))
-        set_threads(self.threads)
-        return self.cache.put(key, fastest_ms(lambda: linear(*args), self.repeats, self.threads))
+        return self.cache.measured(key, measure)
 
     def _kernel(self, shape: BsrShape) -> Any:
         if shape not in self._kernels:
