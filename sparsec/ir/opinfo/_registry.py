@@ -115,21 +115,17 @@ def macs(*targets: Any, axes: MacAxesFn) -> Callable[[MacsFn], MacsFn]:
 
 
 def op_info(target: Any) -> OpInfo | None:
-    """The OpInfo of an op overload (or callable), or None when sparsec knows nothing of it."""
-    _load_families()
+    """The OpInfo of an op overload (or callable), or None when sparsec knows nothing of it.
+
+    Importing this module imports its package first, whose families register every op.
+    """
     return _TABLE.get(target)
 
 
 def all_op_infos() -> dict[Any, OpInfo]:
-    _load_families()
     return dict(_TABLE)
 
 
 def has_rule(node: fx.Node) -> bool:
     info = op_info(node.target)
     return info is not None and info.flow is not None
-
-
-def _load_families() -> None:
-    """The family modules register on import; importing the package imports them all."""
-    import sparsec.ir.opinfo  # noqa: F401
