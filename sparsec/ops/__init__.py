@@ -19,8 +19,9 @@ The op contract (backends, the TVM kernels included, rely on it):
 - every op has a CPU reference kernel (the block/N:M structure is expanded to element CSR
   with vectorised index arithmetic and multiplied with torch's CSR kernel) and a fake
   kernel, so graphs with these ops trace, `torch.export.save`/`load` (pickle-free) and
-  export to ONNX (`onnx.py`: a decomposition that rebuilds W from values and indices inside
-  the ONNX graph and runs MatMul, so ONNX Runtime computes the same numbers).
+  export to ONNX (each format's `onnx_translation` in `sparse_formats.py`, collected by
+  `onnx.py`: a decomposition that rebuilds W from values and indices inside the ONNX graph
+  and runs MatMul, so ONNX Runtime computes the same numbers).
 
 Example:
     values, cols, crow = to_bsr(weight, (16, 1))

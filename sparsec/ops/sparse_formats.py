@@ -1,11 +1,19 @@
-"""A sparse format is a class: CSR, BSR and N:M each own their op, compression and operands.
+"""A sparse format is a class: CSR, BSR and N:M each own their op, arrays, ONNX form and operands.
 
 Rules:
 - a `SparseFormat` knows its custom op (`op`), which masks it fits (`fits`), how to compress
-  a `[out, in]` weight (`compress`, arrays named by `parts`), the op's argument list
-  (`call_args`), what a call of its op says statically (`static_call`: the block shape
-  and (n, m)), and the block-sparse kernel operands `(values, cols, crow)` its arrays
-  become (`kernel_operands`), which every block-sparse kernel (TVM's included) runs;
+  a `[out, in]` weight (`compress`, arrays named by `parts`) and get it back
+  (`decompress`), the op's argument list (`call_args`), what a call of its op says
+  statically (`static_call`: the block shape and (n, m)), how `torch.onnx.export` writes
+  the op (`onnx_translation`), and the block-sparse kernel operands `(values, cols, crow)`
+  its arrays become (`kernel_operands`), which every block-sparse kernel (TVM's included)
+  runs;
+- ONNX Runtime has no fast sparse kernel, so each `onnx_translation` rebuilds the dense
+  weight inside the ONNX graph from the stored values and indices (ScatterND /
+  ScatterElements) and runs one MatMul: the file keeps the compressed weights, ORT computes
+  the same numbers as the reference kernel (constant folding may densify small weights).
+  Static sizes come from the op's int arguments and the arrays' static shapes;
+  `sparsec.ops.onnx` collects the translations from `FORMATS`;
 - `FORMATS` maps names to formats; `format_of(op)` finds a format by its op;
   `natural_format(pattern)` is the format a mask pattern calls for;
 - code never branches on a format's name: it asks the format.
@@ -14,6 +22,7 @@ Example:
     fmt = natural_format(SparsityPattern("block", 0.9, block=(16, 1)))  # BSR
     arrays = fmt.compress(weight, mask, pattern)
     y = fmt.op(*fmt.call_args(x, arrays, bias, weight.shape, pattern))
+    assert torch.equal(fmt.decompress(arrays, weight.shape, pattern), weight * mask)
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from typing import Any, ClassVar
 import torch
 
 from sparsec.ops import _kernels  # noqa: F401 - registers torch.ops.sparsec before `op` names it
-from sparsec.ops.formats import to_bsr, to_csr, to_nm
+from sparsec.ops.formats import from_bsr, from_csr, from_nm, to_bsr, to_csr, to_nm
 from sparsec.ops.masks import SparsityPattern
 
 __all__ = [
@@ -73,6 +82,15 @@ class SparseFormat(ABC):
         """The compressed arrays of a `[out, in]` weight, in `parts` order."""
 
     @abstractmethod
+    def decompress(
+        self,
+        arrays: Sequence[torch.Tensor],
+        shape: tuple[int, int] | torch.Size,
+        pattern: SparsityPattern,
+    ) -> torch.Tensor:
+        """The dense `[out, in]` weight of `compress`'s arrays (zeros where nothing is kept)."""
+
+    @abstractmethod
     def call_args(
         self,
         x: Any,
@@ -86,6 +104,17 @@ class SparseFormat(ABC):
     @abstractmethod
     def static_call(self, args: Sequence[Any], shape_of: Any) -> StaticCall:
         """The static part of a call with `args`; `shape_of(arg)` gives an array's shape."""
+
+    @staticmethod
+    @abstractmethod
+    def onnx_translation(*args: Any, **kwargs: Any) -> Any:
+        """The op as ONNX nodes, for `torch.onnx.export(custom_translation_table=...)`.
+
+        A plain function with the op's parameters, in order and with its defaults; those
+        annotated `int` become ONNX attributes. onnxscript traces it, so it builds nodes
+        with `sparsec.ops._onnx_nodes.op` (imported inside: exporting loads onnxscript,
+        importing sparsec does not).
+        """
 
     @abstractmethod
     def kernel_operands(
@@ -139,6 +168,36 @@ class CSR(_Blocked):
     ) -> tuple[torch.Tensor, ...]:
         return to_csr(weight, mask)
 
+    def decompress(
+        self,
+        arrays: Sequence[torch.Tensor],
+        shape: tuple[int, int] | torch.Size,
+        pattern: SparsityPattern,
+    ) -> torch.Tensor:
+        values, col_indices, crow_indices = arrays
+        return from_csr(values, col_indices, crow_indices, shape)
+
+    @staticmethod
+    def onnx_translation(
+        x: Any,
+        values: Any,
+        col_indices: Any,
+        crow_indices: Any,
+        bias: Any = None,
+        out_features: int = 0,
+        in_features: int = 0,
+    ) -> Any:
+        """Scatter the values at (row, column) into a zero `[out, in]` weight."""
+        from sparsec.ops._onnx_nodes import dense_linear, ints, op, row_ids
+
+        nnz = op.Shape(values, start=0, end=1)
+        rows = row_ids(crow_indices, nnz)
+        index = op.Concat(op.Unsqueeze(rows, ints(1)), op.Unsqueeze(col_indices, ints(1)), axis=1)
+        zeros = op.Expand(
+            op.CastLike(op.Constant(value_float=0.0), values), ints(out_features, in_features)
+        )
+        return dense_linear(x, op.ScatterND(zeros, index, values), bias)
+
 
 class BSR(_Blocked):
     name = "bsr"
@@ -154,6 +213,42 @@ class BSR(_Blocked):
         self, weight: torch.Tensor, mask: torch.Tensor | None, pattern: SparsityPattern
     ) -> tuple[torch.Tensor, ...]:
         return to_bsr(weight, pattern.block, mask)
+
+    def decompress(
+        self,
+        arrays: Sequence[torch.Tensor],
+        shape: tuple[int, int] | torch.Size,
+        pattern: SparsityPattern,
+    ) -> torch.Tensor:
+        values, col_indices, crow_indices = arrays
+        return from_bsr(values, col_indices, crow_indices, shape)
+
+    @staticmethod
+    def onnx_translation(
+        x: Any,
+        values: Any,
+        col_indices: Any,
+        crow_indices: Any,
+        bias: Any = None,
+        out_features: int = 0,
+        in_features: int = 0,
+    ) -> Any:
+        """Scatter the r×c blocks into `[out/r, in/c, r, c]`, then lay them out as `[out, in]`."""
+        from sparsec.ops._onnx_nodes import dense_linear, ints, op, row_ids
+
+        r, c = int(values.shape[1]), int(values.shape[2])
+        nnz = op.Shape(values, start=0, end=1)
+        rows = row_ids(crow_indices, nnz)
+        index = op.Concat(op.Unsqueeze(rows, ints(1)), op.Unsqueeze(col_indices, ints(1)), axis=1)
+        zeros = op.Expand(
+            op.CastLike(op.Constant(value_float=0.0), values),
+            ints(out_features // r, in_features // c, r, c),
+        )
+        blocks = op.ScatterND(zeros, index, values)
+        weight = op.Reshape(
+            op.Transpose(blocks, perm=[0, 2, 1, 3]), ints(out_features, in_features)
+        )
+        return dense_linear(x, weight, bias)
 
 
 class NM(SparseFormat):
@@ -174,6 +269,15 @@ class NM(SparseFormat):
     ) -> tuple[torch.Tensor, ...]:
         return to_nm(weight, pattern.n, pattern.m, mask)
 
+    def decompress(
+        self,
+        arrays: Sequence[torch.Tensor],
+        shape: tuple[int, int] | torch.Size,
+        pattern: SparsityPattern,
+    ) -> torch.Tensor:
+        values, indices = arrays
+        return from_nm(values, indices, pattern.n, pattern.m)
+
     def call_args(
         self,
         x: Any,
@@ -188,6 +292,24 @@ class NM(SparseFormat):
         out_features, kept = shape_of(args[1])
         n, m = int(args[4]), int(args[5])
         return StaticCall(int(out_features), int(kept) * m // n, (1, 1), (n, m))
+
+    @staticmethod
+    def onnx_translation(
+        x: Any, values: Any, indices: Any, bias: Any = None, n: int = 2, m: int = 4
+    ) -> Any:
+        """Scatter slot k of a row to column `k // n * m + indices[k]` of a zero weight."""
+        from sparsec.ops._onnx_nodes import dense_linear, ints, op
+
+        out_features, slots = int(values.shape[0]), int(values.shape[1])
+        slot = op.Range(
+            op.Constant(value_int=0), op.Constant(value_int=slots), op.Constant(value_int=1)
+        )
+        group_start = op.Mul(op.Div(slot, op.Constant(value_int=n)), op.Constant(value_int=m))
+        columns = op.Add(group_start, op.Cast(indices, to=7))  # 7: INT64
+        zeros = op.Expand(
+            op.CastLike(op.Constant(value_float=0.0), values), ints(out_features, slots // n * m)
+        )
+        return dense_linear(x, op.ScatterElements(zeros, columns, values, axis=1), bias)
 
     def kernel_operands(
         self, call: StaticCall, args: Sequence[Any]
