@@ -79,3 +79,43 @@ def test_gpt2_gets_sparsified_after_canonicalization() -> None:
     )
     run = PassManager([Sparsify(sparsity=0.5)]).run(graph)
     assert run.changed
+
+# ---------------------------------------------------------------- Before / Expected IR
+def test_conv1d_style_ir() -> None:
+    """addmm(b, x, W) becomes linear(x, Wᵀ, b) and mm(x, W) linear(x, Wᵀ); nodes keep names."""
+    torch.manual_seed(0)
+    model, x = Conv1DStyle().eval(), torch.randn(3, 8)
+    graph = trace(model, (x,))
+    before = """\
+@w1: f32[8, 16]
+@b1: f32[16]
+@w2: f32[16, 4]
+%x: f32[batch, 8] = input
+%view: f32[batch, 8] = view(%x, [-1, 8])
+%addmm: f32[batch, 16] = addmm(@b1, %view, @w1)
+%relu: f32[batch, 16] = relu(%addmm)
+%mm: f32[batch, 4] = mm(%relu, @w2)
+return [%mm]
+"""
+    expected = """\
+@w1: f32[16, 8]
+@b1: f32[16]
+@w2: f32[4, 16]
+%x: f32[batch, 8] = input
+%view: f32[batch, 8] = view(%x, [-1, 8])
+%addmm: f32[batch, 16] = linear(%view, @w1, @b1)
+%relu: f32[batch, 16] = relu(%addmm)
+%mm: f32[batch, 4] = linear(%relu, @w2)
+return [%mm]
+"""
+    assert str(graph) == before
+    run = PassManager([CanonicalizeLinear()], instruments=[VerifyEach()]).run(graph)
+    assert str(graph) == expected
+    assert run.changed and graph.version == 1
+    assert torch.equal(graph.tensor("w1"), model.w1.t())
+    assert torch.equal(graph.tensor("w2"), model.w2.t())
+    assert torch.equal(graph.tensor("b1"), model.b1)
+    for batch in (3, 5):
+        inputs = torch.randn(batch, 8)
+        with torch.no_grad():
+            torch.testing.assert_close(graph(inputs), model(inputs))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from models import make_depthwise
+from models import make_depthwise, make_tiny_mlp
 
 import sparsec
 from examples.models import SmallTransformer
@@ -266,3 +266,58 @@ def test_compile_cnn_onnxruntime_and_artifact_match_torch(tmp_path: Path) -> Non
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), loaded.program(x), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(loaded.program(x), compiled.module(x), atol=1e-5, rtol=0)
+
+# ---------------------------------------------------------------- Before / Expected IR
+def test_tiny_mlp_nm_ir() -> None:
+    """After 2:4 sparsify, each linear becomes sparsec::nm_linear reading the kept values and
+    their column indices; the dense weights' reads go."""
+    model, x = make_tiny_mlp()
+    graph = trace(model, (x,))
+    PassManager([Sparsify(pattern="nm", n=2, m=4)]).run(graph)
+    masked = trace(model, (x,))
+    PassManager([Sparsify(pattern="nm", n=2, m=4)]).run(masked)
+    before = """\
+@fc1.weight: f32[4, 4]
+@fc1.bias: f32[4]
+@fc2.weight: f32[2, 4]
+@fc2.bias: f32[2]
+%x: f32[batch, 4] = input
+%linear: f32[batch, 4] = linear(%x, @fc1.weight, @fc1.bias)
+%relu: f32[batch, 4] = relu(%linear)
+%linear_1: f32[batch, 2] = linear(%relu, @fc2.weight, @fc2.bias)
+return [%linear_1]
+"""
+    expected = """\
+@fc1.bias: f32[4]
+@fc2.bias: f32[2]
+%x: f32[batch, 4] = input
+@fc1_weight_values: f32[4, 2]
+@fc1_weight_indices: u8[4, 2]
+%nm_linear_default: f32[batch, 4] = nm_linear(%x, @fc1_weight_values, @fc1_weight_indices, \
+@fc1.bias, 2, 4)
+%relu: f32[batch, 4] = relu(%nm_linear_default)
+@fc2_weight_values: f32[2, 2]
+@fc2_weight_indices: u8[2, 2]
+%nm_linear_default_1: f32[batch, 2] = nm_linear(%relu, @fc2_weight_values, @fc2_weight_indices, \
+@fc2.bias, 2, 4)
+return [%nm_linear_default_1]
+"""
+    assert str(graph) == before
+    ((_, result),) = PassManager(
+        [LowerSparseWeights(gate="off")], instruments=[VerifyEach()]
+    ).run(graph).results
+    assert str(graph) == expected
+    assert result is not None and result.changed
+    # each row keeps its two largest |w|: fc1 row 0 = [-0.004, 0.268, -0.412, -0.368]
+    indices = {"fc1": [[2, 3], [0, 3], [1, 2], [0, 1]], "fc2": [[1, 3], [2, 3]]}
+    for layer, kept in indices.items():
+        assert graph.tensor(f"{layer}_weight_indices").tolist() == kept
+        dense = model.get_parameter(f"{layer}.weight").detach()
+        values = dense.gather(1, torch.tensor(kept))
+        torch.testing.assert_close(graph.tensor(f"{layer}_weight_values"), values)
+        assert graph.tensor(f"{layer}.weight").numel() == 0
+    assert not recorded_masks(graph.module)
+    for batch in (1, 5):
+        inputs = torch.randn(batch, 4)
+        with torch.no_grad():
+            torch.testing.assert_close(graph(inputs), masked(inputs), atol=1e-6, rtol=0)

@@ -16,9 +16,12 @@ from torch import nn
 from zoo import ZOO, hf_available
 
 import sparsec
+from sparsec.calibration import Calibration
 from sparsec.errors import PassError
 from sparsec.frontends import trace
 from sparsec.passes.analysis.block_influence import find_blocks
+from sparsec.passes.rewrite import PruneBlocks
+from sparsec.pipeline import AnalysisManager, PassManager, VerifyEach
 
 
 class Residual(nn.Module):
@@ -152,3 +155,90 @@ def test_a_llama_loses_a_decoder_layer_exports_to_onnx_and_saves_a_checkpoint(tm
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint").eval()
     with torch.no_grad():
         assert torch.allclose(reloaded(**inputs).logits, expected, atol=1e-4)
+
+# ---------------------------------------------------------------- Before / Expected IR
+def test_stack_ir() -> None:
+    """The near-identity blocks 1 and 3 go: block 2 reads block 0's sum, the head block 2's."""
+    model = Stack().eval()
+    graph = trace(model, (torch.randn(2, 8),))
+    before = """\
+@stem.weight: f32[16, 8]
+@stem.bias: f32[16]
+@blocks.0.fc1.weight: f32[32, 16]
+@blocks.0.fc1.bias: f32[32]
+@blocks.0.fc2.weight: f32[16, 32]
+@blocks.0.fc2.bias: f32[16]
+@blocks.1.fc1.weight: f32[32, 16]
+@blocks.1.fc1.bias: f32[32]
+@blocks.1.fc2.weight: f32[16, 32]
+@blocks.1.fc2.bias: f32[16]
+@blocks.2.fc1.weight: f32[32, 16]
+@blocks.2.fc1.bias: f32[32]
+@blocks.2.fc2.weight: f32[16, 32]
+@blocks.2.fc2.bias: f32[16]
+@blocks.3.fc1.weight: f32[32, 16]
+@blocks.3.fc1.bias: f32[32]
+@blocks.3.fc2.weight: f32[16, 32]
+@blocks.3.fc2.bias: f32[16]
+@head.weight: f32[4, 16]
+@head.bias: f32[4]
+%x: f32[batch, 8] = input
+%linear: f32[batch, 16] = linear(%x, @stem.weight, @stem.bias)
+%linear_1: f32[batch, 32] = linear(%linear, @blocks.0.fc1.weight, @blocks.0.fc1.bias)
+%relu: f32[batch, 32] = relu(%linear_1)
+%linear_2: f32[batch, 16] = linear(%relu, @blocks.0.fc2.weight, @blocks.0.fc2.bias)
+%add: f32[batch, 16] = add.Tensor(%linear, %linear_2)
+%linear_3: f32[batch, 32] = linear(%add, @blocks.1.fc1.weight, @blocks.1.fc1.bias)
+%relu_1: f32[batch, 32] = relu(%linear_3)
+%linear_4: f32[batch, 16] = linear(%relu_1, @blocks.1.fc2.weight, @blocks.1.fc2.bias)
+%add_1: f32[batch, 16] = add.Tensor(%add, %linear_4)
+%linear_5: f32[batch, 32] = linear(%add_1, @blocks.2.fc1.weight, @blocks.2.fc1.bias)
+%relu_2: f32[batch, 32] = relu(%linear_5)
+%linear_6: f32[batch, 16] = linear(%relu_2, @blocks.2.fc2.weight, @blocks.2.fc2.bias)
+%add_2: f32[batch, 16] = add.Tensor(%add_1, %linear_6)
+%linear_7: f32[batch, 32] = linear(%add_2, @blocks.3.fc1.weight, @blocks.3.fc1.bias)
+%relu_3: f32[batch, 32] = relu(%linear_7)
+%linear_8: f32[batch, 16] = linear(%relu_3, @blocks.3.fc2.weight, @blocks.3.fc2.bias)
+%add_3: f32[batch, 16] = add.Tensor(%add_2, %linear_8)
+%linear_9: f32[batch, 4] = linear(%add_3, @head.weight, @head.bias)
+return [%linear_9]
+"""
+    expected = """\
+@stem.weight: f32[16, 8]
+@stem.bias: f32[16]
+@blocks.0.fc1.weight: f32[32, 16]
+@blocks.0.fc1.bias: f32[32]
+@blocks.0.fc2.weight: f32[16, 32]
+@blocks.0.fc2.bias: f32[16]
+@blocks.2.fc1.weight: f32[32, 16]
+@blocks.2.fc1.bias: f32[32]
+@blocks.2.fc2.weight: f32[16, 32]
+@blocks.2.fc2.bias: f32[16]
+@head.weight: f32[4, 16]
+@head.bias: f32[4]
+%x: f32[batch, 8] = input
+%linear: f32[batch, 16] = linear(%x, @stem.weight, @stem.bias)
+%linear_1: f32[batch, 32] = linear(%linear, @blocks.0.fc1.weight, @blocks.0.fc1.bias)
+%relu: f32[batch, 32] = relu(%linear_1)
+%linear_2: f32[batch, 16] = linear(%relu, @blocks.0.fc2.weight, @blocks.0.fc2.bias)
+%add: f32[batch, 16] = add.Tensor(%linear, %linear_2)
+%linear_5: f32[batch, 32] = linear(%add, @blocks.2.fc1.weight, @blocks.2.fc1.bias)
+%relu_2: f32[batch, 32] = relu(%linear_5)
+%linear_6: f32[batch, 16] = linear(%relu_2, @blocks.2.fc2.weight, @blocks.2.fc2.bias)
+%add_2: f32[batch, 16] = add.Tensor(%add, %linear_6)
+%linear_9: f32[batch, 4] = linear(%add_2, @head.weight, @head.bias)
+return [%linear_9]
+"""
+    assert str(graph) == before
+    am = AnalysisManager(graph, Calibration(_batches()))
+    run = PassManager([PruneBlocks(count=2)], instruments=[VerifyEach()]).run(graph, am)
+    ((_, result),) = run.results
+    assert str(graph) == expected
+    assert result is not None and result.changed and graph.version == 1
+    assert not any(k.startswith(("blocks.1.", "blocks.3.")) for k in graph.module.state_dict())
+    # exactly the model without blocks 1 and 3, at two batch sizes
+    for batch in (1, 5):
+        x = torch.randn(batch, 8)
+        with torch.no_grad():
+            kept = model.head(model.blocks[2](model.blocks[0](model.stem(x))))
+            torch.testing.assert_close(graph(x), kept)

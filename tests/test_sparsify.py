@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from models import make_tiny_mlp
 
 from sparsec.calibration import Calibration
 from sparsec.errors import PassError, PreconditionError
@@ -319,3 +320,43 @@ def test_sparsegpt_reconstructs_conv_better_than_magnitude(options: dict, seed: 
         _run(graph, p, calibration)
         errors[method] = _conv_layer_error(model, graph, calibration, 0)  # sees dense inputs
     assert errors["sparsegpt"] < errors["magnitude"], errors
+
+# ---------------------------------------------------------------- Before / Expected IR
+def test_tiny_mlp_ir() -> None:
+    """2:4 by magnitude: the IR text stays as it was, only weight values and masks change."""
+    model, x = make_tiny_mlp()
+    graph = trace(model, (x,))
+    before = """\
+@fc1.weight: f32[4, 4]
+@fc1.bias: f32[4]
+@fc2.weight: f32[2, 4]
+@fc2.bias: f32[2]
+%x: f32[batch, 4] = input
+%linear: f32[batch, 4] = linear(%x, @fc1.weight, @fc1.bias)
+%relu: f32[batch, 4] = relu(%linear)
+%linear_1: f32[batch, 2] = linear(%relu, @fc2.weight, @fc2.bias)
+return [%linear_1]
+"""
+    expected = before
+    assert str(graph) == before
+    result = _run(graph, Sparsify(pattern="nm", n=2, m=4))
+    assert str(graph) == expected
+    assert result.changed and graph.version == 1
+    # the two largest |w| of each row's four, e.g. fc1 row 0 = [-0.004, 0.268, -0.412, -0.368]
+    kept = {
+        "fc1.weight": torch.tensor([[0, 0, 1, 1], [1, 0, 0, 1], [0, 1, 1, 0], [1, 1, 0, 0]]),
+        "fc2.weight": torch.tensor([[0, 1, 0, 1], [0, 0, 1, 1]]),
+    }
+    masks = recorded_masks(graph.module)
+    assert sorted(masks) == sorted(kept)
+    for target, mask in kept.items():
+        assert str(masks[target].pattern) == "2:4"
+        assert masks[target].mask.tolist() == mask.bool().tolist()
+        torch.testing.assert_close(graph.tensor(target), model.get_parameter(target) * mask)
+    torch.testing.assert_close(graph.tensor("fc1.bias"), model.fc1.bias)
+    torch.testing.assert_close(graph.tensor("fc2.bias"), model.fc2.bias)
+    linear = torch.nn.functional.linear
+    with torch.no_grad():
+        hidden = linear(x, model.fc1.weight * kept["fc1.weight"], model.fc1.bias).relu()
+        masked = linear(hidden, model.fc2.weight * kept["fc2.weight"], model.fc2.bias)
+        torch.testing.assert_close(graph(x), masked)
