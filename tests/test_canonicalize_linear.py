@@ -80,6 +80,7 @@ def test_gpt2_gets_sparsified_after_canonicalization() -> None:
     run = PassManager([Sparsify(sparsity=0.5)]).run(graph)
     assert run.changed
 
+
 # ---------------------------------------------------------------- Before / Expected IR
 def test_conv1d_style_ir() -> None:
     """addmm(b, x, W) becomes linear(x, Wᵀ, b) and mm(x, W) linear(x, Wᵀ); nodes keep names."""

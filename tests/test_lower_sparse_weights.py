@@ -267,6 +267,7 @@ def test_compile_cnn_onnxruntime_and_artifact_match_torch(tmp_path: Path) -> Non
         torch.testing.assert_close(loaded(x), loaded.program(x), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(loaded.program(x), compiled.module(x), atol=1e-5, rtol=0)
 
+
 # ---------------------------------------------------------------- Before / Expected IR
 def test_tiny_mlp_nm_ir() -> None:
     """After 2:4 sparsify, each linear becomes sparsec::nm_linear reading the kept values and

@@ -156,6 +156,7 @@ def test_a_llama_loses_a_decoder_layer_exports_to_onnx_and_saves_a_checkpoint(tm
     with torch.no_grad():
         assert torch.allclose(reloaded(**inputs).logits, expected, atol=1e-4)
 
+
 # ---------------------------------------------------------------- Before / Expected IR
 def test_stack_ir() -> None:
     """The near-identity blocks 1 and 3 go: block 2 reads block 0's sum, the head block 2's."""

@@ -77,6 +77,7 @@ def test_needs_calibration() -> None:
     with pytest.raises(PreconditionError, match="calibration"):
         _run(trace(model, (x,)), None, [RecalibrateBN()])
 
+
 # ---------------------------------------------------------------- Before / Expected IR
 def test_cnn_chain_ir() -> None:
     """The IR text stays as it was; only the four running statistics change, to the batch's."""

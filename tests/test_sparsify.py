@@ -321,6 +321,7 @@ def test_sparsegpt_reconstructs_conv_better_than_magnitude(options: dict, seed: 
         errors[method] = _conv_layer_error(model, graph, calibration, 0)  # sees dense inputs
     assert errors["sparsegpt"] < errors["magnitude"], errors
 
+
 # ---------------------------------------------------------------- Before / Expected IR
 def test_tiny_mlp_ir() -> None:
     """2:4 by magnitude: the IR text stays as it was, only weight values and masks change."""
