@@ -45,7 +45,11 @@ from sparsec.passes.analysis import (  # noqa: E402
     TaylorImportance,
     WandaImportance,
 )
-from sparsec.passes.rewrite import PruneChannels, RecalibrateBN  # noqa: E402
+from sparsec.passes.rewrite import (  # noqa: E402
+    PruneChannels,
+    PruneChannelsSummary,
+    RecalibrateBN,
+)
 from sparsec.pipeline import Analysis, AnalysisManager, Pass, PassManager  # noqa: E402
 from sparsec.schedules import finetune  # noqa: E402
 
@@ -135,12 +139,14 @@ def _train(train: list[Batch], epochs: int) -> DigitsResNet:
 
 def _prune(
     model: nn.Module, example: torch.Tensor, passes: list[Pass], calibration: Calibration
-) -> tuple[Graph, dict[str, Any]]:
+) -> tuple[Graph, PruneChannelsSummary]:
     graph = trace(model, (example,))
     run = PassManager(passes).run(graph, AnalysisManager(graph, calibration))
     with torch.no_grad():
         summary = next(
-            r.summary for p, r in run.results if isinstance(p, PruneChannels) and r is not None
+            r.summary
+            for _, r in run.results
+            if r is not None and isinstance(r.summary, PruneChannelsSummary)
         )
     return graph, summary
 
@@ -158,13 +164,13 @@ def _evaluate(
     started = time.perf_counter()
     graph, summary = _prune(model, example, [criterion, prune()], calibration)
     row["pruning_s"] = round(time.perf_counter() - started, 3)
-    row["macs_removed"] = summary["target"]["achieved"]
+    row["macs_removed"] = summary.target["achieved"]
     row["pruned"] = _accuracy(graph, test)
     graph_bn, _ = _prune(model, example, [criterion, prune(), RecalibrateBN()], calibration)
     row["bn"] = _accuracy(graph_bn, test)
     graph_rc, summary_rc = _prune(model, example, [criterion, prune(reconstruct=True)], calibration)
     row["reconstruct"] = _accuracy(graph_rc, test)
-    row["reconstruction_error"] = summary_rc.get("reconstruction", [])
+    row["reconstruction_error"] = summary_rc.reconstruction or []
     graph_both, _ = _prune(
         model, example, [criterion, prune(reconstruct=True), RecalibrateBN()], calibration
     )

@@ -38,7 +38,12 @@ from sparsec.calibration import Calibration  # noqa: E402
 from sparsec.frontends import trace  # noqa: E402
 from sparsec.latency_model import ReferenceLatencyModel  # noqa: E402
 from sparsec.ops import SparsityPattern  # noqa: E402
-from sparsec.passes.rewrite import CanonicalizeLinear, LowerSparseWeights, Sparsify  # noqa: E402
+from sparsec.passes.rewrite import (  # noqa: E402
+    CanonicalizeLinear,
+    LowerSparseWeights,
+    Sparsify,
+    SparsifySummary,
+)
 from sparsec.pipeline import AnalysisManager, PassManager, Pipeline  # noqa: E402
 
 PATTERNS: dict[str, dict[str, Any]] = {
@@ -55,12 +60,13 @@ DEFAULT_SECTIONS = ("digits", "kernels", "artifacts", "transformers")
 
 def _sparsify(
     model: torch.nn.Module, example: Any, calibration: Calibration, **options: Any
-) -> tuple[Any, dict[str, Any]]:
+) -> tuple[Any, SparsifySummary]:
     graph = trace(model, example)
     passes = [CanonicalizeLinear(), Sparsify(**options)]  # GPT-2's Conv1D becomes linear first
     run = PassManager(passes).run(graph, AnalysisManager(graph, calibration))
     result = run.results[-1][1]
-    return graph, (result.summary if result else {})
+    assert result is not None and isinstance(result.summary, SparsifySummary)
+    return graph, result.summary
 
 
 def digits(rows: list[dict[str, Any]]) -> None:
@@ -141,14 +147,14 @@ def digits_cnn(rows: list[dict[str, Any]], epochs: int) -> None:
                 layers=("linear", "conv"),
                 **options,
             )
-            sparsified = sum(1 for r in summary["layers"] if not r["note"].startswith("skipped"))
+            sparsified = sum(1 for r in summary.layers if not r["note"].startswith("skipped"))
             rows.append(
                 {
                     "model": label,
                     "pattern": pattern,
                     "method": method,
                     **measure(graph.module),
-                    "layers_sparsified": f"{sparsified}/{len(summary['layers'])}",
+                    "layers_sparsified": f"{sparsified}/{len(summary.layers)}",
                 }
             )
             print(rows[-1], flush=True)
@@ -215,7 +221,7 @@ def transformers_deviation(rows: list[dict[str, Any]], size: str) -> None:
                         "relative_deviation": round(deviation, 4),
                         "sparsify_s": round(time.perf_counter() - start, 1),
                         "peak_calibration_MB": round(
-                            summary.get("peak_calibration_bytes", 0) / 2**20, 2
+                            (summary.peak_calibration_bytes or 0) / 2**20, 2
                         ),
                     }
                 )

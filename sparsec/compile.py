@@ -61,6 +61,7 @@ from sparsec.materialize import Materialized, materialize
 from sparsec.metrics import count_macs, layer_widths
 from sparsec.parts import CompiledParts, compile_parts
 from sparsec.passes.analysis.dependency_groups import DependencyGroups
+from sparsec.passes.rewrite.prune_channels import PruneChannelsSummary
 from sparsec.pipeline import (
     AnalysisManager,
     Instrument,
@@ -69,6 +70,7 @@ from sparsec.pipeline import (
     Pass,
     PassFilter,
     PassManager,
+    PassResult,
     Pipeline,
     Statistics,
     Timing,
@@ -156,11 +158,13 @@ def _module_note(tree: Materialized | MaterializeError, model: torch.nn.Module) 
     )
 
 
-def _group_rows(am: AnalysisManager, graph: Graph, results: list[tuple[Pass, Any]]) -> list[dict[str, Any]]:
-    """Group table rows: from the last structured rewrite's summary, else the analysis."""
+def _group_rows(
+    am: AnalysisManager, graph: Graph, results: list[tuple[Pass, PassResult | None]]
+) -> list[dict[str, Any]]:
+    """Group table rows: from the last prune-channels summary, else the analysis."""
     for _, result in reversed(results):
-        if result is not None and "groups" in result.summary:
-            return list(result.summary["groups"])
+        if result is not None and isinstance(result.summary, PruneChannelsSummary):
+            return list(result.summary.groups)
     if not am.is_cached(DependencyGroups()):
         return []
     deps = am.get(DependencyGroups())
@@ -246,6 +250,9 @@ def _build(
         tree = _materialize(model, graph, progress)
     progress(f"lowering to {backend.name} for {pipeline.target}")
     chosen = given_backend is not None or bool(pipeline.backend)
+    # the backend's lowering passes are timed and dumped like the pipeline's
+    lowering = tuple(i for i in instruments if isinstance(i, (Timing, IRDump)))
+    options = dataclasses.replace(options, instruments=lowering)
     with phases("lower"):
         try:
             executable = backend.lower(graph, pipeline.target, options)
@@ -275,7 +282,11 @@ def _build(
         pass_stats=list(stats.records),
         pass_deviation=list(numeric.records),
         groups=_group_rows(am, graph, run.results),
-        pass_summaries=[(str(p), dict(r.summary)) for p, r in run.results if r is not None and r.summary],
+        pass_summaries=[
+            (str(p), r.summary.to_dict())
+            for p, r in run.results
+            if r is not None and r.summary is not None
+        ],
         unruled_ops=am.get(DependencyGroups()).unruled_ops if am.is_cached(DependencyGroups()) else {},
         backend_error=backend_error,
         backend_reason=reason,

@@ -44,5 +44,5 @@ def test_group_without_batch_norm_is_unscored_and_kept_whole() -> None:
     (_, result) = run.results[-1]
     assert result is not None and not result.changed
     assert any(
-        row["frozen"] == "not scored by bn-scale-importance" for row in result.summary["groups"]
+        row["frozen"] == "not scored by bn-scale-importance" for row in result.summary.groups
     )

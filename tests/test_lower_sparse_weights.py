@@ -57,13 +57,13 @@ def test_lowered_graph_equals_masked_dense(options: dict, op: str) -> None:
         model, Sparsify(**options), LowerSparseWeights(gate="off", format="csr")
     )
     graph, result = _lower(model, Sparsify(**options), LowerSparseWeights(gate="off"))
-    assert result.changed and result.summary["lowered"] == 3
+    assert result.changed and result.summary.lowered == 3
     targets = [str(n.target) for n in graph.module.graph.nodes if n.op == "call_function"]
     assert targets == [op, "aten.gelu.default", op, "aten.relu.default", op]
     assert "aten.linear" not in str(graph)
     # the dense weights are released and their masks dropped
     assert graph.tensor("0.weight").numel() == 0 and not recorded_masks(graph.module)
-    assert result.summary["compressed_weight_bytes"] < result.summary["dense_weight_bytes"]
+    assert result.summary.compressed_weight_bytes < result.summary.dense_weight_bytes
     masked = trace(model, (torch.randn(2, 32),))
     PassManager([Sparsify(**options)]).run(masked)
     for batch in (1, 5):
@@ -77,7 +77,7 @@ def test_without_masks_nothing_is_lowered() -> None:
     graph = trace(_mlp(), (torch.randn(2, 32),))
     ((_, result),) = PassManager([LowerSparseWeights(gate="off")]).run(graph).results
     assert result is not None and not result.changed and graph.version == 0
-    assert {row["reason"] for row in result.summary["layers"]} == {
+    assert {row["reason"] for row in result.summary.layers} == {
         "no sparsity mask recorded (run sparsify first)"
     }
 
@@ -87,7 +87,7 @@ def test_format_must_fit_the_pattern() -> None:
         _mlp(), Sparsify(pattern="unstructured"), LowerSparseWeights(gate="off", format="nm")
     )
     assert not result.changed
-    assert "does not fit" in result.summary["layers"][0]["reason"]
+    assert "does not fit" in result.summary.layers[0]["reason"]
 
 
 def test_measured_gate_keeps_dense_at_low_sparsity() -> None:
@@ -117,10 +117,10 @@ def test_gate_follows_the_cost_model_and_says_why() -> None:
     model = _mlp()
     _, low = _lower(model, Sparsify(sparsity=0.3), LowerSparseWeights(cost_model="fixed-test"))
     assert not low.changed
-    assert all("dense kept" in row["reason"] for row in low.summary["layers"])
+    assert all("dense kept" in row["reason"] for row in low.summary.layers)
     _, high = _lower(model, Sparsify(sparsity=0.7), LowerSparseWeights(cost_model="fixed-test"))
-    assert high.summary["lowered"] == 3
-    assert all("2.00x faster" in row["reason"] for row in high.summary["layers"])
+    assert high.summary.lowered == 3
+    assert all("2.00x faster" in row["reason"] for row in high.summary.layers)
     with pytest.raises(ValueError, match="unknown cost model"):
         LowerSparseWeights(cost_model="nope")
 
@@ -228,8 +228,8 @@ def test_other_convs_stay_dense_with_their_mask_and_say_why() -> None:
     with graph.rewrite("test") as rw:
         rw.replace_tensor("0.weight", graph.tensor("0.weight") + 1.0)
     ((_, result),) = PassManager([LowerSparseWeights(gate="off")]).run(graph).results
-    assert result is not None and result.changed and not result.summary["lowered"]
-    assert [row["reason"] for row in result.summary["layers"]] == [
+    assert result is not None and result.changed and not result.summary.lowered
+    assert [row["reason"] for row in result.summary.layers] == [
         "3×3 conv: no sparse conv kernel; kept dense with its mask",
         "1×1 conv with stride [2, 2], padding [(0, 0), (0, 0)]: not a linear over channels; "
         "kept dense with its mask",

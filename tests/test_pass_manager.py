@@ -25,6 +25,7 @@ from sparsec.pipeline import (
     PassFilter,
     PassManager,
     PassResult,
+    PassSummary,
     Pipeline,
     RewritePass,
     Statistics,
@@ -145,6 +146,24 @@ class NotAResult(RewritePass):
 
     def run(self, graph: Graph, am: AnalysisManager) -> PassResult:
         return True  # type: ignore[return-value]
+
+
+@register
+@pass_dataclass
+class DictSummary(RewritePass):
+    """Reports its summary as a plain dict, as passes did before summaries were typed."""
+
+    name: ClassVar[str] = "test-dict-summary"
+
+    def run(self, graph: Graph, am: AnalysisManager) -> PassResult:
+        return PassResult(changed=False, summary={"converted": 0})  # type: ignore[arg-type]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Counted(PassSummary):
+    kept: list[str]
+    skipped: int | None = None
+    removed: int
 
 
 @register
@@ -288,6 +307,18 @@ def test_pass_that_reports_changed_without_editing_is_caught(graph: Graph) -> No
 def test_pass_must_return_a_pass_result(graph: Graph) -> None:
     with pytest.raises(PassError, match="returned bool, not a PassResult"):
         PassManager([NotAResult()]).run(graph)
+
+
+def test_pass_summary_must_be_a_pass_summary(graph: Graph) -> None:
+    with pytest.raises(PassError, match="returned a dict as its summary; return an instance"):
+        PassManager([DictSummary()]).run(graph)
+
+
+def test_pass_summary_to_dict_keeps_field_order_and_leaves_out_none() -> None:
+    summary = _Counted(kept=["fc"], removed=2)
+    assert summary.removed == 2 and summary.skipped is None
+    assert list(summary.to_dict().items()) == [("kept", ["fc"]), ("removed", 2)]
+    assert _Counted(kept=[], skipped=0, removed=0).to_dict() == {"kept": [], "skipped": 0, "removed": 0}
 
 
 def test_run_records_results_in_order(graph: Graph) -> None:

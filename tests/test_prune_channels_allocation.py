@@ -53,7 +53,7 @@ def test_targets_land_within_two_percent(allocation: str, kind: str) -> None:
     result = _prune(
         graph, [LAMPImportance(), PruneChannels(ratio=0.4, target=kind, allocation=allocation)]
     )  # type: ignore[arg-type]
-    target = result.summary["target"]
+    target = result.summary.target
     measured = 1 - (
         graph.num_parameters() / params if kind == "params" else count_macs(graph) / macs
     )
@@ -79,7 +79,7 @@ def test_max_ratio_caps_each_group() -> None:
     result = _prune(graph, [PruneChannels(ratio=0.5, allocation="global", max_ratio=0.5)])
     assert graph.tensor("fc1.weight").shape[0] == 32  # capped at half, the rest from fc2
     assert graph.tensor("fc2.weight").shape[0] == 96 - 48
-    assert result.summary["target"]["within_tolerance"]
+    assert result.summary.target["within_tolerance"]
 
 
 def test_round_to_keeps_multiples() -> None:
@@ -108,7 +108,7 @@ def test_unreachable_target_explains_why() -> None:
     model, x = make_cnn_chain()
     graph = trace(model, (x,))
     result = _prune(graph, [PruneChannels(ratio=0.9, target="macs", max_ratio=0.25)])
-    target = result.summary["target"]
+    target = result.summary.target
     assert not target["within_tolerance"]
     assert "at most" in target["note"] and "max_ratio=0.25" in target["note"]
 
@@ -117,7 +117,7 @@ def test_coarse_groups_explain_why() -> None:
     model, x = make_residual()
     graph = trace(model, (x,))
     result = _prune(graph, [PruneChannels(ratio=0.5, target="macs")])
-    target = result.summary["target"]
+    target = result.summary.target
     assert not target["within_tolerance"] and "whole units" in target["note"]
 
 
@@ -151,7 +151,7 @@ def test_reconstruction_recovers_a_linear_model_exactly() -> None:
     result = _prune(
         graph, [PruneChannels(ratio=0.5, reconstruct=True, ridge=0.0)], Calibration(batches)
     )
-    (row,) = result.summary["reconstruction"]
+    (row,) = result.summary.reconstruction
     assert row["layer"] == "fc2" and row["error_before"] > 1e-3 and row["error_after"] < 1e-8
     test = torch.randn(5, 4)
     with torch.no_grad():
@@ -163,7 +163,7 @@ def test_reconstruction_lowers_the_error_of_every_refit_layer() -> None:
     graph = trace(model, (x,))
     batches = [torch.randn(8, *x.shape[1:]) for _ in range(2)]
     result = _prune(graph, [PruneChannels(ratio=0.5, reconstruct=True)], Calibration(batches))
-    rows: list[dict[str, Any]] = result.summary["reconstruction"]
+    rows: list[dict[str, Any]] = result.summary.reconstruction
     assert {r["layer"] for r in rows} == {"c1", "c2", "fc"}
     for row in rows:
         assert row["error_after"] <= row["error_before"] + 1e-9

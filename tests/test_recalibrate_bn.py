@@ -29,7 +29,7 @@ def test_statistics_match_a_train_mode_pass() -> None:
     ]
     graph = trace(model, (x,))
     result = _run(graph, Calibration(batches), [RecalibrateBN()])
-    assert result.changed and len(result.summary["batch_norms"]) == 2
+    assert result.changed and len(result.summary.batch_norms) == 2
     # the reference: torch's cumulative average (momentum=None) in train mode
     reference = make_cnn_chain()[0]
     for bn in (reference.b1, reference.b2):

@@ -68,7 +68,7 @@ def test_masks_meet_the_pattern(method: str, options: dict) -> None:
         assert torch.all(weight[~recorded.mask] == 0)
         expected = recorded.pattern.target_sparsity
         assert abs(1 - float(recorded.mask.float().mean()) - expected) < 0.02
-    assert [row["note"] for row in result.summary["layers"]] == [method] * 3
+    assert [row["note"] for row in result.summary.layers] == [method] * 3
 
 
 def test_masks_are_ir_state_and_the_channel_groups_survive() -> None:
@@ -96,7 +96,7 @@ def test_ignore_overrides_and_ragged_layers_are_reported() -> None:
     )
     graph = trace(model, (torch.randn(2, 32),))
     result = _run(graph, Sparsify(pattern="nm", ignore=("0",), overrides=(("2", 0.1),)))
-    rows = {row["layer"]: row for row in result.summary["layers"]}
+    rows = {row["layer"]: row for row in result.summary.layers}
     assert rows["0.weight"]["note"] == "skipped: ignored"
     assert "not a multiple of m=4" in rows["3.weight"]["note"]
     assert rows["2.weight"]["pattern"] == "2:4"
@@ -104,7 +104,7 @@ def test_ignore_overrides_and_ragged_layers_are_reported() -> None:
     assert sorted(recorded_masks(graph.module)) == ["2.weight"]
     graph = trace(model, (torch.randn(2, 32),))
     result = _run(graph, Sparsify(sparsity=0.5, overrides=(("0.*", 0.9), ("*", 0.2))))
-    sparsity = {row["layer"]: row["sparsity"] for row in result.summary["layers"]}
+    sparsity = {row["layer"]: row["sparsity"] for row in result.summary.layers}
     assert sparsity == pytest.approx({"0.weight": 0.9, "2.weight": 0.2, "3.weight": 0.2}, abs=1e-3)
 
 
@@ -168,8 +168,8 @@ def test_sparsegpt_streams_stage_by_stage() -> None:
     graph = trace(_mlp(), (torch.randn(2, 32),))
     result = _run(graph, Sparsify(method="sparsegpt", layers_per_stage=1), _calibration(batches=3))
     # three stages; the largest boundary held: 3 batches × 64 rows × 64 GELU outputs (or 48) in fp32
-    assert result.summary["stages"] == 3
-    assert result.summary["peak_calibration_bytes"] == 3 * 64 * 64 * 4
+    assert result.summary.stages == 3
+    assert result.summary.peak_calibration_bytes == 3 * 64 * 64 * 4
 
 
 # ---------------------------------------------------------------- conv layers
@@ -238,7 +238,7 @@ def test_conv_masks_meet_the_pattern(method: str, options: dict) -> None:
         else:  # exact per column block of 128
             widths = [min(128, columns - s) for s in range(0, columns, 128)]
             assert int((~mask).sum()) == sum(round(0.6 * out_channels * w) for w in widths)
-    assert [row["note"] for row in result.summary["layers"]] == [method] * 3
+    assert [row["note"] for row in result.summary.layers] == [method] * 3
 
 
 def test_convs_are_opt_in_and_other_convs_are_reported() -> None:
@@ -255,7 +255,7 @@ def test_convs_are_opt_in_and_other_convs_are_reported() -> None:
     graph = trace(model, (torch.randn(2, 4, 5, 5),))
     result = _run(graph, Sparsify(layers=("conv",)))
     assert sorted(recorded_masks(graph.module)) == ["0.weight"]
-    notes = [row["note"] for row in result.summary["layers"]]
+    notes = [row["note"] for row in result.summary.layers]
     assert (
         "skipped: aten.conv_transpose2d.input is not sparsified (conv1d and conv2d only)" in notes
     )
@@ -272,7 +272,7 @@ def test_grouped_and_depthwise_convs_are_sparsified_per_group() -> None:
     layers = ("conv",)
     graph = trace(model, example)
     result = _run(graph, Sparsify(pattern="nm", method="sparsegpt", layers=layers), calibration)
-    rows = {row["layer"]: row for row in result.summary["layers"]}
+    rows = {row["layer"]: row for row in result.summary.layers}
     assert rows["0.weight"]["note"] == "sparsegpt, per group (2 groups)"
     assert torch.all(_conv_groups(graph.tensor("0.weight") != 0, 4).sum(-1) <= 2)
     assert rows["2.weight"]["note"] == (
@@ -281,11 +281,11 @@ def test_grouped_and_depthwise_convs_are_sparsified_per_group() -> None:
     )
     # a block may not span two groups: 8 output channels per group, blocks of 16 rows
     result = _run(trace(model, example), Sparsify(pattern="block", block=(16, 4), layers=layers))
-    assert "8 output channels per group" in result.summary["layers"][0]["note"]
+    assert "8 output channels per group" in result.summary.layers[0]["note"]
     graph = trace(model, example)
     result = _run(graph, Sparsify(method="wanda", sparsity=0.5, layers=layers), calibration)
     # Wanda prunes per output channel: round(0.5 · 9) = 4 of a depthwise 3×3 channel's 9
-    sparsity = [row["sparsity"] for row in result.summary["layers"]]
+    sparsity = [row["sparsity"] for row in result.summary.layers]
     assert sparsity == pytest.approx([0.5, 4 / 9], abs=1e-4)
 
 

@@ -64,7 +64,7 @@ def test_lower_sparse_weights_gates_with_it() -> None:
     run = PassManager(passes).run(graph, AnalysisManager(graph))
     result = run.results[-1][1]
     assert result is not None
-    rows = result.summary["layers"]
+    rows = result.summary.layers
     assert len(rows) == 2
     for row in rows:
         assert row["format"] in ("bsr", "dense")

@@ -1,10 +1,29 @@
 """Rewrites: they edit a graph through the Rewriter and report what changed."""
 
-from sparsec.passes.rewrite.canonicalize_linear import CanonicalizeLinear
-from sparsec.passes.rewrite.lower_sparse_weights import LowerSparseWeights
-from sparsec.passes.rewrite.prune_blocks import PruneBlocks
-from sparsec.passes.rewrite.prune_channels import PruneChannels
-from sparsec.passes.rewrite.recalibrate_bn import RecalibrateBN
-from sparsec.passes.rewrite.sparsify import Sparsify
+from sparsec.passes.rewrite.canonicalize_linear import (
+    CanonicalizeLinear,
+    CanonicalizeLinearSummary,
+)
+from sparsec.passes.rewrite.lower_sparse_weights import (
+    LowerSparseWeights,
+    LowerSparseWeightsSummary,
+)
+from sparsec.passes.rewrite.prune_blocks import PruneBlocks, PruneBlocksSummary
+from sparsec.passes.rewrite.prune_channels import PruneChannels, PruneChannelsSummary
+from sparsec.passes.rewrite.recalibrate_bn import RecalibrateBN, RecalibrateBNSummary
+from sparsec.passes.rewrite.sparsify import Sparsify, SparsifySummary
 
-__all__ = ["CanonicalizeLinear", "LowerSparseWeights", "PruneBlocks", "PruneChannels", "RecalibrateBN", "Sparsify"]
+__all__ = [
+    "CanonicalizeLinear",
+    "CanonicalizeLinearSummary",
+    "LowerSparseWeights",
+    "LowerSparseWeightsSummary",
+    "PruneBlocks",
+    "PruneBlocksSummary",
+    "PruneChannels",
+    "PruneChannelsSummary",
+    "RecalibrateBN",
+    "RecalibrateBNSummary",
+    "Sparsify",
+    "SparsifySummary",
+]

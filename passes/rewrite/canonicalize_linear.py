@@ -17,15 +17,23 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 import torch.fx as fx
 
 from sparsec.ir import Graph
-from sparsec.pipeline import AnalysisManager, PassResult, RewritePass, pass_dataclass, register
+from sparsec.pipeline import (
+    AnalysisManager,
+    PassResult,
+    PassSummary,
+    RewritePass,
+    pass_dataclass,
+    register,
+)
 
-__all__ = ["CanonicalizeLinear"]
+__all__ = ["CanonicalizeLinear", "CanonicalizeLinearSummary"]
 
 aten = torch.ops.aten
 _PRODUCTS = (aten.addmm.default, aten.mm.default)
@@ -42,6 +50,13 @@ def _weight(node: fx.Node) -> fx.Node | None:
     if not (isinstance(weight, fx.Node) and weight.op == "get_attr"):
         return None
     return weight
+
+
+@dataclass(frozen=True, kw_only=True)
+class CanonicalizeLinearSummary(PassSummary):
+    """What `canonicalize-linear` did: how many products became `aten.linear`."""
+
+    converted: int
 
 
 @register
@@ -91,4 +106,4 @@ class CanonicalizeLinear(RewritePass):
                             rw.set_args(node, (node.args[0], node.args[1]), {})
                         rw.set_target(node, aten.linear.default)
         converted = sum(len(candidates[t]) for targets in convertible for t in targets)
-        return PassResult(changed=True, summary={"converted": converted})
+        return PassResult(changed=True, summary=CanonicalizeLinearSummary(converted=converted))

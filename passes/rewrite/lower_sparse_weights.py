@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
 import pydantic
@@ -46,9 +47,16 @@ from sparsec.latency_model import (
 from sparsec.ops.masks import WeightMask, recorded_masks, weight_matrix
 from sparsec.ops.sparse_formats import FORMATS, natural_format
 from sparsec.passes.analysis.layer_input_stats import conv_spec, weight_layers
-from sparsec.pipeline import AnalysisManager, PassResult, RewritePass, pass_dataclass, register
+from sparsec.pipeline import (
+    AnalysisManager,
+    PassResult,
+    PassSummary,
+    RewritePass,
+    pass_dataclass,
+    register,
+)
 
-__all__ = ["LowerSparseWeights"]
+__all__ = ["LowerSparseWeights", "LowerSparseWeightsSummary"]
 
 def _dense_conv_reason(node: fx.Node, shape: tuple[int, ...]) -> str | None:
     """Why a conv cannot become a sparse linear over channels, or None if it can."""
@@ -70,6 +78,17 @@ def _channels_last(rank: int, spatial: int) -> tuple[list[int], list[int]]:
     channels = rank - spatial - 1  # an unbatched input has no batch axis
     order = [*(i for i in range(rank) if i != channels), channels]
     return order, [order.index(i) for i in range(rank)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LowerSparseWeightsSummary(PassSummary):
+    """What `lower-sparse-weights` did: a row per candidate layer (format, the gate's reason
+    and timings), how many were lowered, and the weight bytes before and after compression."""
+
+    layers: list[dict[str, Any]]
+    lowered: int
+    dense_weight_bytes: int
+    compressed_weight_bytes: int
 
 
 @register
@@ -206,10 +225,10 @@ class LowerSparseWeights(RewritePass):
                     ):
                         rw.replace_tensor(target, weight.new_empty(0))
                         rw.drop_mask(target)
-        summary = {
-            "layers": rows,
-            "lowered": len(lowered),
-            "dense_weight_bytes": dense_bytes,
-            "compressed_weight_bytes": sparse_bytes,
-        }
+        summary = LowerSparseWeightsSummary(
+            layers=rows,
+            lowered=len(lowered),
+            dense_weight_bytes=dense_bytes,
+            compressed_weight_bytes=sparse_bytes,
+        )
         return PassResult(changed=bool(rw.changes), changes=tuple(rw.changes), summary=summary)

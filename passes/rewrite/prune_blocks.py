@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, ClassVar
 
 from pydantic import Field
@@ -24,9 +25,26 @@ from pydantic import Field
 from sparsec.errors import PreconditionError
 from sparsec.ir import Graph
 from sparsec.passes.analysis.block_influence import Block, BlockInfluence, Metric
-from sparsec.pipeline import AnalysisManager, PassResult, RewritePass, pass_dataclass, register
+from sparsec.pipeline import (
+    AnalysisManager,
+    PassResult,
+    PassSummary,
+    RewritePass,
+    pass_dataclass,
+    register,
+)
 
-__all__ = ["PruneBlocks"]
+__all__ = ["PruneBlocks", "PruneBlocksSummary"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruneBlocksSummary(PassSummary):
+    """What `prune-blocks` did: a row per block (score, removed, why it could not be); the
+    paths of the removed blocks, None when none went."""
+
+    metric: Metric
+    blocks: list[dict[str, object]]
+    removed: list[str] | None = None
 
 
 def _chosen(blocks: list[Block], ratio: float, count: int | None) -> list[Block]:
@@ -62,20 +80,21 @@ class PruneBlocks(RewritePass):
     def run(self, graph: Graph, am: AnalysisManager) -> PassResult:
         blocks = am.get(BlockInfluence(metric=self.metric))
         chosen = _chosen(blocks, self.ratio, self.count)
-        summary = {
-            "metric": self.metric,
-            "blocks": [
-                {
-                    "block": b.path,
-                    "score": None if b.score is None else round(b.score, 6),
-                    "removed": b in chosen,
-                    **({"kept_because": b.reason} if b.reason else {}),
-                }
-                for b in blocks
-            ],
-        }
+        rows: list[dict[str, object]] = [
+            {
+                "block": b.path,
+                "score": None if b.score is None else round(b.score, 6),
+                "removed": b in chosen,
+                **({"kept_because": b.reason} if b.reason else {}),
+            }
+            for b in blocks
+        ]
         if not chosen:
-            return PassResult(changed=False, preserved=frozenset(), summary=summary)
+            return PassResult(
+                changed=False,
+                preserved=frozenset(),
+                summary=PruneBlocksSummary(metric=self.metric, blocks=rows),
+            )
         nodes = {n.name: n for n in graph.nodes}
         with graph.rewrite(self.name) as rw:
             for block in chosen:
@@ -90,5 +109,7 @@ class PruneBlocks(RewritePass):
                     rw.erase(node)
                     if not any(n.op == "get_attr" and n.target == target for n in graph.nodes):
                         rw.remove_tensor(target)
-        summary["removed"] = [b.path for b in chosen]
+        summary = PruneBlocksSummary(
+            metric=self.metric, blocks=rows, removed=[b.path for b in chosen]
+        )
         return PassResult(changed=True, preserved=frozenset(), summary=summary)

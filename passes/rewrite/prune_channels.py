@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
 import numpy as np
@@ -55,12 +56,30 @@ from sparsec.passes.rewrite._allocation import (
 )
 from sparsec.passes.rewrite._reconstruct import LayerFit, refit_layer, refusal
 from sparsec.passes.rewrite.shrink import remove_units
-from sparsec.pipeline import AnalysisManager, PassResult, RewritePass, pass_dataclass, register
+from sparsec.pipeline import (
+    AnalysisManager,
+    PassResult,
+    PassSummary,
+    RewritePass,
+    pass_dataclass,
+    register,
+)
 
-__all__ = ["PruneChannels"]
+__all__ = ["PruneChannels", "PruneChannelsSummary"]
 
 Ratio = Annotated[float, Field(ge=0.0, lt=1.0)]
 _TOLERANCE = 0.02
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruneChannelsSummary(PassSummary):
+    """What `prune-channels` did: a row per dependency group (units before and after, why it
+    was frozen); the target's requested, estimated and achieved ratios (with a note when
+    they differ); with `reconstruct=true` and units removed, the refit error per layer."""
+
+    groups: list[dict[str, object]]
+    target: dict[str, Any]
+    reconstruction: list[dict[str, object]] | None = None
 
 
 @register
@@ -267,11 +286,12 @@ class PruneChannels(RewritePass):
             else None
         )
         remove_units(graph, deps, all_removed, self.name)
-        summary: dict[str, Any] = {"groups": self._rows(deps, removed, set(scores), criterion.name)}
+        groups = self._rows(deps, removed, set(scores), criterion.name)
         self._achieved(graph, before, target, len(all_removed))
-        summary["target"] = target
-        if reference is not None and calibration is not None and len(all_removed):
-            summary["reconstruction"] = self._refit(
-                graph, calibration, deps, all_removed, reference
-            )
+        reconstruction = (
+            self._refit(graph, calibration, deps, all_removed, reference)
+            if reference is not None and calibration is not None and len(all_removed)
+            else None
+        )
+        summary = PruneChannelsSummary(groups=groups, target=target, reconstruction=reconstruction)
         return PassResult(changed=len(all_removed) > 0, summary=summary)

@@ -26,9 +26,16 @@ from sparsec.calibration import require_calibration
 from sparsec.ir import Graph
 from sparsec.passes.analysis._streaming import flat_inputs
 from sparsec.passes.analysis.dependency_groups import DependencyGroups
-from sparsec.pipeline import AnalysisManager, PassResult, RewritePass, pass_dataclass, register
+from sparsec.pipeline import (
+    AnalysisManager,
+    PassResult,
+    PassSummary,
+    RewritePass,
+    pass_dataclass,
+    register,
+)
 
-__all__ = ["RecalibrateBN"]
+__all__ = ["RecalibrateBN", "RecalibrateBNSummary"]
 
 _BATCH_NORM = torch.ops.aten.batch_norm.default
 
@@ -63,6 +70,14 @@ class _BatchStatistics(fx.Interpreter):
         return F.batch_norm(x, None, None, weight, bias, training=True, eps=eps)
 
 
+@dataclass(frozen=True, kw_only=True)
+class RecalibrateBNSummary(PassSummary):
+    """What `recalibrate-bn` did: a row per recalibrated BatchNorm (largest mean shift in
+    old standard deviations, mean ratio of new to old variance)."""
+
+    batch_norms: list[dict[str, object]]
+
+
 @register
 @pass_dataclass
 class RecalibrateBN(RewritePass):
@@ -79,7 +94,9 @@ class RecalibrateBN(RewritePass):
             and all(isinstance(a, fx.Node) and a.op == "get_attr" for a in n.args[3:5])
         ]
         if not norms:
-            return PassResult(changed=False, preserved=frozenset(), summary={"batch_norms": []})
+            return PassResult(
+                changed=False, preserved=frozenset(), summary=RecalibrateBNSummary(batch_norms=[])
+            )
         sums = {n.name: _Sums() for n in norms}
         interpreter = _BatchStatistics(graph.module, sums)
         with torch.no_grad():
@@ -110,5 +127,7 @@ class RecalibrateBN(RewritePass):
                 )
         # only BN statistics change: the channel groups survive
         return PassResult(
-            changed=bool(rows), preserved=frozenset({DependencyGroups}), summary={"batch_norms": rows}
+            changed=bool(rows),
+            preserved=frozenset({DependencyGroups}),
+            summary=RecalibrateBNSummary(batch_norms=rows),
         )

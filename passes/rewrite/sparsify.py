@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import fnmatch
+from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
 import pydantic
@@ -59,9 +60,19 @@ from sparsec.passes.analysis.layer_input_stats import (
     weight_layers,
 )
 from sparsec.passes.rewrite._sparsegpt import sparsegpt
-from sparsec.pipeline import AnalysisManager, PassResult, RewritePass, pass_dataclass, register
+from sparsec.pipeline import (
+    AnalysisManager,
+    PassResult,
+    PassSummary,
+    RewritePass,
+    pass_dataclass,
+    register,
+)
 
-__all__ = ["Sparsify"]
+__all__ = ["Sparsify", "SparsifySummary"]
+
+Pattern = Literal["unstructured", "nm", "block"]
+Method = Literal["magnitude", "wanda", "sparsegpt"]
 
 aten = torch.ops.aten
 _OTHER_CONVS = (
@@ -82,18 +93,30 @@ def _wanda_scores(weight: torch.Tensor, stats: InputStats) -> torch.Tensor:
     return matrix * norms
 
 
+@dataclass(frozen=True, kw_only=True)
+class SparsifySummary(PassSummary):
+    """What `sparsify` did: a row per layer (its pattern and sparsity, or why it was skipped);
+    with SparseGPT also how many calibration stages ran and the most activation bytes held."""
+
+    pattern: Pattern
+    method: Method
+    stages: int | None = None
+    peak_calibration_bytes: int | None = None
+    layers: list[dict[str, Any]]
+
+
 @register
 @pass_dataclass
 class Sparsify(RewritePass):
     """Zero weights of every linear (and conv) layer in an unstructured, N:M or block pattern."""
 
     name: ClassVar[str] = "sparsify"
-    pattern: Literal["unstructured", "nm", "block"] = "unstructured"
+    pattern: Pattern = "unstructured"
     sparsity: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.5
     n: Annotated[int, Field(ge=1)] = 2
     m: Annotated[int, Field(ge=2)] = 4
     block: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] = (16, 1)
-    method: Literal["magnitude", "wanda", "sparsegpt"] = "magnitude"
+    method: Method = "magnitude"
     ignore: tuple[str, ...] = ()
     overrides: tuple[tuple[str, Annotated[float, Field(ge=0.0, lt=1.0)]], ...] = ()
     layers_per_stage: Annotated[int, Field(ge=1)] = 1
@@ -166,9 +189,10 @@ class Sparsify(RewritePass):
 
     def run(self, graph: Graph, am: AnalysisManager) -> PassResult:
         plan, groups, rows = self._plan(graph)
-        summary: dict[str, Any] = {"pattern": self.pattern, "method": self.method}
+        stages: int | None = None
+        peak_bytes: int | None = None
         if self.method == "sparsegpt":
-            results = self._sparsegpt(graph, am, plan, groups, summary)
+            results, stages, peak_bytes = self._sparsegpt(graph, am, plan, groups)
         else:
             stats = (
                 am.get(LayerInputStats(gram=False, layers=self.layers))
@@ -206,7 +230,13 @@ class Sparsify(RewritePass):
                     else f"{self.method}, per group ({groups[target]} groups)",
                 }
             )
-        summary["layers"] = rows
+        summary = SparsifySummary(
+            pattern=self.pattern,
+            method=self.method,
+            stages=stages,
+            peak_calibration_bytes=peak_bytes,
+            layers=rows,
+        )
         # weight values and masks change, the structure does not: the channel groups survive
         return PassResult(
             changed=bool(results),
@@ -221,9 +251,11 @@ class Sparsify(RewritePass):
         am: AnalysisManager,
         plan: dict[str, SparsityPattern],
         groups: dict[str, int],
-        summary: dict[str, Any],
-    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Sparsify layer stage by stage; later stages see earlier stages' new weights."""
+    ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], int, int]:
+        """Sparsify layer stage by stage; later stages see earlier stages' new weights.
+
+        Returns the new weights and masks, the number of stages and the peak bytes held.
+        """
         calibration = require_calibration(am.calibration, f"{self.name}{{method=sparsegpt}}")
         runner = StagedCalibration(
             graph, calibration, layers_per_stage=self.layers_per_stage, kinds=self.layers
@@ -264,6 +296,4 @@ class Sparsify(RewritePass):
                     runner.weights[target] = weight
             if stage != stages[-1]:
                 runner.advance(stage)
-        summary["stages"] = len(stages)
-        summary["peak_calibration_bytes"] = runner.peak_bytes
-        return results
+        return results, len(stages), runner.peak_bytes

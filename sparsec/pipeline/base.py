@@ -5,6 +5,9 @@ Rules:
   constructed, and it keeps no state between runs;
 - an `Analysis` computes a result and never edits the graph; a `RewritePass` edits through
   the Rewriter and returns `PassResult(changed, preserved)`; by default nothing is preserved;
+- a rewrite that reports what it did returns it as `PassResult(summary=...)`: an instance of
+  its own frozen `PassSummary` dataclass, defined next to the pass, read by attribute
+  (`result.summary.groups`); the report stores `summary.to_dict()`;
 - analyses that fill a role (e.g. "channel-importance") say so in `role`, so a pipeline can
   choose the criterion a later rewrite uses.
 
@@ -14,6 +17,10 @@ Example:
     class Fold(RewritePass):
         name: ClassVar[str] = "fold"
         def run(self, graph, am): ...
+
+    @dataclass(frozen=True, kw_only=True)
+    class FoldSummary(PassSummary):
+        folded: int
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ __all__ = [
     "Analysis",
     "Pass",
     "PassResult",
+    "PassSummary",
     "PRESERVE_ALL",
     "RewritePass",
     "pass_dataclass",
@@ -103,6 +111,27 @@ PRESERVE_ALL = _PreserveAll()
 """A `preserved` value meaning every cached analysis is still valid."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class PassSummary:
+    """What one rewrite reports: each pass that reports subclasses this next to the pass.
+
+    Rules:
+    - a subclass is a frozen, keyword-only dataclass; its fields are what the pass reports,
+      in the order the report lists them;
+    - a field the pass did not fill this run is `None` (e.g. sparsify's `stages` without
+      SparseGPT) and is left out of `to_dict()`, the form the compile report stores.
+
+    Example:
+        SparsifySummary(pattern="nm", method="magnitude", layers=[...]).to_dict()
+        # {"pattern": "nm", "method": "magnitude", "layers": [...]}
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields in order, without those left `None` (nested values are not copied)."""
+        values = ((f.name, getattr(self, f.name)) for f in dataclasses.fields(self))
+        return {name: value for name, value in values if value is not None}
+
+
 @dataclass(frozen=True)
 class PassResult:
     """What a rewrite did: whether it changed the graph, which analyses survive, a summary."""
@@ -110,7 +139,7 @@ class PassResult:
     changed: bool
     preserved: frozenset[type[Analysis]] | _PreserveAll = frozenset()
     changes: tuple[Change, ...] = ()
-    summary: dict[str, Any] = dataclasses.field(default_factory=dict)
+    summary: PassSummary | None = None
 
 
 class RewritePass(Pass, abc.ABC):

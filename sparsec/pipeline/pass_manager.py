@@ -23,7 +23,7 @@ from typing import Any
 from sparsec.errors import ConfigError, PassError, SparsecError
 from sparsec.ir import Graph
 from sparsec.pipeline.analysis_manager import AnalysisManager
-from sparsec.pipeline.base import Analysis, Pass, PassResult, RewritePass, format_pass
+from sparsec.pipeline.base import Analysis, Pass, PassResult, PassSummary, RewritePass, format_pass
 from sparsec.pipeline.instruments import Instrument
 
 __all__ = ["Pipeline", "PassManager", "PipelineRun", "options_dict"]
@@ -183,6 +183,11 @@ class PassManager:
             result = p.run(graph, am)
             if not isinstance(result, PassResult):
                 raise PassError(f"pass {p} returned {type(result).__name__}, not a PassResult")
+            if result.summary is not None and not isinstance(result.summary, PassSummary):
+                raise PassError(
+                    f"pass {p} returned a {type(result.summary).__name__} as its summary; "
+                    "return an instance of the pass's own PassSummary dataclass (or None)"
+                )
             if result.changed != (graph.version != version):
                 raise PassError(
                     f"pass {p} reported changed={result.changed} but the graph version "
