@@ -33,6 +33,7 @@ from sparsec.latency_model import register_latency_model
 if TYPE_CHECKING:
     from sparsec.calibration import Calibration
     from sparsec.ir.graph import Graph
+    from sparsec.pipeline import Instrument
 
 __all__ = [
     "MIN_EXPORT_OPSET",
@@ -140,12 +141,15 @@ class BackendOptions:
     - `threads`: intra-op threads of the runtime (>= 1);
     - `opset`: ONNX opset for backends that go through ONNX (>= 18, what torch.onnx emits);
     - `calibration`: compile()'s calibration batches, for lowerings that need data (ORT's
-      static INT8 quantization); the others ignore it.
+      static INT8 quantization); the others ignore it;
+    - `instruments`: compile()'s timing and IR-dump instruments, which the backend's
+      lowering passes run under (`backends/lowering.py`).
     """
 
     threads: int | None = None
     opset: int | None = None
     calibration: Calibration | None = field(default=None, compare=False, repr=False)
+    instruments: tuple[Instrument, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):

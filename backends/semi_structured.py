@@ -9,25 +9,37 @@ Rules:
   weight whose dtype and shape torch's kernels take (rows and columns multiples of the
   dtype's minimum block, e.g. 32×32 for float32); every other layer keeps the reference
   kernel, and each layer's outcome, with its reason, becomes a note in the report;
-- the rewrite works on a copy: the graph module that the artifact saves is not changed.
+- the rewrite is the lowering pass `semi-structured-2-4` (`backends/lowering.py`) on a copy
+  of the graph moved to the GPU: the graph that the artifact saves is not changed; should
+  the pass fail, the copy keeps the reference kernels and the note says why.
 
 Example:
-    module, notes = accelerate_2_4(module, torch.device("cuda"))
+    module, notes = lower_2_4(graph, torch.device("cuda"), BackendOptions())
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch.sparse import SparseSemiStructuredTensorCUTLASS
 
+from sparsec.errors import SparsecError
 from sparsec.ops import from_nm
+from sparsec.pipeline import PassResult, RewritePass, pass_dataclass, register
 
-__all__ = ["accelerate_2_4", "device_reason", "layer_reason", "two_four_nodes"]
+from .lowering import run_lowering
+
+if TYPE_CHECKING:
+    from sparsec.ir import Graph
+    from sparsec.pipeline import AnalysisManager
+
+    from .base import BackendOptions
+
+__all__ = ["SemiStructured24", "device_reason", "layer_reason", "lower_2_4", "two_four_nodes"]
 
 _NM_LINEAR = torch.ops.sparsec.nm_linear.default
 _MIN_CAPABILITY = (8, 0)  # Ampere: the first GPUs with sparse tensor cores
@@ -86,40 +98,63 @@ def _constant(module: fx.GraphModule, node: object) -> torch.Tensor | None:
     return tensor if isinstance(tensor, torch.Tensor) else None
 
 
-def accelerate_2_4(
-    module: fx.GraphModule, device: torch.device, convert: Converter = _convert
-) -> tuple[fx.GraphModule, list[str]]:
-    """A copy of `module` whose eligible 2:4 layers run on sparse tensor cores, and notes.
+def _readers(module: fx.GraphModule, target: str) -> list[fx.Node]:
+    return [n for n in module.graph.nodes if n.op == "get_attr" and n.target == target]
 
-    `convert` turns a dense weight on `device` into the tensor `F.linear` multiplies with;
-    tests pass a stand-in because the real conversion needs a GPU.
+
+@register
+@pass_dataclass
+class SemiStructured24(RewritePass):
+    """Eligible 2:4 layers multiply with a semi-structured weight (module rules).
+
+    A lowering pass of the torch backend on "cuda", run on a copy of the graph already on
+    the device. `convert` turns a dense weight into the tensor `F.linear` multiplies with
+    (None: torch's conversion, which needs a GPU; tests pass a stand-in).
     """
-    nodes = two_four_nodes(module)
-    if not nodes:
-        return module, []
-    reason = device_reason(device) if convert is _convert else None
-    if reason is not None:
-        return module, [f"{len(nodes)} 2:4 layers ran the reference kernel: {reason}"]
-    module = copy.deepcopy(module)
-    notes = []
-    for index, node in enumerate(two_four_nodes(module)):
-        x, values_node, indices_node, bias = node.args[:4]
-        values, indices = _constant(module, values_node), _constant(module, indices_node)
-        if values is None or indices is None:
-            notes.append(f"%{node.name}: reference kernel: its weight arrays are not constants")
-            continue
-        out_features, slots = values.shape
-        why = layer_reason(out_features, slots * 2, values.dtype)
-        if why is not None:
-            notes.append(f"%{node.name}: reference kernel: {why}")
-            continue
-        name = f"_sparsec_semi_structured_{index}"
-        module.register_buffer(name, convert(from_nm(values, indices, 2, 4).to(device)))
-        with module.graph.inserting_before(node):
-            weight = module.graph.get_attr(name)
-            node.target = F.linear
-            node.args = (x, weight, bias)
-        notes.append(f"%{node.name}: 2:4 on sparse tensor cores (to_sparse_semi_structured)")
-    module.graph.eliminate_dead_code()
-    module.recompile()
-    return module, notes
+
+    name: ClassVar[str] = "semi-structured-2-4"
+    convert: Any = None
+
+    def run(self, graph: Graph, am: AnalysisManager) -> PassResult:
+        convert: Converter = self.convert or _convert
+        module = graph.module
+        notes = []
+        with graph.rewrite(self.name) as rw:
+            for index, node in enumerate(two_four_nodes(module)):
+                x, values_node, indices_node, bias = node.args[:4]
+                values, indices = _constant(module, values_node), _constant(module, indices_node)
+                if values is None or indices is None:
+                    notes.append(f"%{node.name}: reference kernel: its weight arrays are not constants")
+                    continue
+                out_features, slots = values.shape
+                why = layer_reason(out_features, slots * 2, values.dtype)
+                if why is not None:
+                    notes.append(f"%{node.name}: reference kernel: {why}")
+                    continue
+                weight = convert(from_nm(values, indices, 2, 4))
+                name = rw.add_tensor(f"_sparsec_semi_structured_{index}", weight, parameter=False)
+                rw.set_target(node, F.linear)
+                rw.set_args(node, (x, rw.get_attr(name, before=node), bias))
+                for old in (values_node, indices_node):  # free their memory on the GPU
+                    if isinstance(old, fx.Node) and not old.users:
+                        rw.erase(old)
+                        if not _readers(module, str(old.target)):
+                            rw.remove_tensor(str(old.target))
+                notes.append(f"%{node.name}: 2:4 on sparse tensor cores (to_sparse_semi_structured)")
+        return PassResult(bool(rw.changes), changes=tuple(rw.changes), notes=tuple(notes))
+
+
+def lower_2_4(
+    graph: Graph, device: torch.device, options: BackendOptions
+) -> tuple[torch.nn.Module, list[str]]:
+    """The module to run on `device` (a copy of `graph`'s when it moves), its eligible 2:4
+    layers on sparse tensor cores, and notes on every 2:4 layer."""
+    nodes = two_four_nodes(graph.module)
+    reason = device_reason(device)
+    lowered = graph if device.type == "cpu" else graph.copy(device)
+    if nodes and reason is None:
+        try:
+            return lowered.module, run_lowering(lowered, [SemiStructured24()], options)
+        except SparsecError as exc:  # the copy is as before the pass: reference kernels
+            reason = f"the rewrite failed ({exc})"
+    return lowered.module, [f"{len(nodes)} 2:4 layers ran the reference kernel: {reason}"] if nodes else []

@@ -8,20 +8,19 @@ Example:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.fx as fx
 from torch.export import ExportedProgram
 from torch.utils import _pytree as pytree
 
+from sparsec.frontends import program_graph
 from sparsec.program_files import PROGRAM_FILE, WEIGHTS_FILE, load_program, save_program
 
 from .base import TARGETS, BackendOptions, Diagnostic, Executable, require_lowerable
-from .semi_structured import accelerate_2_4
+from .semi_structured import lower_2_4
 
 if TYPE_CHECKING:
     from sparsec.ir.graph import Graph
@@ -32,31 +31,32 @@ __all__ = ["TorchBackend", "TorchExecutable"]
 class TorchExecutable:
     """Runs a torch module eagerly; on "cuda" with a GPU it runs a CUDA copy of it.
 
-    On "cuda", 2:4 layers run on sparse tensor cores where the GPU and the layer allow it
-    (`semi_structured`); the notes say which did and why the others did not.
+    On "cuda" it runs a CUDA copy of the graph whose 2:4 layers run on sparse tensor cores
+    where the GPU and the layer allow it (the `semi-structured-2-4` lowering pass); the notes
+    say which did and why the others did not.
     """
 
     def __init__(
         self,
-        module: torch.nn.Module,
+        graph: Graph,
         program: Callable[[], ExportedProgram],
         target: str,
         threads: int | None = None,
+        options: BackendOptions | None = None,
     ) -> None:
         self.notes: list[str] = []
         self._program = program
         self._target = target
         self._threads = threads
         self._device = torch.device("cpu")
+        module: torch.nn.Module = graph.module
         if target == "cuda":
             if torch.cuda.is_available():
                 self._device = torch.device("cuda")
-                module = copy.deepcopy(module).to(self._device)
             else:
                 self.notes.append("torch has no CUDA device here; ran on CPU")
-            if isinstance(module, fx.GraphModule):
-                module, notes = accelerate_2_4(module, self._device)
-                self.notes.extend(notes)
+            module, notes = lower_2_4(graph, self._device, options or BackendOptions())
+            self.notes.extend(notes)
         self._module = module
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -94,10 +94,13 @@ class TorchBackend:
 
     def lower(self, graph: Graph, target: str, options: BackendOptions) -> Executable:
         require_lowerable(self, graph, target)
-        return TorchExecutable(graph.module, graph.export_program, target, options.threads)
+        return TorchExecutable(graph, graph.export_program, target, options.threads, options)
 
     def load(self, directory: Path, metadata: dict[str, Any]) -> Executable:
         program = load_program(directory)
         return TorchExecutable(
-            program.module(), lambda: program, str(metadata["target"]), metadata.get("threads")
+            program_graph(program),
+            lambda: program,
+            str(metadata["target"]),
+            metadata.get("threads"),
         )

@@ -79,8 +79,7 @@ def main() -> None:
     x = torch.randn(args.tokens, 768)
     fused = sparsec.compile(model, (x,), pipeline=PIPELINE, backend="tvm", threads=args.threads)
     unfused = PartitionedExecutable.build(
-        fused.graph.module,
-        fused.graph.export_program,
+        fused.graph,
         build_target("cpu", args.threads),
         args.threads,
         dense_threads=TvmOptions().dense_threads,  # as the compiled build

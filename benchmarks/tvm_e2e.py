@@ -136,8 +136,7 @@ def _build(
     if variant == "tvm" and isa == isa_of(host_target()).name:
         return sparse
     return PartitionedExecutable.build(
-        sparse.graph.module,
-        sparse.graph.export_program,
+        sparse.graph,
         isa_target(isa, threads),
         threads,
         dense_threads=TvmOptions().dense_threads,  # as the compiled build

@@ -7,13 +7,14 @@ import torch
 
 from sparsec.backends.base import BackendOptions, default_backend
 from sparsec.backends.semi_structured import (
-    accelerate_2_4,
+    SemiStructured24,
     device_reason,
     layer_reason,
     two_four_nodes,
 )
 from sparsec.backends.torch_backend import TorchBackend
 from sparsec.frontends import trace
+from sparsec.ops import from_nm
 from sparsec.passes.rewrite import LowerSparseWeights, Sparsify
 from sparsec.pipeline import AnalysisManager, PassManager
 
@@ -51,19 +52,58 @@ def test_rewrite_replaces_eligible_layers_and_keeps_numbers() -> None:
         converted.append(weight.shape)
         return weight.clone()
 
-    rewired, notes = accelerate_2_4(module, torch.device("cpu"), convert=dense_stand_in)
+    lowered = graph.copy()
+    result = SemiStructured24(convert=dense_stand_in).run(lowered, AnalysisManager(lowered))
+    notes, rewired = result.notes, lowered.module
+    assert result.changed
     assert converted == [torch.Size([64, 64])]  # the [8, 64] layer is below the 32-row block
     assert any("sparse tensor cores" in n for n in notes)
     assert any("reference kernel" in n and "32×32" in n for n in notes)
     assert len(two_four_nodes(rewired)) == 1 and len(two_four_nodes(module)) == 2
     x = torch.randn(5, 64)
     torch.testing.assert_close(rewired(x), module(x), atol=1e-5, rtol=1e-5)
+    (dense,) = [n for n in rewired.graph.nodes if n.target is torch.nn.functional.linear]
+    assert tuple(dense.meta["val"].shape)[1:] == (64,)  # shapes re-propagated through it
+
+
+# ---------------------------------------------------------------- Before / Expected IR
+def test_semi_structured_ir() -> None:
+    _, graph = _lowered()
+    second = """\
+%relu: f32[batch, 64] = relu(%nm_linear_default)
+@2_weight_values: f32[8, 32]
+@2_weight_indices: u8[8, 32]
+%nm_linear_default_1: f32[batch, 8] = nm_linear(%relu, @2_weight_values, @2_weight_indices, @2.bias, 2, 4)
+return [%nm_linear_default_1]
+"""
+    before = """\
+@0.bias: f32[64]
+@2.bias: f32[8]
+%input_1: f32[batch, 64] = input
+@0_weight_values: f32[64, 32]
+@0_weight_indices: u8[64, 32]
+%nm_linear_default: f32[batch, 64] = nm_linear(%input_1, @0_weight_values, @0_weight_indices, @0.bias, 2, 4)
+""" + second
+    expected = """\
+@0.bias: f32[64]
+@2.bias: f32[8]
+%input_1: f32[batch, 64] = input
+@_sparsec_semi_structured_0: f32[64, 64]
+%nm_linear_default: f32[batch, 64] = linear(%input_1, @_sparsec_semi_structured_0, @0.bias)
+""" + second
+    assert str(graph) == before
+    values, indices = graph.tensor("0_weight_values"), graph.tensor("0_weight_indices")
+    result = SemiStructured24(convert=torch.clone).run(graph, AnalysisManager(graph))
+    assert result.changed and str(graph) == expected
+    torch.testing.assert_close(graph.tensor("_sparsec_semi_structured_0"), from_nm(values, indices, 2, 4))
+    assert not hasattr(graph.module, "0_weight_values")  # the compressed arrays are freed
 
 
 def test_other_nm_patterns_are_not_touched() -> None:
     _, graph = _lowered(n=4, m=8)
-    rewired, notes = accelerate_2_4(graph.module, torch.device("cpu"), convert=torch.clone)
-    assert rewired is graph.module and notes == []
+    before = str(graph)
+    result = SemiStructured24(convert=torch.clone).run(graph, AnalysisManager(graph))
+    assert not result.changed and result.notes == () and str(graph) == before
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU note")

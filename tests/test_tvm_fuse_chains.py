@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import copy
 import re
 from typing import Any
 
@@ -44,6 +43,7 @@ from sparsec.backends.tvm.kernels import (  # noqa: E402
     panel_tile,
 )
 from sparsec.backends.tvm.partitioned import (  # noqa: E402
+    BindTvmKernels,
     PartitionedExecutable,
     build_kernels,
     kernel_arrays,
@@ -54,6 +54,7 @@ from sparsec.backends.tvm.target import build_target, host_target  # noqa: E402
 from sparsec.errors import ArtifactError, BackendError  # noqa: E402
 from sparsec.frontends import trace  # noqa: E402
 from sparsec.ops import to_bsr  # noqa: E402
+from sparsec.pipeline import AnalysisManager  # noqa: E402
 
 ATOL = 1e-4
 IN, HIDDEN, OUT = 48, 320, 32  # HIDDEN: two slabs of the down kernel when TOKEN
@@ -215,7 +216,15 @@ class Ffn(nn.Module):
 
 
 def _graph(variant: str):  # type: ignore[no-untyped-def]
-    return trace(Ffn(variant).eval(), (torch.randn(2, 16, IN),)).module
+    return trace(Ffn(variant).eval(), (torch.randn(2, 16, IN),))
+
+
+def _fuse(graph):  # type: ignore[no-untyped-def]
+    """The pass's result, the fused nodes and the refusal texts."""
+    result = FuseSparseChains().run(graph, AnalysisManager(graph))
+    fused = [node for node in graph.module.graph.nodes if isinstance(node.target, ChainCall)]
+    refusals = [note.removeprefix("not fused: ") for note in result.notes if note.startswith("not fused: ")]
+    return result, fused, refusals
 
 
 @pytest.mark.parametrize(
@@ -228,13 +237,15 @@ def _graph(variant: str):  # type: ignore[no-untyped-def]
     ],
 )
 def test_rewrite_fuses_an_ffn_chain(variant: str, activation: Activation) -> None:
-    module = _graph(variant)
+    graph = _graph(variant)
+    module = graph.module
     x = torch.randn(3, 16, IN)
     with torch.no_grad():
         expected = module(x)
-    result = FuseSparseChains().run(module)
-    assert result.changed and not result.refusals and len(result.fused) == 1
-    call = result.fused[0].target
+    result, fused, refusals = _fuse(graph)
+    assert result.changed and not refusals and len(fused) == 1
+    assert result.notes[0].startswith("1 chain of sparse linears fused")
+    call = fused[0].target
     assert isinstance(call, ChainCall) and call.activation is activation
     assert f"sparse_chain_{IN}x{HIDDEN}x{IN}_{activation.value}(" in module.code
     targets = {node.target for node in module.graph.nodes}
@@ -258,18 +269,68 @@ def test_rewrite_fuses_an_ffn_chain(variant: str, activation: Activation) -> Non
 def test_rewrite_does_not_fire_when_the_intermediate_is_used_elsewhere(
     variant: str, reason: str | None
 ) -> None:
-    module = _graph(variant)
-    before = module.code
-    result = FuseSparseChains().run(module)
-    assert not result.changed and module.code == before
+    graph = _graph(variant)
+    before = graph.module.code
+    result, _, refusals = _fuse(graph)
+    assert not result.changed and graph.module.code == before
     if reason is None:
-        assert not result.refusals
+        assert not refusals
     else:
-        assert len(result.refusals) == 1 and re.match(reason, str(result.refusals[0]))
+        assert len(refusals) == 1 and re.match(reason, refusals[0])
+
+
+_FFN_TENSORS = """\
+@up.bias: f32[320]
+@down.bias: f32[48]
+@head.bias: f32[32]
+@up.values: f32[474, 16, 1]
+@up.cols: i64[474]
+@up.crow: i64[21]
+@down.values: f32[478, 16, 1]
+@down.cols: i64[478]
+@down.crow: i64[4]
+@head.values: f32[52, 16, 1]
+@head.cols: i64[52]
+@head.crow: i64[3]
+%x: f32[batch, 16, 48] = input
+"""
+_UP = "%x, @up.values, @up.cols, @up.crow, @up.bias, 320, 48"
+_DOWN = "@down.values, @down.cols, @down.crow, @down.bias, 48, 320"
+
+
+# ---------------------------------------------------------------- Before / Expected IR
+def test_fuse_and_bind_ir() -> None:
+    graph = _graph("relu")
+    x = torch.randn(3, 16, IN)
+    with torch.no_grad():
+        reference = graph(x)
+    before = _FFN_TENSORS + f"""\
+%bsr_linear: f32[batch, 16, 320] = bsr_linear({_UP})
+%relu: f32[batch, 16, 320] = relu(%bsr_linear)
+%bsr_linear_1: f32[batch, 16, 48] = bsr_linear(%relu, {_DOWN})
+return [%bsr_linear_1]
+"""
+    fused = _FFN_TENSORS + f"""\
+%sparse_chain_48x320x48_relu: f32[batch, 16, 48] = sparse_chain_48x320x48_relu({_UP}, {_DOWN})
+return [%sparse_chain_48x320x48_relu]
+"""
+    assert str(graph) == before
+    assert _fuse(graph)[0].changed
+    assert str(graph) == fused
+    with torch.no_grad():
+        torch.testing.assert_close(graph(x), reference, atol=ATOL, rtol=0)
+    target = build_target("cpu", 1)
+    result = BindTvmKernels(library=build_kernels(graph.module, target), target=target).run(
+        graph, AnalysisManager(graph)
+    )
+    assert result.changed
+    assert str(graph) == fused.replace("= sparse_chain_", "= tvm_sparse_chain_")
+    with torch.no_grad():
+        torch.testing.assert_close(graph(x), reference, atol=ATOL, rtol=0)
 
 
 def test_a_linear_is_in_one_chain_only() -> None:
-    analysis = find_chains(_graph("three"))
+    analysis = find_chains(_graph("three").module)
     assert [(c.first.name, c.second.name) for c in analysis.chains] == [
         ("bsr_linear", "bsr_linear_1")
     ]
@@ -312,7 +373,7 @@ def _bert_inputs(batch: int, seq: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "token_type_ids": torch.zeros_like(ids), "position_ids": positions}
 
 
-def test_block_sparse_bert_matches_torch_with_fused_chains() -> None:
+def test_block_sparse_bert_matches_torch_with_fused_chains(tmp_path) -> None:  # type: ignore[no-untyped-def]
     pytest.importorskip("transformers")
     compiled = sparsec.compile(
         Encoder(),
@@ -320,9 +381,20 @@ def test_block_sparse_bert_matches_torch_with_fused_chains() -> None:
         pipeline="sparsify{pattern=block,block=[16,1],sparsity=0.9},lower-sparse-weights{format=bsr,gate=off}",
         backend="tvm",
         threads=1,
+        dump_ir=tmp_path,
     )
     assert compiled.executable.notes[0].startswith("2 chains of sparse linears fused")
     assert "sparse_chain_64x128x64_gelu" in compiled.executable.notes[0]
+    # the lowering passes ran under compile()'s instruments, on a copy of the graph
+    assert [name for name, _ in compiled.report.pass_times][-2:] == [
+        "fuse-sparse-chains",
+        "bind-tvm-kernels",
+    ]
+    fused = (tmp_path / "03-fuse-sparse-chains.after.txt").read_text()
+    bound = (tmp_path / "04-bind-tvm-kernels.after.txt").read_text()
+    assert fused.count("= sparse_chain_64x128x64_gelu(") == 2
+    assert bound.count("= tvm_sparse_chain_64x128x64_gelu(") == 2
+    assert "sparse_chain" not in str(compiled.graph)
     for batch, seq in [(2, 8), (3, 7), (1, 1), (5, 26)]:  # 130 tokens: eight tiles and a tail
         inputs = _bert_inputs(batch, seq)
         with torch.no_grad():
@@ -363,9 +435,9 @@ def test_relax_import_hands_panels_over(ffn_graph) -> None:  # type: ignore[no-u
 
 def test_library_without_chain_kernels_runs_unfused(ffn_graph) -> None:  # type: ignore[no-untyped-def]
     target = build_target("cpu", 1)
-    library = build_kernels(ffn_graph.module, target, fuse_chains=False)
-    executable = PartitionedExecutable(
-        ffn_graph.module, library, ffn_graph.export_program, {"tvm_target": str(target)}, 1
+    library = build_kernels(ffn_graph.module, target)  # unfused: no chain kernels
+    executable = PartitionedExecutable.with_library(
+        ffn_graph, library, ffn_graph.export_program, {"tvm_target": str(target)}, 1
     )
     assert executable.notes == [
         "sparse chains not fused: the kernel library was built without chain kernels"
@@ -379,8 +451,8 @@ def test_library_of_an_older_sparsec_is_refused(ffn_graph) -> None:  # type: ign
     """Kernels named as before slab-major order (read CSR order) must not get reordered arrays."""
     target = build_target("cpu", 1)
     functions = {}
-    for node in FuseSparseChains().run(copy.deepcopy(ffn_graph.module)).fused:
-        call = node.target
+    for chain in find_chains(ffn_graph.module).chains:
+        call = chain.call()
         first, second = chain_layouts(call.second.shape, call.activation, target)
         for shape, layout in ((call.first.shape, first), (call.second.shape, second)):
             name, func = kernel_for(shape, target, layout)
@@ -390,6 +462,6 @@ def test_library_of_an_older_sparsec_is_refused(ffn_graph) -> None:  # type: ign
     with tvm.transform.PassContext(config=compile_config()):
         library = tvm.compile(tvm.IRModule(functions), target=target)
     with pytest.raises(ArtifactError, match="another version of sparsec.*rebuild the artifact"):
-        PartitionedExecutable(
-            ffn_graph.module, library, ffn_graph.export_program, {"tvm_target": str(target)}, 1
+        PartitionedExecutable.with_library(
+            ffn_graph, library, ffn_graph.export_program, {"tvm_target": str(target)}, 1
         )

@@ -36,6 +36,7 @@ import tvm
 from torch.utils import _pytree as pytree
 
 from sparsec.errors import ArtifactError, BackendError
+from sparsec.frontends import program_graph
 from sparsec.program_files import load_program
 
 from ..base import (
@@ -214,11 +215,11 @@ class TvmBackend:
             if not sparse_nodes(graph.module):
                 return lower_dense(graph, target, options)  # asked for by name: it builds
             return PartitionedExecutable.build(
-                graph.module,
-                graph.export_program,
+                graph,
                 tvm_target,
                 options.threads,
                 self.options.dense_threads,
+                options=options,
             )
         try:
             program = graph.export_program()
@@ -258,8 +259,8 @@ class TvmBackend:
         if mode == TvmMode.PARTITIONED.value:
             library = _load_library(directory / KERNELS_FILE)
             program = load_program(directory)
-            return PartitionedExecutable(
-                program.module(),
+            return PartitionedExecutable.with_library(
+                program_graph(program),
                 library,
                 lambda: program,
                 record,

@@ -13,32 +13,38 @@ Rules:
 - `find_chains` is the analysis and never changes the graph; every near miss (a sparse
   linear whose output reaches another one directly or through one activation) comes back
   as a `Refusal` saying why it was not fused;
-- `FuseSparseChains` ("fuse-sparse-chains") replaces each chain by one node calling a
-  `ChainCall`, whose torch implementation runs the original ops, so the rewritten graph
-  still runs and computes the same numbers; a backend then swaps that target for its
-  kernels (partitioned.py), as it does for single sparse calls.
+- `FuseSparseChains` ("fuse-sparse-chains") is a lowering pass (`backends/lowering.py`):
+  it replaces each chain by one node calling a `ChainCall`, whose torch implementation runs
+  the original ops, so the rewritten graph still runs and computes the same numbers; the
+  `bind-tvm-kernels` pass (partitioned.py) then swaps that target for its kernels, as it
+  does for single sparse calls. Its notes name the fused chains and every refusal.
 
 Example:
-    result = FuseSparseChains().run(module)      # module: fx.GraphModule, edited in place
-    result.changed, [str(refusal) for refusal in result.refusals]
+    result = FuseSparseChains().run(graph, AnalysisManager(graph))   # graph: a lowering copy
+    result.changed, result.notes
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.fx as fx
 
+from sparsec.pipeline import PassResult, RewritePass, pass_dataclass, register
+
 from .activations import Activation, activation_of, reference_activation
 from .sparse_calls import SparseCall, is_sparse_call
+
+if TYPE_CHECKING:
+    from sparsec.ir import Graph
+    from sparsec.pipeline import AnalysisManager
 
 __all__ = [
     "ChainAnalysis",
     "ChainCall",
     "FuseSparseChains",
-    "LayoutResult",
     "Refusal",
     "SparseChain",
     "find_chains",
@@ -197,41 +203,41 @@ def find_chains(module: fx.GraphModule) -> ChainAnalysis:
     return ChainAnalysis(tuple(chains), tuple(refusals))
 
 
-@dataclass(frozen=True)
-class LayoutResult:
-    """What `FuseSparseChains` did: the nodes that now run whole chains, and the near misses."""
-
-    fused: tuple[fx.Node, ...]
-    refusals: tuple[Refusal, ...]
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.fused)
+def _fused_note(fused: list[ChainCall]) -> str:
+    names = ", ".join(sorted({call.__name__ for call in fused}))
+    count = len(fused)
+    return (
+        f"{count} chain{'s' * (count != 1)} of sparse linears fused, activations kept in "
+        f"panel layout between their kernels: {names}"
+    )
 
 
-@dataclass(frozen=True)
-class FuseSparseChains:
-    """Replace each chain of `find_chains` by one `ChainCall` node (module rules)."""
+@register
+@pass_dataclass
+class FuseSparseChains(RewritePass):
+    """Replace each chain of `find_chains` by one `ChainCall` node (module rules).
+
+    A lowering pass of the TVM backend: its notes say what was fused and each near miss.
+    """
 
     name: ClassVar[str] = "fuse-sparse-chains"
+    preserves_numerics: ClassVar[bool] = True
 
-    def run(self, module: fx.GraphModule) -> LayoutResult:
-        """Rewrite `module` in place; recompiles it when anything changed."""
-        analysis = find_chains(module)
-        graph = module.graph
-        fused = []
-        for chain in analysis.chains:
-            first, second = chain.first, chain.second
-            with graph.inserting_before(second):
-                node = graph.call_function(
-                    chain.call(), (first.args[0], *first.args[1:], *second.args[1:])
+    def run(self, graph: Graph, am: AnalysisManager) -> PassResult:
+        analysis = find_chains(graph.module)
+        fused: list[ChainCall] = []
+        with graph.rewrite(self.name) as rw:
+            for chain in analysis.chains:
+                first, second = chain.first, chain.second
+                call = chain.call()
+                node = rw.insert_call(
+                    call, (first.args[0], *first.args[1:], *second.args[1:]), before=second
                 )
-            node.meta = {**second.meta}
-            second.replace_all_uses_with(node)
-            for old in reversed(chain.nodes):
-                graph.erase_node(old)
-            fused.append(node)
-        if fused:
-            graph.lint()
-            module.recompile()
-        return LayoutResult(tuple(fused), analysis.refusals)
+                rw.replace_uses(second, node)
+                for old in reversed(chain.nodes):
+                    rw.erase(old)
+                fused.append(call)
+        notes = ([_fused_note(fused)] if fused else []) + [
+            f"not fused: {refusal}" for refusal in analysis.refusals
+        ]
+        return PassResult(bool(fused), changes=tuple(rw.changes), notes=tuple(notes))

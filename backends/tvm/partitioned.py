@@ -6,38 +6,44 @@ norms, activations, dense linears) stay with torch's tuned CPU kernels and every
 linear calls a TVM kernel in place, zero-copy through DLPack.
 
 Rules:
-- chains of sparse linears (`layout.find_chains`: up → relu/gelu? → down) run as one call
-  that packs x once and hands the intermediate from the first kernel to the second in
-  panel layout, bias and activation fused (`FuseSparseChains`); `build` compiles their
-  kernels unless `fuse_chains=False`, and a loaded library fuses exactly when it holds
-  them (so older artifacts still load, unfused);
-- every other call of a sparse op (`sparse_calls.SPARSE_OPS`) becomes a call of the
-  compiled kernel for its (out, in, r, c); one library holds every distinct kernel;
-- the artifact is `program.pt2` + `weights.safetensors` (the pruned program, pickle-free,
-  as the torch backend writes it) and `tvm_kernels.so`; loading rewires the loaded program.
+- lowering is two passes on a copy of the graph (`backends/lowering.py`): chains of sparse
+  linears (`fuse_chains.find_chains`: up → relu/gelu? → down) become one call that packs x
+  once and hands the intermediate from the first kernel to the second in panel layout,
+  bias and activation fused (`fuse-sparse-chains`), then `bind-tvm-kernels` points every
+  sparse call and chain at its compiled kernel;
+- `build` compiles the chain kernels unless `fuse_chains=False`, and a loaded library
+  fuses exactly when it holds them (so older artifacts still load, unfused);
+- every other call of a sparse op (`sparse_calls.SPARSE_OPS`) calls the compiled kernel
+  for its (out, in, r, c); one library holds every distinct kernel;
+- the artifact is `program.pt2` + `weights.safetensors` (the unlowered program,
+  pickle-free, as the torch backend writes it) and `tvm_kernels.so`; loading lowers the
+  loaded program again against the library.
 
 Example:
-    executable = PartitionedExecutable.build(graph.module, graph.export_program, target, 2)
+    executable = PartitionedExecutable.build(graph, target, threads=2)
     y = executable(x)
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.fx as fx
 import tvm
+from torch._subclasses.fake_tensor import is_fake
 from torch.export import ExportedProgram
 from tvm.target import Target
 
 from sparsec.errors import ArtifactError, BackendError
+from sparsec.pipeline import PassResult, RewritePass, pass_dataclass, register
 from sparsec.program_files import PROGRAM_FILE, WEIGHTS_FILE, save_program
 
-from .fuse_chains import ChainCall, FuseSparseChains
+from ..base import BackendOptions
+from ..lowering import run_lowering
+from .fuse_chains import ChainCall, FuseSparseChains, find_chains
 from .importer import chain_layouts, kernel_for, kernel_name, kernel_operands
 from .kernels import BsrShape, KernelLayout
 from .relax_executable import compile_module
@@ -51,8 +57,13 @@ from .sparse_calls import (
 from .target import target_record
 from .threads import set_threads
 
+if TYPE_CHECKING:
+    from sparsec.ir import Graph
+    from sparsec.pipeline import AnalysisManager
+
 __all__ = [
     "KERNELS_FILE",
+    "BindTvmKernels",
     "PartitionedExecutable",
     "build_kernels",
     "kernel_arrays",
@@ -105,6 +116,8 @@ class _SparseLinear:
         self.__name__ = f"tvm_sparse_linear_{call.shape.out_features}x{call.shape.in_features}"
 
     def __call__(self, x: torch.Tensor, *args: Any) -> torch.Tensor:
+        if is_fake(x):  # shape propagation: the op this call stands in for says the shape
+            return self._operands.call.format.op(x, *args)  # type: ignore[no-any-return]
         shape = self._operands.call.shape
         values, cols, crow, bias = self._operands(*args)
         x2 = x.reshape(-1, shape.in_features).contiguous()
@@ -139,6 +152,8 @@ class _SparseChain:
         self.__name__ = f"tvm_{call.__name__}"
 
     def __call__(self, x: torch.Tensor, *args: Any) -> torch.Tensor:
+        if is_fake(x):  # shape propagation: the chain's reference ops say the shape
+            return self._call(x, *args)
         first_args, second_args = self._call.split(args)
         first, second, tile = self._call.first.shape, self._call.second.shape, self._tile
         x2 = x.reshape(-1, first.in_features).contiguous()
@@ -163,29 +178,9 @@ def _chain_kernels(
     )
 
 
-def _fused_copy(module: fx.GraphModule, fuse_chains: bool) -> tuple[fx.GraphModule, list[str]]:
-    """A copy of `module`, its chains fused when asked, and notes saying what happened."""
-    module = copy.deepcopy(module)
-    if not fuse_chains:
-        return module, []
-    result = FuseSparseChains().run(module)
-    notes = []
-    if result.changed:
-        names = sorted({node.target.__name__ for node in result.fused})  # type: ignore[union-attr]
-        count = len(result.fused)
-        notes.append(
-            f"{count} chain{'s' * (count != 1)} of sparse linears fused, activations kept in "
-            f"panel layout between their kernels: {', '.join(names)}"
-        )
-    notes += [f"not fused: {refusal}" for refusal in result.refusals]
-    return module, notes
-
-
-def build_kernels(
-    module: fx.GraphModule, target: Target, fuse_chains: bool = True
-) -> tvm.runtime.Executable:
-    """Compile one library with every distinct kernel that `module`'s sparse ops need."""
-    module, _ = _fused_copy(module, fuse_chains)
+def build_kernels(module: fx.GraphModule, target: Target) -> tvm.runtime.Executable:
+    """Compile one library with every distinct kernel that `module`'s sparse calls and fused
+    chains need."""
     functions = {}
     for node in module.graph.nodes:
         if isinstance(node.target, ChainCall):
@@ -220,41 +215,63 @@ def _kernel(library: Any, name: str) -> Callable[..., None]:
     return library[name]  # type: ignore[no-any-return]
 
 
-def _rewire(
-    module: fx.GraphModule, library: Any, target: Target
-) -> tuple[fx.GraphModule, list[str]]:
-    """A copy of `module` whose sparse op calls run the kernels of `library`, and notes.
+@register
+@pass_dataclass
+class BindTvmKernels(RewritePass):
+    """Each sparse call, and each fused chain, calls its compiled kernel in `library`.
 
-    Chains are fused exactly when `library` holds their kernels (module rules).
+    A lowering pass: the graph still propagates shapes (on fake tensors the stand-ins run the
+    reference ops), but runs the TVM kernels on real ones. `library` and `target` are
+    runtime objects, not options a pipeline can write.
     """
-    fused, notes = _fused_copy(module, True)
-    chains = [node for node in fused.graph.nodes if isinstance(node.target, ChainCall)]
+
+    name: ClassVar[str] = "bind-tvm-kernels"
+    library: Any
+    target: Any
+
+    def options(self) -> dict[str, Any]:
+        return {}  # runtime objects; the report's backend section records the target
+
+    def run(self, graph: Graph, am: AnalysisManager) -> PassResult:
+        target = self.target
+        with graph.rewrite(self.name) as rw:
+            for node in list(graph.module.graph.nodes):
+                if isinstance(node.target, ChainCall):
+                    (first, _, first_layout), (second, _, second_layout) = _chain_kernels(
+                        node.target, target
+                    )
+                    kernels = (_kernel(self.library, first), _kernel(self.library, second))
+                    layouts = (first_layout, second_layout)
+                    rw.set_target(node, _SparseChain(node.target, kernels, layouts, target))
+                elif is_sparse_call(node):
+                    call = SparseCall.of(node)
+                    kernel = _kernel(self.library, kernel_name(call.shape, target))
+                    rw.set_target(node, _SparseLinear(kernel, call, target))
+        return PassResult(bool(rw.changes), changes=tuple(rw.changes))
+
+
+def _bind(
+    lowered: Graph, library: Any, target: Target, options: BackendOptions
+) -> list[str]:
+    """Rewrite `lowered` (a copy) so its sparse calls run the kernels of `library`; the notes.
+
+    Chains still unfused are fused exactly when `library` holds their kernels (module rules).
+    """
+    chains = [chain.call() for chain in find_chains(lowered.module).chains]
     present = [
-        all(_implements(library, name) for name, _, _ in _chain_kernels(node.target, target))
-        for node in chains
+        all(_implements(library, name) for name, _, _ in _chain_kernels(call, target))
+        for call in chains
     ]
-    if chains and not all(present):
-        if any(present):
-            raise ArtifactError(
-                "the kernel library holds the fused kernels of some sparse chains but not of "
-                f"others ({sum(present)} of {len(chains)}). Fix: rebuild the artifact."
-            )
-        fused, _ = _fused_copy(module, False)
-        notes = ["sparse chains not fused: the kernel library was built without chain kernels"]
-    for node in fused.graph.nodes:
-        if isinstance(node.target, ChainCall):
-            (first, _, first_layout), (second, _, second_layout) = _chain_kernels(
-                node.target, target
-            )
-            kernels = (_kernel(library, first), _kernel(library, second))
-            layouts = (first_layout, second_layout)
-            node.target = _SparseChain(node.target, kernels, layouts, target)
-        elif is_sparse_call(node):
-            call = SparseCall.of(node)
-            kernel = _kernel(library, kernel_name(call.shape, target))
-            node.target = _SparseLinear(kernel, call, target)
-    fused.recompile()
-    return fused, notes
+    if any(present) and not all(present):
+        raise ArtifactError(
+            "the kernel library holds the fused kernels of some sparse chains but not of "
+            f"others ({sum(present)} of {len(chains)}). Fix: rebuild the artifact."
+        )
+    fuse: list[RewritePass] = [FuseSparseChains()] if chains and all(present) else []
+    notes = run_lowering(lowered, [*fuse, BindTvmKernels(library=library, target=target)], options)
+    if chains and not fuse:
+        notes.append("sparse chains not fused: the kernel library was built without chain kernels")
+    return notes
 
 
 class PartitionedExecutable:
@@ -268,32 +285,56 @@ class PartitionedExecutable:
         record: dict[str, Any],
         threads: int | None,
         dense_threads: int | None = None,
+        notes: Sequence[str] = (),
     ) -> None:
+        self._module = module
         self._library = library
         self._program = program
         self._record = record
         self._threads = threads
         self._dense_threads = dense_threads or threads
-        self._module, self.notes = _rewire(module, library, Target(record["tvm_target"]))
+        self.notes = list(notes)
 
     @classmethod
     def build(
         cls,
-        module: fx.GraphModule,
-        program: Callable[[], ExportedProgram],
+        graph: Graph,
         target: Target,
         threads: int | None,
         dense_threads: int | None = None,
         fuse_chains: bool = True,
+        options: BackendOptions | None = None,
     ) -> PartitionedExecutable:
-        """Compile the kernels `module` needs for `target` and rewire a copy of it.
+        """Lower a copy of `graph`: fuse its chains, compile the kernels it needs for
+        `target`, and bind them.
 
         TVM's kernels run on `threads`, torch's dense ops on `dense_threads` (None: the
         same); `fuse_chains=False` builds no chain kernels, so every sparse linear runs alone.
         """
-        library = build_kernels(module, target, fuse_chains)
+        options = options or BackendOptions()
+        lowered = graph.copy()
+        notes = run_lowering(lowered, [FuseSparseChains()] if fuse_chains else [], options)
+        library = build_kernels(lowered.module, target)
+        notes += _bind(lowered, library, target, options)
         record = target_record(target, "cpu")
-        return cls(module, library, program, record, threads, dense_threads)
+        return cls(
+            lowered.module, library, graph.export_program, record, threads, dense_threads, notes
+        )
+
+    @classmethod
+    def with_library(
+        cls,
+        graph: Graph,
+        library: Any,
+        program: Callable[[], ExportedProgram],
+        record: dict[str, Any],
+        threads: int | None,
+        dense_threads: int | None = None,
+    ) -> PartitionedExecutable:
+        """Bind a copy of `graph` (unlowered, e.g. a loaded program's) to a built `library`."""
+        lowered = graph.copy()
+        notes = _bind(lowered, library, Target(record["tvm_target"]), BackendOptions())
+        return cls(lowered.module, library, program, record, threads, dense_threads, notes)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         previous = torch.get_num_threads()

@@ -316,6 +316,15 @@ def trace(
     )
 
 
+def program_graph(program: torch.export.ExportedProgram) -> Graph:
+    """A Graph of a saved program (a loaded artifact's), for a backend to lower again.
+
+    It has no example inputs: it is run and re-propagated, not re-exported.
+    """
+    gm = program.module()
+    return Graph(module=gm, example_args=(), symbol_names=_symbol_names(gm))
+
+
 def _mutation_notes(gm: fx.GraphModule) -> list[str]:
     mutated = _mutated_buffers(gm)
     if not mutated:

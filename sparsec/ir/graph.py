@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -202,8 +203,21 @@ class Graph:
         return self.module(*args, **kwargs)
 
     # ----- checking -----
-    def propagate_shapes(self) -> None:
-        """Recompute `node.meta['val']` for every node from the inputs' symbolic shapes.
+    def copy(self, device: torch.device | None = None) -> Graph:
+        """A deep copy that passes may rewrite while this graph stays as it is (a backend
+        lowers a copy: the artifact keeps the unlowered program); `device` moves the copy.
+        """
+        with warnings.catch_warnings():  # torch's own pytree deprecation notice on copy
+            warnings.simplefilter("ignore", FutureWarning)
+            twin = dataclasses.replace(self, module=copy.deepcopy(self.module))
+        if device is not None:
+            twin.module.to(device)
+            twin.propagate_shapes(device)
+        return twin
+
+    def propagate_shapes(self, device: torch.device | None = None) -> None:
+        """Recompute `node.meta['val']` for every node from the inputs' symbolic shapes
+        (on `device`, else on the device each input was traced on).
 
         Runs in a fresh ShapeEnv each time (settings as torch.export's): a fake kernel that
         specialises a size (some pad and upsample kernels do) must not leak into the
@@ -219,7 +233,7 @@ class Graph:
         shape_env = ShapeEnv(duck_shape=False, prefer_deferred_runtime_asserts_over_guards=True, trace_asserts=True)
         fake_mode = FakeTensorMode(shape_env=shape_env, export=True)
         names: dict[str, str] = {}
-        inputs = [self._fresh_input(value, fake_mode, names) for value in traced]
+        inputs = [self._fresh_input(value, fake_mode, names, device) for value in traced]
         with fake_mode:
             _FakePropagator(self.module, fake_mode, inputs).run(*inputs)
         for node, value in zip(placeholders, inputs, strict=True):
@@ -242,7 +256,9 @@ class Graph:
                 attributes.append((node.target, tuple(tensor.shape), tensor.dtype, tensor.device))
         return str(self.module.graph), tuple(attributes)
 
-    def _fresh_input(self, value: Any, fake_mode: FakeTensorMode, names: dict[str, str]) -> Any:
+    def _fresh_input(
+        self, value: Any, fake_mode: FakeTensorMode, names: dict[str, str], device: torch.device | None
+    ) -> Any:
         """A fake input in `fake_mode` with the same dynamic dims as the traced one.
 
         The new symbols get the names of the old ones in `names`; the map is rebuilt on every
@@ -252,7 +268,7 @@ class Graph:
             return value
         dims = [DimDynamic.DYNAMIC if isinstance(s, torch.SymInt) else DimDynamic.STATIC for s in value.shape]
         hints = [int(s.node.hint) if isinstance(s, torch.SymInt) else int(s) for s in value.shape]
-        real = torch.empty(hints, dtype=value.dtype, device=value.device)
+        real = torch.empty(hints, dtype=value.dtype, device=device or value.device)
         fresh = fake_mode.from_tensor(real, symbolic_context=StatelessSymbolicContext(dynamic_sizes=dims))
         for old, new in zip(value.shape, fresh.shape, strict=True):
             if isinstance(old, torch.SymInt) and isinstance(new, torch.SymInt):

@@ -134,11 +134,13 @@ class PassSummary:
 
 @dataclass(frozen=True)
 class PassResult:
-    """What a rewrite did: whether it changed the graph, which analyses survive, a summary."""
+    """What a rewrite did: whether it changed the graph, which analyses survive, a summary,
+    and notes for the user (e.g. a lowering pass saying which layers it left alone, and why)."""
 
     changed: bool
     preserved: frozenset[type[Analysis]] | _PreserveAll = frozenset()
     changes: tuple[Change, ...] = ()
+    notes: tuple[str, ...] = ()
     summary: PassSummary | None = None
 
 
