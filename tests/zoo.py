@@ -32,6 +32,25 @@ SEED = 0
 BATCH = 2
 SEQ = 8
 VOCAB = 100
+# The sizes that the BERT-style encoders (BERT, ViT) and the GQA decoders (Llama, Qwen2) share.
+ENCODER = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "attn_implementation": "sdpa",
+}
+GQA_DECODER = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "vocab_size": VOCAB,
+    "max_position_embeddings": 32,
+    "use_cache": False,
+    "attn_implementation": "sdpa",
+}
 
 
 @dataclass(frozen=True)
@@ -53,171 +72,47 @@ def hf_available(cls_name: str) -> bool:
     return hasattr(transformers, cls_name)
 
 
-def _ids(generator: torch.Generator) -> torch.Tensor:
-    return torch.randint(0, VOCAB, (BATCH, SEQ), generator=generator)
+def _token_inputs(
+    *, mask: bool = False, token_types: bool = False, positions: bool = False
+) -> Callable[[], dict[str, torch.Tensor]]:
+    """Random token ids, plus an all-ones attention mask, zero token types and positions if asked."""
+
+    def inputs() -> dict[str, torch.Tensor]:
+        ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=torch.Generator().manual_seed(SEED))
+        named = {"input_ids": ids}
+        if mask:
+            named["attention_mask"] = torch.ones_like(ids)
+        if token_types:
+            named["token_type_ids"] = torch.zeros_like(ids)
+        if positions:
+            named["position_ids"] = torch.arange(SEQ).expand(BATCH, SEQ).contiguous()
+        return named
+
+    return inputs
 
 
-def _positions() -> torch.Tensor:
-    return torch.arange(SEQ).expand(BATCH, SEQ).contiguous()
+def _hf(
+    name: str,
+    model_cls: str,
+    config_cls: str,
+    attention: str,
+    inputs: Callable[[], Any],
+    *,
+    onnx_broken: str = "",
+    **config: Any,
+) -> ZooEntry:
+    """A zoo entry for `transformers.<model_cls>` built from a tiny `transformers.<config_cls>`."""
 
+    def build() -> tuple[nn.Module, Any]:
+        import transformers
 
-def _finish(model: nn.Module) -> nn.Module:
-    model.eval()
-    if hasattr(model, "config"):
+        torch.manual_seed(SEED)
+        model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**config))
+        model.eval()
         model.config.use_cache = False
-    return model
+        return model, inputs()
 
-
-# ---------------------------------------------------------------- Hugging Face
-def _bert() -> tuple[nn.Module, Any]:
-    import transformers
-
-    torch.manual_seed(SEED)
-    config = transformers.BertConfig(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        vocab_size=VOCAB,
-        max_position_embeddings=32,
-        num_labels=3,
-        attn_implementation="sdpa",
-    )
-    model = _finish(transformers.BertForSequenceClassification(config))
-    g = torch.Generator().manual_seed(SEED)
-    ids = _ids(g)
-    # Explicit token types and positions: BERT otherwise slices fixed-size buffers by the
-    # sequence length, which makes torch.export demand an upper bound on the dynamic `seq`.
-    return model, {
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "token_type_ids": torch.zeros_like(ids),
-        "position_ids": _positions(),
-    }
-
-
-def _distilbert() -> tuple[nn.Module, Any]:
-    import transformers
-
-    torch.manual_seed(SEED)
-    config = transformers.DistilBertConfig(
-        dim=64,
-        n_layers=2,
-        n_heads=4,
-        hidden_dim=128,
-        vocab_size=VOCAB,
-        max_position_embeddings=32,
-        num_labels=3,
-        attn_implementation="sdpa",
-    )
-    model = _finish(transformers.DistilBertForSequenceClassification(config))
-    g = torch.Generator().manual_seed(SEED)
-    ids = _ids(g)
-    return model, {
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "position_ids": _positions(),
-    }
-
-
-def _gpt2() -> tuple[nn.Module, Any]:
-    import transformers
-
-    torch.manual_seed(SEED)
-    config = transformers.GPT2Config(
-        n_embd=64,
-        n_layer=2,
-        n_head=4,
-        n_positions=32,
-        vocab_size=VOCAB,
-        use_cache=False,
-        attn_implementation="sdpa",
-    )
-    model = _finish(transformers.GPT2LMHeadModel(config))
-    g = torch.Generator().manual_seed(SEED)
-    return model, {"input_ids": _ids(g)}
-
-
-def _llama() -> tuple[nn.Module, Any]:
-    import transformers
-
-    torch.manual_seed(SEED)
-    config = transformers.LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        head_dim=8,
-        vocab_size=VOCAB,
-        max_position_embeddings=32,
-        use_cache=False,
-        attn_implementation="sdpa",
-    )
-    model = _finish(transformers.LlamaForCausalLM(config))
-    g = torch.Generator().manual_seed(SEED)
-    return model, {"input_ids": _ids(g)}
-
-
-def _qwen2() -> tuple[nn.Module, Any]:
-    import transformers
-
-    torch.manual_seed(SEED)
-    config = transformers.Qwen2Config(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        max_position_embeddings=32,
-        use_cache=False,
-        attn_implementation="sdpa",
-        tie_word_embeddings=True,
-    )
-    model = _finish(transformers.Qwen2ForCausalLM(config))
-    g = torch.Generator().manual_seed(SEED)
-    return model, {"input_ids": _ids(g)}
-
-
-def _t5_encoder() -> tuple[nn.Module, Any]:
-    import transformers
-
-    torch.manual_seed(SEED)
-    config = transformers.T5Config(
-        d_model=64,
-        d_kv=16,
-        d_ff=128,
-        num_layers=2,
-        num_heads=4,
-        vocab_size=VOCAB,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=16,
-        use_cache=False,
-    )
-    model = _finish(transformers.T5EncoderModel(config))
-    g = torch.Generator().manual_seed(SEED)
-    return model, {"input_ids": _ids(g)}
-
-
-def _vit() -> tuple[nn.Module, Any]:
-    import transformers
-
-    torch.manual_seed(SEED)
-    config = transformers.ViTConfig(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        image_size=32,
-        patch_size=8,
-        num_channels=3,
-        num_labels=5,
-        attn_implementation="sdpa",
-    )
-    model = _finish(transformers.ViTForImageClassification(config))
-    g = torch.Generator().manual_seed(SEED)
-    return model, (torch.randn(BATCH, 3, 32, 32, generator=g),)
+    return ZooEntry(name, build, (attention,), needs=model_cls, onnx_broken=onnx_broken)
 
 
 # ---------------------------------------------------------------- CNN families in code
@@ -460,26 +355,97 @@ def _cnn(cls: Callable[[], nn.Module], size: int = 16) -> Callable[[], tuple[nn.
 ZOO: dict[str, ZooEntry] = {
     e.name: e
     for e in [
-        ZooEntry("bert", _bert, ("*attention.self.query",), needs="BertForSequenceClassification"),
-        ZooEntry(
-            "distilbert",
-            _distilbert,
-            ("*attention.q_lin",),
-            needs="DistilBertForSequenceClassification",
+        # Explicit token types and positions: BERT otherwise slices fixed-size buffers by the
+        # sequence length, which makes torch.export demand an upper bound on the dynamic `seq`.
+        _hf(
+            "bert",
+            "BertForSequenceClassification",
+            "BertConfig",
+            "*attention.self.query",
+            _token_inputs(mask=True, token_types=True, positions=True),
+            **ENCODER,
+            vocab_size=VOCAB,
+            max_position_embeddings=32,
+            num_labels=3,
         ),
-        ZooEntry("gpt2", _gpt2, ("*attn.c_attn",), needs="GPT2LMHeadModel"),
-        ZooEntry("llama-gqa", _llama, ("*self_attn.q_proj",), needs="LlamaForCausalLM"),
-        ZooEntry("qwen2-gqa", _qwen2, ("*self_attn.q_proj",), needs="Qwen2ForCausalLM"),
-        ZooEntry(
+        _hf(
+            "distilbert",
+            "DistilBertForSequenceClassification",
+            "DistilBertConfig",
+            "*attention.q_lin",
+            _token_inputs(mask=True, positions=True),
+            dim=64,
+            n_layers=2,
+            n_heads=4,
+            hidden_dim=128,
+            vocab_size=VOCAB,
+            max_position_embeddings=32,
+            num_labels=3,
+            attn_implementation="sdpa",
+        ),
+        _hf(
+            "gpt2",
+            "GPT2LMHeadModel",
+            "GPT2Config",
+            "*attn.c_attn",
+            _token_inputs(),
+            n_embd=64,
+            n_layer=2,
+            n_head=4,
+            n_positions=32,
+            vocab_size=VOCAB,
+            use_cache=False,
+            attn_implementation="sdpa",
+        ),
+        _hf(
+            "llama-gqa",
+            "LlamaForCausalLM",
+            "LlamaConfig",
+            "*self_attn.q_proj",
+            _token_inputs(),
+            **GQA_DECODER,
+            head_dim=8,
+        ),
+        _hf(
+            "qwen2-gqa",
+            "Qwen2ForCausalLM",
+            "Qwen2Config",
+            "*self_attn.q_proj",
+            _token_inputs(),
+            **GQA_DECODER,
+            tie_word_embeddings=True,
+        ),
+        _hf(
             "t5-encoder",
-            _t5_encoder,
-            ("*SelfAttention.q",),
-            needs="T5EncoderModel",
+            "T5EncoderModel",
+            "T5Config",
+            "*SelfAttention.q",
+            _token_inputs(),
             onnx_broken="torch.onnx.export of the unpruned graph fails too: the traced "
             "aten.view after transposing the attention output is not viewable under the "
             "exporter's fake strides",
+            d_model=64,
+            d_kv=16,
+            d_ff=128,
+            num_layers=2,
+            num_heads=4,
+            vocab_size=VOCAB,
+            relative_attention_num_buckets=8,
+            relative_attention_max_distance=16,
+            use_cache=False,
         ),
-        ZooEntry("vit", _vit, ("*attention.q_proj",), needs="ViTForImageClassification"),
+        _hf(
+            "vit",
+            "ViTForImageClassification",
+            "ViTConfig",
+            "*attention.q_proj",
+            lambda: (_image(3, 32),),
+            **ENCODER,
+            image_size=32,
+            patch_size=8,
+            num_channels=3,
+            num_labels=5,
+        ),
         ZooEntry("resnet-bottleneck", _cnn(ResNet)),
         ZooEntry("resnext", _cnn(lambda: ResNet(groups=4))),
         ZooEntry("densenet", _cnn(DenseNet)),
