@@ -19,7 +19,14 @@ from torch.utils import _pytree as pytree
 from sparsec.frontends import program_graph
 from sparsec.program_files import PROGRAM_FILE, WEIGHTS_FILE, load_program, save_program
 
-from .base import TARGETS, BackendOptions, Diagnostic, Executable, require_lowerable
+from .base import (
+    TARGETS,
+    BackendOptions,
+    Diagnostic,
+    Executable,
+    require_lowerable,
+    torch_threads,
+)
 from .semi_structured import lower_2_4
 
 if TYPE_CHECKING:
@@ -64,14 +71,8 @@ class TorchExecutable:
             return x.to(self._device) if isinstance(x, torch.Tensor) else x
 
         args, kwargs = pytree.tree_map(to_device, (args, kwargs))
-        # torch's thread count is process-wide: set it for this call only.
-        previous = torch.get_num_threads()
-        torch.set_num_threads(self._threads or previous)
-        try:
-            with torch.no_grad():
-                return self._module(*args, **kwargs)
-        finally:
-            torch.set_num_threads(previous)
+        with torch_threads(self._threads), torch.no_grad():
+            return self._module(*args, **kwargs)
 
     def files(self) -> tuple[str, ...]:
         return (PROGRAM_FILE, WEIGHTS_FILE)

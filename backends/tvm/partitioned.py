@@ -41,7 +41,7 @@ from sparsec.errors import ArtifactError, BackendError
 from sparsec.pipeline import PassResult, RewritePass, pass_dataclass, register
 from sparsec.program_files import PROGRAM_FILE, WEIGHTS_FILE, save_program
 
-from ..base import BackendOptions
+from ..base import BackendOptions, torch_threads
 from ..lowering import run_lowering
 from .fuse_chains import ChainCall, FuseSparseChains, find_chains
 from .importer import chain_layouts, kernel_for, kernel_name, kernel_operands
@@ -337,14 +337,9 @@ class PartitionedExecutable:
         return cls(lowered.module, library, program, record, threads, dense_threads, notes)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        previous = torch.get_num_threads()
-        torch.set_num_threads(self._dense_threads or previous)
-        set_threads(self._threads)
-        try:
-            with torch.no_grad():
-                return self._module(*args, **kwargs)
-        finally:
-            torch.set_num_threads(previous)
+        with torch_threads(self._dense_threads), torch.no_grad():
+            set_threads(self._threads)
+            return self._module(*args, **kwargs)
 
     def files(self) -> tuple[str, ...]:
         return (KERNELS_FILE, PROGRAM_FILE, WEIGHTS_FILE)
