@@ -188,15 +188,10 @@ class CSR(_Blocked):
         in_features: int = 0,
     ) -> Any:
         """Scatter the values at (row, column) into a zero `[out, in]` weight."""
-        from sparsec.ops._onnx_nodes import dense_linear, ints, op, row_ids
+        from sparsec.ops._onnx_nodes import dense_linear, scatter_rows
 
-        nnz = op.Shape(values, start=0, end=1)
-        rows = row_ids(crow_indices, nnz)
-        index = op.Concat(op.Unsqueeze(rows, ints(1)), op.Unsqueeze(col_indices, ints(1)), axis=1)
-        zeros = op.Expand(
-            op.CastLike(op.Constant(value_float=0.0), values), ints(out_features, in_features)
-        )
-        return dense_linear(x, op.ScatterND(zeros, index, values), bias)
+        weight = scatter_rows(values, col_indices, crow_indices, (out_features, in_features))
+        return dense_linear(x, weight, bias)
 
 
 class BSR(_Blocked):
@@ -234,17 +229,11 @@ class BSR(_Blocked):
         in_features: int = 0,
     ) -> Any:
         """Scatter the r×c blocks into `[out/r, in/c, r, c]`, then lay them out as `[out, in]`."""
-        from sparsec.ops._onnx_nodes import dense_linear, ints, op, row_ids
+        from sparsec.ops._onnx_nodes import dense_linear, ints, op, scatter_rows
 
         r, c = int(values.shape[1]), int(values.shape[2])
-        nnz = op.Shape(values, start=0, end=1)
-        rows = row_ids(crow_indices, nnz)
-        index = op.Concat(op.Unsqueeze(rows, ints(1)), op.Unsqueeze(col_indices, ints(1)), axis=1)
-        zeros = op.Expand(
-            op.CastLike(op.Constant(value_float=0.0), values),
-            ints(out_features // r, in_features // c, r, c),
-        )
-        blocks = op.ScatterND(zeros, index, values)
+        grid = (out_features // r, in_features // c, r, c)
+        blocks = scatter_rows(values, col_indices, crow_indices, grid)
         weight = op.Reshape(
             op.Transpose(blocks, perm=[0, 2, 1, 3]), ints(out_features, in_features)
         )
@@ -298,7 +287,7 @@ class NM(SparseFormat):
         x: Any, values: Any, indices: Any, bias: Any = None, n: int = 2, m: int = 4
     ) -> Any:
         """Scatter slot k of a row to column `k // n * m + indices[k]` of a zero weight."""
-        from sparsec.ops._onnx_nodes import dense_linear, ints, op
+        from sparsec.ops._onnx_nodes import dense_linear, op, zeros
 
         out_features, slots = int(values.shape[0]), int(values.shape[1])
         slot = op.Range(
@@ -306,10 +295,8 @@ class NM(SparseFormat):
         )
         group_start = op.Mul(op.Div(slot, op.Constant(value_int=n)), op.Constant(value_int=m))
         columns = op.Add(group_start, op.Cast(indices, to=7))  # 7: INT64
-        zeros = op.Expand(
-            op.CastLike(op.Constant(value_float=0.0), values), ints(out_features, slots // n * m)
-        )
-        return dense_linear(x, op.ScatterElements(zeros, columns, values, axis=1), bias)
+        weight = op.ScatterElements(zeros(values, out_features, slots // n * m), columns, values, axis=1)
+        return dense_linear(x, weight, bias)
 
     def kernel_operands(
         self, call: StaticCall, args: Sequence[Any]
