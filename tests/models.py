@@ -22,6 +22,7 @@ from torch import nn
 
 __all__ = [
     "ALL_MODELS",
+    "TINY_MLP_IR",
     "DataDependent",
     "ZERO_EQUIVALENT_MODELS",
     "CNNChain",
@@ -64,13 +65,6 @@ def randomize_norms(model: nn.Module, generator: torch.Generator) -> None:
                 m.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
                 m.weight.copy_(torch.rand(n, generator=generator) + 0.5)
                 m.bias.copy_(torch.randn(n, generator=generator) * 0.5)
-
-
-def _finish(model: nn.Module, *shape: int) -> Example:
-    generator = torch.Generator().manual_seed(SEED + 1)
-    randomize_norms(model, generator)
-    x = torch.randn(*shape, generator=generator)
-    return model.eval(), x
 
 
 def _conv_bn(cin: int, cout: int, k: int = 3, groups: int = 1) -> nn.Sequential:
@@ -254,49 +248,43 @@ class SplitCat(nn.Module):
         return self.fc(self.mix(x).mean(dim=(2, 3)))
 
 
-def _seeded(build: Callable[[], nn.Module]) -> nn.Module:
-    torch.manual_seed(SEED)
-    return build()
+def _factory(build: Callable[[], nn.Module], *shape: int) -> Callable[[], Example]:
+    """A `make_*` factory: `build()` under the fixed seed, norms randomised, an input of `shape`."""
+
+    def make() -> Example:
+        torch.manual_seed(SEED)
+        model = build()
+        generator = torch.Generator().manual_seed(SEED + 1)
+        randomize_norms(model, generator)
+        return model.eval(), torch.randn(*shape, generator=generator)
+
+    return make
 
 
-def make_cnn_chain() -> Example:
-    return _finish(_seeded(CNNChain), BATCH, 3, IMAGE, IMAGE)
+_IMAGES = (BATCH, 3, IMAGE, IMAGE)
+make_cnn_chain = _factory(CNNChain, *_IMAGES)
+make_mlp = _factory(MLP, BATCH, 16)
+make_tiny_mlp = _factory(TinyMLP, BATCH, 4)
+make_residual = _factory(ResidualCNN, *_IMAGES)
+make_concat = _factory(ConcatCNN, *_IMAGES)
+make_depthwise = _factory(DepthwiseSeparable, *_IMAGES)
+make_grouped = _factory(GroupedConv, *_IMAGES)
+make_squeeze_excite = _factory(SqueezeExcite, *_IMAGES)
+make_flatten_head = _factory(FlattenHead, *_IMAGES)
+make_split_cat = _factory(SplitCat, *_IMAGES)
 
-
-def make_mlp() -> Example:
-    return _finish(_seeded(MLP), BATCH, 16)
-
-
-def make_tiny_mlp() -> Example:
-    return _finish(_seeded(TinyMLP), BATCH, 4)
-
-
-def make_residual() -> Example:
-    return _finish(_seeded(ResidualCNN), BATCH, 3, IMAGE, IMAGE)
-
-
-def make_concat() -> Example:
-    return _finish(_seeded(ConcatCNN), BATCH, 3, IMAGE, IMAGE)
-
-
-def make_depthwise() -> Example:
-    return _finish(_seeded(DepthwiseSeparable), BATCH, 3, IMAGE, IMAGE)
-
-
-def make_grouped() -> Example:
-    return _finish(_seeded(GroupedConv), BATCH, 3, IMAGE, IMAGE)
-
-
-def make_squeeze_excite() -> Example:
-    return _finish(_seeded(SqueezeExcite), BATCH, 3, IMAGE, IMAGE)
-
-
-def make_flatten_head() -> Example:
-    return _finish(_seeded(FlattenHead), BATCH, 3, IMAGE, IMAGE)
-
-
-def make_split_cat() -> Example:
-    return _finish(_seeded(SplitCat), BATCH, 3, IMAGE, IMAGE)
+TINY_MLP_IR = """\
+@fc1.weight: f32[4, 4]
+@fc1.bias: f32[4]
+@fc2.weight: f32[2, 4]
+@fc2.bias: f32[2]
+%x: f32[batch, 4] = input
+%linear: f32[batch, 4] = linear(%x, @fc1.weight, @fc1.bias)
+%relu: f32[batch, 4] = relu(%linear)
+%linear_1: f32[batch, 2] = linear(%relu, @fc2.weight, @fc2.bias)
+return [%linear_1]
+"""
+"""The text form of `make_tiny_mlp()` traced: the "before" IR of the passes' Before/Expected tests."""
 
 
 ALL_MODELS: dict[str, Callable[[], Example]] = {

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from models import make_depthwise, make_tiny_mlp
+from models import TINY_MLP_IR, make_depthwise, make_tiny_mlp
 
 import sparsec
 from examples.models import SmallTransformer
@@ -277,17 +277,7 @@ def test_tiny_mlp_nm_ir() -> None:
     PassManager([Sparsify(pattern="nm", n=2, m=4)]).run(graph)
     masked = trace(model, (x,))
     PassManager([Sparsify(pattern="nm", n=2, m=4)]).run(masked)
-    before = """\
-@fc1.weight: f32[4, 4]
-@fc1.bias: f32[4]
-@fc2.weight: f32[2, 4]
-@fc2.bias: f32[2]
-%x: f32[batch, 4] = input
-%linear: f32[batch, 4] = linear(%x, @fc1.weight, @fc1.bias)
-%relu: f32[batch, 4] = relu(%linear)
-%linear_1: f32[batch, 2] = linear(%relu, @fc2.weight, @fc2.bias)
-return [%linear_1]
-"""
+    before = TINY_MLP_IR
     expected = """\
 @fc1.bias: f32[4]
 @fc2.bias: f32[2]

@@ -11,6 +11,7 @@ import torch
 import torch.fx as fx
 from models import (
     ALL_MODELS,
+    TINY_MLP_IR,
     ZERO_EQUIVALENT_MODELS,
     Example,
     make_cnn_chain,
@@ -141,17 +142,7 @@ def test_tiny_mlp_ir() -> None:
         # rows 1 and 3 of fc1 get the smallest norms, so they go
         model.fc1.weight.mul_(torch.tensor([1.0, 0.01, 1.0, 0.01])[:, None])
     graph = trace(model, (x,))
-    before = """\
-@fc1.weight: f32[4, 4]
-@fc1.bias: f32[4]
-@fc2.weight: f32[2, 4]
-@fc2.bias: f32[2]
-%x: f32[batch, 4] = input
-%linear: f32[batch, 4] = linear(%x, @fc1.weight, @fc1.bias)
-%relu: f32[batch, 4] = relu(%linear)
-%linear_1: f32[batch, 2] = linear(%relu, @fc2.weight, @fc2.bias)
-return [%linear_1]
-"""
+    before = TINY_MLP_IR
     expected = """\
 @fc1.weight: f32[2, 4]
 @fc1.bias: f32[2]

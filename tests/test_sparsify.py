@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models import make_tiny_mlp
+from models import TINY_MLP_IR, make_tiny_mlp
 
 from sparsec.calibration import Calibration
 from sparsec.errors import PassError, PreconditionError
@@ -327,17 +327,7 @@ def test_tiny_mlp_ir() -> None:
     """2:4 by magnitude: the IR text stays as it was, only weight values and masks change."""
     model, x = make_tiny_mlp()
     graph = trace(model, (x,))
-    before = """\
-@fc1.weight: f32[4, 4]
-@fc1.bias: f32[4]
-@fc2.weight: f32[2, 4]
-@fc2.bias: f32[2]
-%x: f32[batch, 4] = input
-%linear: f32[batch, 4] = linear(%x, @fc1.weight, @fc1.bias)
-%relu: f32[batch, 4] = relu(%linear)
-%linear_1: f32[batch, 2] = linear(%relu, @fc2.weight, @fc2.bias)
-return [%linear_1]
-"""
+    before = TINY_MLP_IR
     expected = before
     assert str(graph) == before
     result = _run(graph, Sparsify(pattern="nm", n=2, m=4))
