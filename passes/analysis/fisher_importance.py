@@ -15,35 +15,22 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import numpy as np
+import torch
 
-from sparsec.ir import Graph
-from sparsec.passes.analysis._gradient import gradient_scores
-from sparsec.passes.analysis._scoring import Aggregate, Normalize, Scope
-from sparsec.pipeline import Analysis, AnalysisManager, pass_dataclass, register
+from sparsec.passes.analysis._gradient import GradientImportance
+from sparsec.pipeline import pass_dataclass, register
 
 __all__ = ["FisherImportance"]
 
 
 @register
 @pass_dataclass
-class FisherImportance(Analysis):
+class FisherImportance(GradientImportance):
     """Score units by the OBD saliency with squared gradients as the Hessian diagonal."""
 
     name: ClassVar[str] = "fisher-importance"
-    role: ClassVar[str | None] = "channel-importance"
-    aggregate: Aggregate = "sum"
-    normalize: Normalize = "none"
-    scope: Scope = "coupled"
+    mode = "square"
 
-    def run(self, graph: Graph, am: AnalysisManager) -> dict[int, np.ndarray]:
-        return gradient_scores(
-            graph,
-            am,
-            self.name,
-            "square",
-            lambda w, f: 0.5 * f * w * w,
-            self.aggregate,
-            self.normalize,
-            self.scope,
-        )
+    @staticmethod
+    def element(weight: torch.Tensor, fisher: torch.Tensor) -> torch.Tensor:
+        return 0.5 * fisher * weight * weight

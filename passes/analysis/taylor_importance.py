@@ -14,35 +14,22 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import numpy as np
+import torch
 
-from sparsec.ir import Graph
-from sparsec.passes.analysis._gradient import gradient_scores
-from sparsec.passes.analysis._scoring import Aggregate, Normalize, Scope
-from sparsec.pipeline import Analysis, AnalysisManager, pass_dataclass, register
+from sparsec.passes.analysis._gradient import GradientImportance
+from sparsec.pipeline import pass_dataclass, register
 
 __all__ = ["TaylorImportance"]
 
 
 @register
 @pass_dataclass
-class TaylorImportance(Analysis):
+class TaylorImportance(GradientImportance):
     """Score units by the first-order change of the loss when their weights go to zero."""
 
     name: ClassVar[str] = "taylor-importance"
-    role: ClassVar[str | None] = "channel-importance"
-    aggregate: Aggregate = "sum"
-    normalize: Normalize = "none"
-    scope: Scope = "coupled"
+    mode = "sum"
 
-    def run(self, graph: Graph, am: AnalysisManager) -> dict[int, np.ndarray]:
-        return gradient_scores(
-            graph,
-            am,
-            self.name,
-            "sum",
-            lambda w, g: (w * g).abs(),
-            self.aggregate,
-            self.normalize,
-            self.scope,
-        )
+    @staticmethod
+    def element(weight: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        return (weight * gradients).abs()
