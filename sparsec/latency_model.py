@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -38,6 +39,7 @@ __all__ = [
     "LATENCY_MODELS",
     "LatencyModel",
     "Decision",
+    "MeasuredLatencyModel",
     "SparseFormat",
     "ReferenceLatencyModel",
     "decide",
@@ -97,8 +99,13 @@ def random_layer(
 
 
 @dataclass
-class ReferenceLatencyModel:
-    """Measures torch dense and sparsec's reference kernels on this machine (cached)."""
+class MeasuredLatencyModel(ABC):
+    """A latency model that measures on this machine and keeps each result in its GateCache.
+
+    Rules: a subclass says how it measures (`measure_dense`, `measure_sparse`) and what its
+    timings depend on besides the layer (`cache_name`: host, library and code versions);
+    the cache entry of each measurement (`measurement_key`) is the same for every model.
+    """
 
     repeats: int = 10
     threads: int = 1
@@ -108,16 +115,13 @@ class ReferenceLatencyModel:
     @property
     def cache(self) -> GateCache:
         if self._cache is None:
-            self._cache = GateCache(
-                f"reference-{cpu_model()}-torch{torch.__version__}-sparsec{_version()}"
-            )
+            self._cache = GateCache(self.cache_name())
         return self._cache
 
     def dense_ms(self, out_features: int, in_features: int, tokens: int) -> float:
         def measure() -> float:
             x, w, _ = random_layer(out_features, in_features, tokens, self.seed)
-            with torch.no_grad():
-                return fastest_ms(lambda: torch.nn.functional.linear(x, w), self.repeats, self.threads)
+            return self.measure_dense(x, w)
 
         key = measurement_key("dense", out_features, in_features, tokens, self.threads)
         return self.cache.measured(key, measure)
@@ -131,12 +135,41 @@ class ReferenceLatencyModel:
         pattern: SparsityPattern,
     ) -> float:
         def measure() -> float:
-            sparse, args = random_sparse_call(fmt, out_features, in_features, tokens, pattern, self.seed)
-            with torch.no_grad():
-                return fastest_ms(lambda: sparse.op(*args), self.repeats, self.threads)
+            sparse, args = random_sparse_call(
+                fmt, out_features, in_features, tokens, pattern, self.seed
+            )
+            return self.measure_sparse(sparse, args)
 
         key = measurement_key(fmt, out_features, in_features, tokens, self.threads, pattern)
         return self.cache.measured(key, measure)
+
+    @abstractmethod
+    def cache_name(self) -> str:
+        """The GateCache this model's timings are valid in."""
+
+    @abstractmethod
+    def measure_dense(self, x: torch.Tensor, w: torch.Tensor) -> float:
+        """Milliseconds of the dense linear `x @ w.T`, measured now."""
+
+    @abstractmethod
+    def measure_sparse(self, sparse: SparseFormatClass, args: tuple[Any, ...]) -> float:
+        """Milliseconds of `sparse.op(*args)` (from `random_sparse_call`), measured now."""
+
+
+@dataclass
+class ReferenceLatencyModel(MeasuredLatencyModel):
+    """Measures torch dense and sparsec's reference kernels on this machine (cached)."""
+
+    def cache_name(self) -> str:
+        return f"reference-{cpu_model()}-torch{torch.__version__}-sparsec{_version()}"
+
+    def measure_dense(self, x: torch.Tensor, w: torch.Tensor) -> float:
+        with torch.no_grad():
+            return fastest_ms(lambda: torch.nn.functional.linear(x, w), self.repeats, self.threads)
+
+    def measure_sparse(self, sparse: SparseFormatClass, args: tuple[Any, ...]) -> float:
+        with torch.no_grad():
+            return fastest_ms(lambda: sparse.op(*args), self.repeats, self.threads)
 
 
 def random_sparse_call(

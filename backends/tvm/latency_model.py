@@ -34,18 +34,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import tvm
 
-from sparsec.gate_cache import GateCache
 from sparsec.latency_model import (
+    MeasuredLatencyModel,
     ReferenceLatencyModel,
-    SparseFormat,
     fastest_ms,
-    measurement_key,
-    random_layer,
-    random_sparse_call,
 )
-from sparsec.ops.masks import SparsityPattern
+from sparsec.ops.sparse_formats import SparseFormat
 
 from .importer import kernel_for
 from .isa import isa_of
@@ -80,57 +77,33 @@ def _ort_gemm(weight: np.ndarray, threads: int) -> Any:
 
 
 @dataclass
-class TvmLatencyModel:
+class TvmLatencyModel(MeasuredLatencyModel):
     """Measures our TVM kernels against torch and ORT dense on this machine (cached)."""
 
-    repeats: int = 10
-    threads: int = 1
-    seed: int = 0
-    _cache: GateCache | None = field(default=None, repr=False)
     _kernels: dict[BsrShape, Any] = field(default_factory=dict)
 
-    @property
-    def cache(self) -> GateCache:
-        if self._cache is None:
-            target = host_target(self.threads)
-            self._cache = GateCache(
-                f"tvm-{target.attrs['mcpu']}-{isa_of(target).name}-tvm{tvm.__version__}-"
-                f"ort{_ort_version()}-{_kernel_source_digest()}"
-            )
-        return self._cache
+    def cache_name(self) -> str:
+        target = host_target(self.threads)
+        return (
+            f"tvm-{target.attrs['mcpu']}-{isa_of(target).name}-tvm{tvm.__version__}-"
+            f"ort{_ort_version()}-{_kernel_source_digest()}"
+        )
 
-    def dense_ms(self, out_features: int, in_features: int, tokens: int) -> float:
-        def measure() -> float:
-            torch_ms = ReferenceLatencyModel(self.repeats, self.threads, self.seed).dense_ms(
-                out_features, in_features, tokens
-            )
-            x, w, _ = random_layer(out_features, in_features, tokens, self.seed)
-            session = _ort_gemm(w.numpy(), self.threads)
-            feed = {"x": x.numpy()}
-            ort_ms = fastest_ms(lambda: session.run(None, feed), self.repeats, self.threads)
-            return min(torch_ms, ort_ms)
+    def measure_dense(self, x: torch.Tensor, w: torch.Tensor) -> float:
+        (out_features, in_features), tokens = w.shape, x.shape[0]
+        reference = ReferenceLatencyModel(self.repeats, self.threads, self.seed)
+        torch_ms = reference.dense_ms(out_features, in_features, tokens)
+        session = _ort_gemm(w.numpy(), self.threads)
+        feed = {"x": x.numpy()}
+        ort_ms = fastest_ms(lambda: session.run(None, feed), self.repeats, self.threads)
+        return min(torch_ms, ort_ms)
 
-        key = measurement_key("dense", out_features, in_features, tokens, self.threads)
-        return self.cache.measured(key, measure)
-
-    def sparse_ms(
-        self,
-        fmt: SparseFormat,
-        out_features: int,
-        in_features: int,
-        tokens: int,
-        pattern: SparsityPattern,
-    ) -> float:
-        def measure() -> float:
-            sparse, op_args = random_sparse_call(fmt, out_features, in_features, tokens, pattern, self.seed)
-            call = SparseCall.of_args(sparse, op_args)
-            args: tuple[Any, ...] = (op_args[0], *op_args[1 : 1 + len(sparse.parts)], None)
-            linear = _SparseLinear(self._kernel(call.shape), call, host_target(self.threads))
-            set_threads(self.threads)
-            return fastest_ms(lambda: linear(*args), self.repeats, self.threads)
-
-        key = measurement_key(fmt, out_features, in_features, tokens, self.threads, pattern)
-        return self.cache.measured(key, measure)
+    def measure_sparse(self, sparse: SparseFormat, args: tuple[Any, ...]) -> float:
+        call = SparseCall.of_args(sparse, args)
+        operands: tuple[Any, ...] = (args[0], *args[1 : 1 + len(sparse.parts)], None)
+        linear = _SparseLinear(self._kernel(call.shape), call, host_target(self.threads))
+        set_threads(self.threads)
+        return fastest_ms(lambda: linear(*operands), self.repeats, self.threads)
 
     def _kernel(self, shape: BsrShape) -> Any:
         if shape not in self._kernels:
