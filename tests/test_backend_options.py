@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from config_files import config_error, write
+from config_files import ErrorCase, assert_located_error, config_error, write
 from torch import nn
 
 import sparsec
@@ -90,8 +90,7 @@ def test_table_parses_into_tvm_options(tmp_path: Path, tvm, name: str, text: str
     assert isinstance(pipeline.backend_options.tuning_dir, Path)
 
 
-# case -> (file text, line, field, fragments of the message)
-TOML_CASES = {
+TOML_CASES: dict[str, ErrorCase] = {
     "unknown key": (
         """\
         backend = "tvm"
@@ -170,12 +169,7 @@ TOML_CASES = {
 
 @pytest.mark.parametrize("case", list(TOML_CASES))
 def test_toml_errors(tmp_path: Path, tvm, case: str) -> None:  # type: ignore[no-untyped-def]
-    text, line, field, fragments = TOML_CASES[case]
-    path = write(tmp_path, "bad.toml", text)
-    message = config_error(path)
-    assert f"{path}:{line}: {field}: " in message
-    for fragment in fragments:
-        assert fragment in message
+    assert_located_error(tmp_path, "bad.toml", TOML_CASES[case])
 
 
 def test_yaml_errors_have_lines_and_are_reported_together(tmp_path: Path, tvm) -> None:  # type: ignore[no-untyped-def]

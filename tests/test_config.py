@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
 import pytest
-from config_files import config_error, write
+from config_files import ErrorCase, assert_located_error, config_error, write
 from pydantic import Field
 
 from sparsec.config import dump_pipeline, load_pipeline, parse_pipeline_text, pipeline_from_dict
@@ -159,8 +159,7 @@ def test_text_semantic_error_has_column() -> None:
     assert "did you mean 'ratio'?" in message
 
 
-# Each bad file: (text, line, field, fragments of the message that say what and how to fix).
-TOML_CASES = {
+TOML_CASES: dict[str, ErrorCase] = {
     "unknown pass": (
         """\
         target = "cpu"
@@ -311,16 +310,11 @@ def to_yaml(toml_text: str) -> str:
 
 @pytest.mark.parametrize("case", list(TOML_CASES))
 def test_toml_errors(tmp_path: Path, case: str) -> None:
-    text, line, field, fragments = TOML_CASES[case]
-    path = write(tmp_path, "bad.toml", text)
-    message = config_error(path)
-    assert f"{path}:{line}: {field}: " in message
-    for fragment in fragments:
-        assert fragment in message
+    message = assert_located_error(tmp_path, "bad.toml", TOML_CASES[case])
     assert "pydantic" not in message and "For further information" not in message
 
 
-YAML_CASES = {
+YAML_CASES: dict[str, ErrorCase] = {
     "unknown pass": (
         """\
         target: cpu
@@ -408,12 +402,7 @@ YAML_CASES = {
 
 @pytest.mark.parametrize("case", list(YAML_CASES))
 def test_yaml_errors(tmp_path: Path, case: str) -> None:
-    text, line, field, fragments = YAML_CASES[case]
-    path = write(tmp_path, "bad.yaml", text)
-    message = config_error(path)
-    assert f"{path}:{line}: {field}: " in message
-    for fragment in fragments:
-        assert fragment in message
+    assert_located_error(tmp_path, "bad.yaml", YAML_CASES[case])
 
 
 def test_all_problems_reported_together(tmp_path: Path) -> None:
