@@ -235,80 +235,19 @@ def _picture_links(pictures: list[str]) -> str:
     return f"\nNo pictures: {reason}.\n" if reason else ""
 
 
-def _fill(
-    staging: Path,
-    *,
-    graph: Graph,
-    executable: Executable,
-    backend_name: str,
-    target: str,
-    pipeline: dict[str, Any],
-    report_markdown: str,
-    report: dict[str, Any],
-) -> None:
-    """Write every file and then the manifest into `staging`."""
-    backend_metadata = executable.save(staging)
-    files = set(executable.files())
-    if PROGRAM_FILE not in files:
-        files.update(save_program(graph.export_program(), staging))
-    pictures = write_report_plots(report, staging) if report else []
-    (staging / REPORT_MARKDOWN_FILE).write_text(report_markdown + _picture_links(pictures))
-    (staging / REPORT_JSON_FILE).write_text(_json(report, "report"))
-    files.update((REPORT_MARKDOWN_FILE, REPORT_JSON_FILE, *pictures))
-    manifest: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        "versions": {
-            "sparsec": sparsec.__version__,
-            "torch": torch.__version__,
-            "onnx": _version("onnx"),
-            "onnxruntime": _version("onnxruntime"),
-            "python": sys.version.split()[0],
-        },
-        "target": target,
-        "backend": backend_name,
-        "backend_metadata": backend_metadata,
-        "notes": list(executable.notes),
-        "pipeline": pipeline,
-        "inputs": [
-            {"name": spec.name, "dtype": spec.dtype, "shape": list(spec.shape)}
-            for spec in graph.input_specs
-        ],
-        "outputs": list(graph.output_names),
-        "files": {name: _sha256(staging / name) for name in sorted(files)},
-    }
-    _json(manifest, "manifest (pipeline or backend metadata)")
-    manifest["checksum"] = _checksum(manifest)
-    (staging / MANIFEST_FILE).write_text(_json(manifest, "manifest"))
+@contextlib.contextmanager
+def _new_version(directory: Path) -> Iterator[Path]:
+    """A fresh version directory to fill; on leaving the block, switch the artifact to it.
 
-
-def write_artifact(
-    directory: Path,
-    *,
-    graph: Graph,
-    executable: Executable,
-    backend_name: str,
-    target: str,
-    pipeline: dict[str, Any],
-    report_markdown: str,
-    report: dict[str, Any],
-) -> Path:
-    """Write a new version of the artifact and switch to it (see module docstring)."""
-    directory = Path(directory)
+    Any failure, in the block or in the switch, removes what was written and leaves the
+    artifact as it was (see module docstring).
+    """
     _check_replaceable(directory)
     created = not directory.exists()
     version = directory / _VERSIONS / f"{time.time_ns():x}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     try:
         version.mkdir(parents=True)  # modes from the umask, like every file in it
-        _fill(
-            version,
-            graph=graph,
-            executable=executable,
-            backend_name=backend_name,
-            target=target,
-            pipeline=pipeline,
-            report_markdown=report_markdown,
-            report=report,
-        )
+        yield version
         files = sorted(p.name for p in version.iterdir())
         with _locked(directory):
             _clean_stale(directory)
@@ -322,6 +261,57 @@ def write_artifact(
                 "if any, is unchanged."
             ) from exc
         raise
+
+
+def write_artifact(
+    directory: Path,
+    *,
+    graph: Graph,
+    executable: Executable,
+    backend_name: str,
+    target: str,
+    pipeline: dict[str, Any],
+    report_markdown: str,
+    report: dict[str, Any],
+) -> Path:
+    """Write a new version of the artifact and switch to it (see module docstring).
+
+    Every file is written first, the manifest last.
+    """
+    directory = Path(directory)
+    with _new_version(directory) as staging:
+        backend_metadata = executable.save(staging)
+        files = set(executable.files())
+        if PROGRAM_FILE not in files:
+            files.update(save_program(graph.export_program(), staging))
+        pictures = write_report_plots(report, staging) if report else []
+        (staging / REPORT_MARKDOWN_FILE).write_text(report_markdown + _picture_links(pictures))
+        (staging / REPORT_JSON_FILE).write_text(_json(report, "report"))
+        files.update((REPORT_MARKDOWN_FILE, REPORT_JSON_FILE, *pictures))
+        manifest: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "versions": {
+                "sparsec": sparsec.__version__,
+                "torch": torch.__version__,
+                "onnx": _version("onnx"),
+                "onnxruntime": _version("onnxruntime"),
+                "python": sys.version.split()[0],
+            },
+            "target": target,
+            "backend": backend_name,
+            "backend_metadata": backend_metadata,
+            "notes": list(executable.notes),
+            "pipeline": pipeline,
+            "inputs": [
+                {"name": spec.name, "dtype": spec.dtype, "shape": list(spec.shape)}
+                for spec in graph.input_specs
+            ],
+            "outputs": list(graph.output_names),
+            "files": {name: _sha256(staging / name) for name in sorted(files)},
+        }
+        _json(manifest, "manifest (pipeline or backend metadata)")
+        manifest["checksum"] = _checksum(manifest)
+        (staging / MANIFEST_FILE).write_text(_json(manifest, "manifest"))
     return directory
 
 
