@@ -13,6 +13,10 @@ Rules:
 - `time_onnx(path, feed, threads, repeats)` is the timing a child runs for an ONNX file:
   ONNX Runtime on CPU with `threads` intra-op threads, 3 warm-up runs, then the median
   and minimum of `repeats` runs in milliseconds;
+- `timings_ms(run, repeats, warmup)` calls `run` `warmup` times untimed, then returns the
+  milliseconds of `repeats` calls; `median_ms` is their median;
+- `write_results(out, before, after, **fields)` writes a run's JSON: the machine before and
+  after, the command line, then the benchmark's own fields;
 - `machine()` is what every benchmark prints and stores: CPU model, LLVM's name for it, the
   kernels' ISA, usable cores, and the load average.
 """
@@ -21,12 +25,24 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["emit", "in_fresh_process", "machine", "machine_line", "time_onnx"]
+__all__ = [
+    "emit",
+    "in_fresh_process",
+    "machine",
+    "machine_line",
+    "median_ms",
+    "time_onnx",
+    "timings_ms",
+    "write_results",
+]
 
 
 def machine() -> dict[str, Any]:
@@ -73,22 +89,46 @@ def in_fresh_process(script: Path, args: list[str], timeout_s: float = 3600) -> 
     return json.loads(lines[-1])  # type: ignore[no-any-return]
 
 
+def timings_ms(run: Callable[[], object], repeats: int, warmup: int = 3) -> list[float]:
+    """Milliseconds of each of `repeats` calls of `run`, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        run()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return samples
+
+
+def median_ms(run: Callable[[], object], repeats: int, warmup: int = 3) -> float:
+    """Median milliseconds of `repeats` calls of `run`, after `warmup` untimed calls."""
+    return statistics.median(timings_ms(run, repeats, warmup))
+
+
+def write_results(out: Path, before: dict[str, Any], after: dict[str, Any], **fields: Any) -> None:
+    """Write a run's JSON to `out`: `machine()` before and after, the command, then `fields`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "machine_before": before,
+                "machine_after": after,
+                "command": " ".join(["python", *sys.argv]),
+                **fields,
+            },
+            indent=2,
+        )
+    )
+
+
 def time_onnx(path: str, feed: dict[str, Any], threads: int, repeats: int) -> dict[str, float]:
     """Median and minimum milliseconds of ORT runs of the ONNX file `path` on `feed`."""
-    import time
-
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    for _ in range(3):
-        session.run(None, feed)
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, feed)
-        samples.append((time.perf_counter() - start) * 1e3)
-    samples.sort()
+    samples = sorted(timings_ms(lambda: session.run(None, feed), repeats))
     return {"median_ms": samples[len(samples) // 2], "min_ms": samples[0]}

@@ -17,10 +17,7 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +26,14 @@ import torch
 import sparsec
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _isolation import emit, in_fresh_process, machine, machine_line  # noqa: E402
+from _isolation import (  # noqa: E402
+    emit,
+    in_fresh_process,
+    machine,
+    machine_line,
+    median_ms,
+    write_results,
+)
 
 TOKENS = 1024
 EXPLICIT = (
@@ -57,13 +61,6 @@ def _child(variant: str, threads: int, repeats: int) -> dict[str, Any]:
     torch.set_num_threads(threads)
     x = torch.randn(TOKENS, 768)
     compiled = sparsec.compile(Ffn().eval(), (x,), threads=threads, **VARIANTS[variant])
-    for _ in range(3):
-        compiled(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        compiled(x)
-        times.append(time.perf_counter() - start)
     gate = [
         f"{row['layer']}: {row['format']} ({row['reason']})"
         for name, summary in compiled.report.pass_summaries
@@ -72,7 +69,7 @@ def _child(variant: str, threads: int, repeats: int) -> dict[str, Any]:
     ]
     return {
         "variant": variant,
-        "ms": round(statistics.median(times) * 1e3, 2),
+        "ms": round(median_ms(lambda: compiled(x), repeats), 2),
         "backend": compiled.report.backend,
         "gate": gate,
     }
@@ -104,18 +101,7 @@ def main() -> None:
         )
         for line in result["gate"]:
             print(f"{'':>20}{line}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "machine_before": before,
-                "machine_after": machine(),
-                "command": " ".join(["python", *sys.argv]),
-                "results": results,
-            },
-            indent=2,
-        )
-    )
+    write_results(args.out, before, machine(), results=results)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -58,7 +57,7 @@ from sparsec.budget_search.timing import save_inputs, time_artifact
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _docstring_lm as lm  # noqa: E402
-from _isolation import machine, machine_line  # noqa: E402
+from _isolation import machine, machine_line, write_results  # noqa: E402
 from criteria import _accuracy, _data, _train  # noqa: E402
 
 SEED = 0
@@ -304,18 +303,7 @@ def main() -> None:
             }
     after = machine()
     print(f"\n{machine_line(after)}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "machine_before": before,
-                "machine_after": after,
-                "command": " ".join(["python", *sys.argv]),
-                "tables": tables,
-            },
-            indent=2,
-        )
-    )
+    write_results(args.out, before, after, tables=tables)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,10 @@ Run: `make bench`, or `.venv/bin/python benchmarks/structured.py [--threads 1] [
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -25,22 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import sparsec  # noqa: E402
 from examples.models import mlp, small_cnn, small_transformer  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _isolation import median_ms  # noqa: E402
+
 MODELS = {
     "small_cnn": (small_cnn, lambda b: torch.randn(b, 3, 32, 32)),
     "mlp": (mlp, lambda b: torch.randn(b, 64)),
     "small_transformer": (small_transformer, lambda b: torch.randint(0, 1000, (b, 16))),
 }
-
-
-def _median_ms(fn, x: torch.Tensor, repeats: int) -> float:
-    for _ in range(5):
-        fn(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(x)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def _torch_pruning(model: torch.nn.Module, example: torch.Tensor, ratio: float) -> torch.nn.Module:
@@ -99,13 +90,17 @@ def main() -> None:
             )
         for batch in args.batches:
             x = make_input(batch)
-            dense_ms = _median_ms(dense, x, args.repeats)
+            dense_ms = median_ms(functools.partial(dense, x), args.repeats, warmup=5)
             for label, compiled, failure in variants:
                 row = {"model": name, "variant": label, "batch": batch, "threads": args.threads}
                 if compiled is None:
                     rows.append({**row, "failed": failure})
                     continue
-                ms = dense_ms if label == "dense" else _median_ms(compiled, x, args.repeats)
+                ms = (
+                    dense_ms
+                    if label == "dense"
+                    else median_ms(functools.partial(compiled, x), args.repeats, warmup=5)
+                )
                 rows.append(
                     {
                         **row,

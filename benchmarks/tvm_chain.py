@@ -27,7 +27,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,9 @@ from sparsec.backends.tvm import TvmOptions
 from sparsec.backends.tvm.partitioned import PartitionedExecutable
 from sparsec.backends.tvm.target import build_target, host_cpu
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _isolation import timings_ms  # noqa: E402
+
 PIPELINE = (
     "sparsify{pattern=block,block=[16,1],sparsity=0.9},lower-sparse-weights{format=bsr,gate=off}"
 )
@@ -48,16 +50,6 @@ PIPELINE = (
 def _ffn() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(768, 3072), nn.GELU(), nn.Linear(3072, 768)).eval()
-
-
-def _times_ms(run: Callable[[], Any], repeats: int) -> list[float]:
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
 
 
 def main() -> None:
@@ -102,9 +94,9 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):
         for name, run in variants.items():
-            times[name] += _times_ms(run, args.repeats)
+            times[name] += timings_ms(run, args.repeats, warmup=1)
     with torch.no_grad():
-        times["torch_dense"] = _times_ms(lambda: model(x), args.repeats * args.rounds)
+        times["torch_dense"] = timings_ms(lambda: model(x), args.repeats * args.rounds, warmup=1)
     medians = {name: round(statistics.median(values), 3) for name, values in times.items()}
     load_after = os.getloadavg()
     print(f"load after {load_after}; notes: {fused.executable.notes}")

@@ -33,11 +33,8 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
-import json
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +48,14 @@ from sparsec.backends.tvm.partitioned import PartitionedExecutable
 from sparsec.backends.tvm.target import host_target
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _isolation import emit, in_fresh_process, machine, machine_line  # noqa: E402
+from _isolation import (  # noqa: E402
+    emit,
+    in_fresh_process,
+    machine,
+    machine_line,
+    median_ms,
+    write_results,
+)
 
 SEQUENCE = 128
 SPARSE_PIPELINE = (
@@ -82,17 +86,6 @@ def _inputs(batch: int, vocab: int) -> dict[str, torch.Tensor]:
     ids = torch.randint(0, vocab, (batch, SEQUENCE), generator=gen)
     positions = torch.arange(SEQUENCE).expand(batch, SEQUENCE).contiguous()
     return {"input_ids": ids, "token_type_ids": torch.zeros_like(ids), "position_ids": positions}
-
-
-def _median_ms(run: Callable[[], Any], repeats: int) -> float:
-    for _ in range(2):
-        run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def _int8(dense: Any, threads: int) -> Any:
@@ -164,7 +157,7 @@ def _time(
         inputs = _inputs(batch, model.vocab)
         with torch.no_grad():
             result["ms"][str(batch)] = round(
-                _median_ms(functools.partial(runner, **inputs), repeats), 2
+                median_ms(functools.partial(runner, **inputs), repeats, warmup=2), 2
             )
             if variant.startswith("tvm"):
                 expected = model(**inputs)
@@ -290,21 +283,15 @@ def main() -> None:
                 f"{row['threads']:>3} {row['batch']:>5} tvm {same['tvm_ms']:.2f} ms, "
                 f"ort {same['ort_ms']:.2f} ms, {same['speedup_vs_ort']:.2f}x"
             )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "machine_before": before,
-                "machine_after": after,
-                "command": " ".join(["python", *sys.argv]),
-                "pipeline": SPARSE_PIPELINE,
-                "kernel_isa": args.isa,
-                "notes": separate["tvm", args.threads[0]]["notes"],
-                "compile_s": {f"{v}-{t}": r["compile_s"] for (v, t), r in separate.items()},
-                "rows": rows,
-            },
-            indent=2,
-        )
+    write_results(
+        args.out,
+        before,
+        after,
+        pipeline=SPARSE_PIPELINE,
+        kernel_isa=args.isa,
+        notes=separate["tvm", args.threads[0]]["notes"],
+        compile_s={f"{v}-{t}": r["compile_s"] for (v, t), r in separate.items()},
+        rows=rows,
     )
 
 

@@ -20,10 +20,8 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -49,22 +47,11 @@ from sparsec.backends.tvm.threads import set_threads
 from sparsec.backends.tvm.tuning import DEFAULT_TUNING_DIR, TuneBudget, tune_module
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _isolation import emit, in_fresh_process, machine, machine_line  # noqa: E402
+from _isolation import emit, in_fresh_process, machine, machine_line, median_ms  # noqa: E402
 
 SHAPES = [(128, 768, 3072), (128, 3072, 768)]  # (tokens, in, out)
 SPARSITIES = [0.5, 0.7, 0.8, 0.9, 0.95]
 BLOCKS = [(1, 1), (4, 1), (8, 1), (16, 1), (1, 4)]
-
-
-def _median_ms(run, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    for _ in range(3):
-        run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def _bsr(out_f: int, in_f: int, r: int, c: int, sparsity: float, rng: np.random.Generator):  # type: ignore[no-untyped-def]
@@ -91,7 +78,7 @@ def _ort_dense(x: np.ndarray, weight: np.ndarray, threads: int, repeats: int) ->
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    return _median_ms(lambda: session.run(None, {"x": x}), repeats)
+    return median_ms(lambda: session.run(None, {"x": x}), repeats)
 
 
 def _tvm_dense_tuned(
@@ -111,7 +98,7 @@ def _tvm_dense_tuned(
     machine = tvm.relax.VirtualMachine(compile_module(result.module, target), tvm.cpu())
     args = [tvm.runtime.tensor(x), *(tvm.runtime.tensor(p) for p in imported.params)]
     set_threads(threads)
-    ms = _median_ms(lambda: machine["main"](*args), repeats)
+    ms = median_ms(lambda: machine["main"](*args), repeats)
     info = {
         "trials_budget": trials,
         "tasks_tuned": len(result.tuned),
@@ -132,7 +119,7 @@ def _dense_child(shape_index: int, threads: int, repeats: int) -> dict[str, floa
     weight = rng.standard_normal((out_f, in_f)).astype(np.float32)
     torch.set_num_threads(threads)
     x_t, w_t = torch.from_numpy(x), torch.from_numpy(weight)
-    torch_ms = _median_ms(lambda: torch.nn.functional.linear(x_t, w_t), repeats)
+    torch_ms = median_ms(lambda: torch.nn.functional.linear(x_t, w_t), repeats)
     return {"torch_ms": torch_ms, "ort_ms": _ort_dense(x, weight, threads, repeats)}
 
 
@@ -254,7 +241,7 @@ def main() -> None:
                             np.zeros((tokens, out_f), np.float32),
                         )
                     ]
-                    tvm_ms = _median_ms(lambda: kernel(*tensors), args.repeats)  # noqa: B023
+                    tvm_ms = median_ms(lambda: kernel(*tensors), args.repeats)  # noqa: B023
                     row = {
                         "tokens": tokens,
                         "in": in_f,
