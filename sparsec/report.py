@@ -83,7 +83,8 @@ class Report:
             params = {s["pass"]: s["params_after"] for s in self.pass_stats}
             for name, seconds in self.pass_times:
                 dev = f"{deviation[name]:.3g}" if name in deviation else "-"
-                lines.append(f"| `{name}` | {seconds:.3f} | {params.get(name, '-'):,} | {dev} |")
+                kept = f"{params[name]:,}" if name in params else "-"  # lowering passes: none
+                lines.append(f"| `{name}` | {seconds:.3f} | {kept} | {dev} |")
             lines.append("")
         before_widths = {w.layer: w for w in b.widths}
         if a.widths:

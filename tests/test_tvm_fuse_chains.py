@@ -395,6 +395,7 @@ def test_block_sparse_bert_matches_torch_with_fused_chains(tmp_path) -> None:  #
     assert fused.count("= sparse_chain_64x128x64_gelu(") == 2
     assert bound.count("= tvm_sparse_chain_64x128x64_gelu(") == 2
     assert "sparse_chain" not in str(compiled.graph)
+    assert "| `bind-tvm-kernels` |" in compiled.report.to_markdown()  # no params row: "-"
     for batch, seq in [(2, 8), (3, 7), (1, 1), (5, 26)]:  # 130 tokens: eight tiles and a tail
         inputs = _bert_inputs(batch, seq)
         with torch.no_grad():
