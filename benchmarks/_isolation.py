@@ -17,12 +17,16 @@ Rules:
   milliseconds of `repeats` calls; `median_ms` is their median;
 - `write_results(out, before, after, **fields)` writes a run's JSON: the machine before and
   after, the command line, then the benchmark's own fields;
+- an ONNX file's latency at a batch is timed by `onnx_median_ms(script, file, batch, threads,
+  repeats)`, which runs `script --child FILE BATCH THREADS REPEATS` (the option that
+  `add_onnx_child_option` adds); the child answers with `onnx_child(args.child, feed)`;
 - `machine()` is what every benchmark prints and stores: CPU model, LLVM's name for it, the
   kernels' ISA, usable cores, and the load average.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -34,11 +38,14 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "add_onnx_child_option",
     "emit",
     "in_fresh_process",
     "machine",
     "machine_line",
     "median_ms",
+    "onnx_child",
+    "onnx_median_ms",
     "time_onnx",
     "timings_ms",
     "write_results",
@@ -132,3 +139,22 @@ def time_onnx(path: str, feed: dict[str, Any], threads: int, repeats: int) -> di
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     samples = sorted(timings_ms(lambda: session.run(None, feed), repeats))
     return {"median_ms": samples[len(samples) // 2], "min_ms": samples[0]}
+
+
+def add_onnx_child_option(parser: argparse.ArgumentParser) -> None:
+    """The hidden `--child FILE BATCH THREADS REPEATS` that `onnx_median_ms` passes."""
+    parser.add_argument(
+        "--child", nargs=4, metavar=("FILE", "BATCH", "THREADS", "REPEATS"), help=argparse.SUPPRESS
+    )
+
+
+def onnx_median_ms(script: Path, onnx_file: Path, batch: int, threads: int, repeats: int) -> float:
+    """Median milliseconds of `onnx_file` at `batch`, timed by `script`'s child in a fresh process."""
+    args = [str(onnx_file), str(batch), str(threads), str(repeats)]
+    return in_fresh_process(script, args)["median_ms"]  # type: ignore[no-any-return]
+
+
+def onnx_child(child: list[str], feed: Callable[[str, int], dict[str, Any]]) -> None:
+    """The child's side: time FILE with `time_onnx` on `feed(FILE, BATCH)` and `emit` the result."""
+    path, batch, threads, repeats = child
+    emit(time_onnx(path, feed(path, int(batch)), int(threads), int(repeats)))

@@ -37,7 +37,7 @@ import sparsec
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _docstring_lm as lm  # noqa: E402
-from _isolation import emit, in_fresh_process, machine, machine_line, time_onnx  # noqa: E402
+from _isolation import add_onnx_child_option, machine, machine_line, onnx_child, onnx_median_ms  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "depth.json"
 RATIO = 0.25
@@ -58,31 +58,29 @@ def without_layers(model: torch.nn.Module, drop: list[int]) -> torch.nn.Module:
     return pruned.eval()
 
 
-def time_child(path: str, batch: int, threads: int, repeats: int) -> dict[str, Any]:
+def token_feed(_file: str, batch: int) -> dict[str, Any]:
+    """Random byte ids at `batch`: every model this benchmark times takes the same input."""
     ids = np.random.default_rng(0).integers(0, 256, (batch, lm.SEQUENCE)).astype(np.int64)
-    return time_onnx(path, {"input_ids": ids}, threads, repeats)
+    return {"input_ids": ids}
 
 
 def latency(artifact: Path, args: argparse.Namespace) -> dict[str, float]:
     return {
-        f"b{b}_ms": in_fresh_process(
-            Path(__file__), [str(artifact / "model.onnx"), str(b), str(args.threads), str(args.repeats)]
-        )["median_ms"]
+        f"b{b}_ms": onnx_median_ms(Path(__file__), artifact / "model.onnx", b, args.threads, args.repeats)
         for b in BATCHES
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    add_onnx_child_option(parser)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
     if args.child:
-        path, batch, threads, repeats = args.child
-        emit(time_child(path, int(batch), int(threads), int(repeats)))
+        onnx_child(args.child, token_feed)
         return
     torch.set_num_threads(args.threads)
     host = machine()

@@ -47,7 +47,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _onnxsim_peer  # noqa: E402
-from _isolation import emit, in_fresh_process, machine, machine_line, time_onnx  # noqa: E402
+from _isolation import add_onnx_child_option, machine, machine_line, onnx_child, onnx_median_ms  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "onnx_frontend.json"
 SEQUENCE = 64
@@ -190,10 +190,6 @@ def _session(path: Path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def time_child(path: str, batch: int, threads: int, repeats: int) -> dict[str, Any]:
-    return time_onnx(path, feed(Path(path), batch), threads, repeats)
-
-
 def params(path: Path) -> int:
     model = onnx.load(str(path))
     return int(sum(np.prod(t.dims) for t in model.graph.initializer))
@@ -255,21 +251,19 @@ def measure(name: str, path: Path, tool: dict[str, Any], args: argparse.Namespac
         row.update(runs=False, error=f"{type(exc).__name__}: {str(exc)[:300]}")
         return row
     for batch in args.batches:
-        timing = in_fresh_process(Path(__file__), [str(pruned), str(batch), str(args.threads), str(args.repeats)])
-        row[f"b{batch}_ms"] = timing["median_ms"]
+        row[f"b{batch}_ms"] = onnx_median_ms(Path(__file__), pruned, batch, args.threads, args.repeats)
     return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--child", nargs=4, metavar=("FILE", "BATCH", "THREADS", "REPEATS"), help=argparse.SUPPRESS)
+    add_onnx_child_option(parser)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
     if args.child:
-        path, batch, threads, repeats = args.child
-        emit(time_child(path, int(batch), int(threads), int(repeats)))
+        onnx_child(args.child, lambda path, batch: feed(Path(path), batch))
         return
     host = machine()
     print(machine_line(host))
