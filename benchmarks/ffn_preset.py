@@ -26,14 +26,7 @@ import torch
 import sparsec
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _isolation import (  # noqa: E402
-    emit,
-    in_fresh_process,
-    machine,
-    machine_line,
-    median_ms,
-    write_results,
-)
+from _isolation import emit, in_fresh_process, machine, machine_line, median_ms, write_results  # noqa: E402
 
 TOKENS = 1024
 EXPLICIT = (

@@ -48,14 +48,7 @@ from sparsec.backends.tvm.partitioned import PartitionedExecutable
 from sparsec.backends.tvm.target import host_target
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _isolation import (  # noqa: E402
-    emit,
-    in_fresh_process,
-    machine,
-    machine_line,
-    median_ms,
-    write_results,
-)
+from _isolation import emit, in_fresh_process, machine, machine_line, median_ms, write_results  # noqa: E402
 
 SEQUENCE = 128
 SPARSE_PIPELINE = (
