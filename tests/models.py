@@ -34,6 +34,7 @@ __all__ = [
     "SqueezeExcite",
     "FlattenHead",
     "SplitCat",
+    "SmallCNN",
     "TinyMLP",
     "make_cnn_chain",
     "make_mlp",
@@ -128,6 +129,23 @@ class TinyMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.relu(self.fc1(x)))
+
+
+class SmallCNN(nn.Module):
+    """conv -> bn -> relu -> conv -> spatial mean -> linear: the backends' round-trip model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 10)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(torch.relu(self.bn(self.conv1(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).mean(dim=(2, 3)))
 
 
 class ResidualCNN(nn.Module):

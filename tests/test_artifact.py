@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from models import SmallCNN
 from torch import nn
 from torch.utils import _pytree as pytree
 from zoo import ZOO, hf_available
@@ -26,18 +27,6 @@ from sparsec.ir.graph import Graph
 from sparsec.program_files import PROGRAM_FILE, WEIGHTS_FILE, load_program
 
 ATOL = 1e-4
-
-
-class SmallCNN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn = nn.BatchNorm2d(8)
-        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
-        self.fc = nn.Linear(16, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.conv2(torch.relu(self.bn(self.conv1(x)))).mean(dim=(2, 3)))
 
 
 class TiedMLP(nn.Module):

@@ -6,6 +6,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from models import SmallCNN
 from torch import nn
 
 from sparsec.backends.base import (
@@ -23,16 +24,11 @@ from sparsec.ir.graph import Graph
 ATOL = 1e-4
 
 
-class SmallCNN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn = nn.BatchNorm2d(8)
-        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
-        self.fc = nn.Linear(16, 10)
+class NamedOutputsCNN(SmallCNN):
+    """SmallCNN returning its logits and its features by name."""
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.conv2(torch.relu(self.bn(self.conv1(x))))
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        features = self.features(x)
         return {"logits": self.fc(features.mean(dim=(2, 3))), "features": features}
 
 
@@ -69,7 +65,7 @@ def _close(actual: object, expected: object) -> None:
 @pytest.fixture(scope="module")
 def cnn_graph() -> Graph:
     torch.manual_seed(0)
-    return trace(_trained_bn(SmallCNN()), (torch.randn(2, 3, 16, 16),))
+    return trace(_trained_bn(NamedOutputsCNN()), (torch.randn(2, 3, 16, 16),))
 
 
 @pytest.fixture(scope="module")
