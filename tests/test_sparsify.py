@@ -42,17 +42,25 @@ def _run(graph: Graph, p: Sparsify, calibration: Calibration | None = None) -> P
     return result
 
 
-@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
-@pytest.mark.parametrize(
-    "options",
-    [
-        {"pattern": "unstructured", "sparsity": 0.6},
-        {"pattern": "nm", "n": 2, "m": 4},
-        {"pattern": "nm", "n": 4, "m": 8},
-        {"pattern": "block", "block": (2, 4), "sparsity": 0.5},
-    ],
-    ids=["unstructured", "2:4", "4:8", "block2x4"],
-)
+EVERY_METHOD = pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+
+
+def every_pattern(block: tuple[int, int]) -> pytest.MarkDecorator:
+    """Parametrize `options` over unstructured 60%, 2:4, 4:8 and 50% of `block`-sized blocks."""
+    return pytest.mark.parametrize(
+        "options",
+        [
+            {"pattern": "unstructured", "sparsity": 0.6},
+            {"pattern": "nm", "n": 2, "m": 4},
+            {"pattern": "nm", "n": 4, "m": 8},
+            {"pattern": "block", "block": block, "sparsity": 0.5},
+        ],
+        ids=["unstructured", "2:4", "4:8", f"block{block[0]}x{block[1]}"],
+    )
+
+
+@EVERY_METHOD
+@every_pattern(block=(2, 4))
 def test_masks_meet_the_pattern(method: str, options: dict) -> None:
     graph = trace(_mlp(), (torch.randn(2, 32),))
     text_before = str(graph)
@@ -202,17 +210,8 @@ def _conv_groups(mask: torch.Tensor, size: int) -> torch.Tensor:
     return mask.permute(0, 2, 3, 1).reshape(out_channels, kh, kw, channels // size, size)
 
 
-@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
-@pytest.mark.parametrize(
-    "options",
-    [
-        {"pattern": "unstructured", "sparsity": 0.6},
-        {"pattern": "nm", "n": 2, "m": 4},
-        {"pattern": "nm", "n": 4, "m": 8},
-        {"pattern": "block", "block": (4, 4), "sparsity": 0.5},
-    ],
-    ids=["unstructured", "2:4", "4:8", "block4x4"],
-)
+@EVERY_METHOD
+@every_pattern(block=(4, 4))
 def test_conv_masks_meet_the_pattern(method: str, options: dict) -> None:
     graph = trace(_cnn(), (torch.randn(2, 8, 9, 7),))
     p = Sparsify(method=method, layers=("linear", "conv"), **options)  # type: ignore[arg-type]
