@@ -19,15 +19,26 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import inspect
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-__all__ = ["SEQUENCE", "corpus_split", "new_model", "perplexity", "train_model", "windows"]
+__all__ = [
+    "SEQUENCE",
+    "add_run_options",
+    "corpus_split",
+    "new_model",
+    "perplexity",
+    "train_model",
+    "trained",
+    "windows",
+]
 
 SEQUENCE = 64
 MODULES = (
@@ -199,3 +210,20 @@ def train_model(data: torch.Tensor, *, steps: int, batch: int = 32, layers: int 
         optimizer.step()
         schedule.step()
     return model.eval()
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options every benchmark on this model takes: its size, training and timing."""
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=30)
+
+
+def trained(args: argparse.Namespace) -> tuple[torch.nn.Module, float, torch.Tensor, torch.Tensor]:
+    """The model trained as `args` say (`add_run_options`), its training seconds, and the
+    corpus split (train, held out)."""
+    train, held = corpus_split()
+    started = time.perf_counter()
+    model = train_model(train, steps=args.steps, layers=args.layers).eval()
+    return model, time.perf_counter() - started, train, held

@@ -26,7 +26,6 @@ import copy
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +73,7 @@ def latency(artifact: Path, args: argparse.Namespace) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_onnx_child_option(parser)
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=30)
+    lm.add_run_options(parser)
     args = parser.parse_args()
     if args.child:
         onnx_child(args.child, token_feed)
@@ -85,10 +81,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     host = machine()
     print(machine_line(host))
-    train, held = lm.corpus_split()
-    started = time.perf_counter()
-    dense = lm.train_model(train, steps=args.steps, layers=args.layers).eval()
-    train_s = time.perf_counter() - started
+    dense, train_s, train, held = lm.trained(args)
     test = lm.windows(held, count=16, batch=16, seed=7)
     calibration = lm.windows(train, count=8, batch=16, seed=3)
     distil = lm.windows(train, count=48, batch=16, seed=5)
