@@ -151,7 +151,7 @@ def add_onnx_child_option(parser: argparse.ArgumentParser) -> None:
 def onnx_median_ms(script: Path, onnx_file: Path, batch: int, threads: int, repeats: int) -> float:
     """Median milliseconds of `onnx_file` at `batch`, timed by `script`'s child in a fresh process."""
     args = [str(onnx_file), str(batch), str(threads), str(repeats)]
-    return in_fresh_process(script, args)["median_ms"]  # type: ignore[no-any-return]
+    return float(in_fresh_process(script, args)["median_ms"])
 
 
 def onnx_child(child: list[str], feed: Callable[[str, int], dict[str, Any]]) -> None:

@@ -15,25 +15,28 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
-import torch
 import typer
 from rich.console import Console
 
 from sparsec.errors import SparsecError
+
+if TYPE_CHECKING:  # torch loads when a command runs: `sparsec --help` stays quick
+    import torch
 
 __all__ = ["app", "load_model_factory", "parse_backend_options", "parse_input_spec"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, help="sparsec: a compiler for sparse neural networks.")
 console = Console(stderr=True)
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "int32": torch.int32, "bool": torch.bool}
+_DTYPES = ("float32", "float16", "int64", "int32", "bool")  # torch's names for --input
 
 
 def parse_input_spec(spec: str) -> torch.Tensor:
     """`1x3x32x32` (float32), `2x16:int64` (token ids in [0, 2)), `2x16:int64:1000` (ids < 1000)."""
+    import torch
+
     shape_text, *rest = spec.split(":")
     try:
         shape = [int(s) for s in shape_text.lower().split("x")]
@@ -42,7 +45,7 @@ def parse_input_spec(spec: str) -> torch.Tensor:
     dtype_name = rest[0] if rest else "float32"
     if dtype_name not in _DTYPES:
         raise SparsecError(f"bad --input {spec!r}: dtype {dtype_name!r} is not one of {', '.join(_DTYPES)}")
-    dtype = _DTYPES[dtype_name]
+    dtype = getattr(torch, dtype_name)
     generator = torch.Generator().manual_seed(0)
     if dtype.is_floating_point:
         return torch.randn(shape, generator=generator).to(dtype)
@@ -85,6 +88,8 @@ def parse_backend_options(items: list[str]) -> dict[str, Any]:
 
 def load_model_factory(reference: str) -> torch.nn.Module:
     """`package.module:factory` → the module the factory returns (or the module attribute)."""
+    import torch
+
     model = _load_reference(reference, "model", "examples.models:small_cnn")
     if not isinstance(model, torch.nn.Module):
         raise SparsecError(f"{reference} returned {type(model).__name__}, not a torch.nn.Module")
@@ -104,6 +109,8 @@ def load_calibration(reference: str) -> Any:
 
 def _load_reference(reference: str, what: str, example: str) -> Any:
     """The object `package.module:name` names, called if it is a factory."""
+    import torch
+
     if ":" not in reference:
         raise SparsecError(f"bad {what} {reference!r}: use package.module:factory, e.g. {example}")
     module_name, attribute = reference.split(":", 1)
@@ -279,6 +286,9 @@ def run(
     output: Annotated[Path | None, typer.Option(help="write the first output here (.npy)")] = None,
 ) -> None:
     """Run an artifact on .npy inputs (float32 unless the model was compiled otherwise)."""
+    import numpy as np
+    import torch
+
     import sparsec
 
     try:
@@ -302,6 +312,8 @@ def run(
 
 def random_inputs(specs: list[dict[str, Any]], sizes: str) -> list[torch.Tensor]:
     """Random tensors for an artifact's inputs: `sizes` names the dynamic dims (batch=2,seq=16)."""
+    import torch
+
     dims: dict[str, int] = {}
     for item in sizes.split(","):
         name, sep, value = item.partition("=")

@@ -41,7 +41,7 @@ from rich.progress import Progress
 from torch.utils import _pytree as pytree
 
 from sparsec.calibration import Calibration
-from sparsec.compile import CompiledModel
+from sparsec.driver import CompiledModel
 from sparsec.errors import PreconditionError, RecoveryError
 from sparsec.ops.masks import recorded_masks
 from sparsec.schedules import restore_modes, switch_mode

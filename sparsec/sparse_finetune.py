@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from sparsec.compile import CompiledModel
+from sparsec.driver import CompiledModel
 from sparsec.errors import PreconditionError
 from sparsec.ops.masks import recorded_masks
 

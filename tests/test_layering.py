@@ -135,7 +135,7 @@ def test_layers_point_down() -> None:
         ("sparsec.ops.masks", "library"),
         ("sparsec.passes.rewrite.sparsify", "passes"),
         ("sparsec.backends.tvm.kernels", "backends"),
-        ("sparsec.compile", "driver"),
+        ("sparsec.driver", "driver"),
     ],
 )
 def test_layer_of(module: str, layer: str) -> None:

@@ -71,3 +71,19 @@ def test_regular_install_imports_all_packages(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     for path in out.stdout.split():
         assert path.startswith(str(target)), path
+
+
+def test_import_and_help_do_not_load_torch() -> None:
+    """`sparsec --help` answers at once: the package's names load on first use."""
+    code = (
+        "import sys, sparsec, sparsec.cli\n"
+        "assert 'torch' not in sys.modules, 'import sparsec loaded torch'\n"
+        "import sparsec.driver\n"
+        "assert callable(sparsec.compile) and sparsec.load.__name__ == 'read_artifact'\n"
+        "assert 'torch' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+    help_text = subprocess.run(
+        [sys.executable, "-m", "sparsec", "--help"], check=True, capture_output=True, text=True, cwd=REPO
+    ).stdout
+    assert "compile" in help_text

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,8 +54,9 @@ from sparsec.backends.tvm.slabs import slab_major  # noqa: E402
 from sparsec.backends.tvm.target import build_target, host_target  # noqa: E402
 from sparsec.errors import ArtifactError, BackendError  # noqa: E402
 from sparsec.frontends import trace  # noqa: E402
+from sparsec.ir import Graph  # noqa: E402
 from sparsec.ops import to_bsr  # noqa: E402
-from sparsec.pipeline import AnalysisManager  # noqa: E402
+from sparsec.pipeline import AnalysisManager, PassResult  # noqa: E402
 
 ATOL = 1e-4
 IN, HIDDEN, OUT = 48, 320, 32  # HIDDEN: two slabs of the down kernel when TOKEN
@@ -219,7 +221,7 @@ def _graph(variant: str):  # type: ignore[no-untyped-def]
     return trace(Ffn(variant).eval(), (torch.randn(2, 16, IN),))
 
 
-def _fuse(graph):  # type: ignore[no-untyped-def]
+def _fuse(graph: Graph) -> tuple[PassResult, list[torch.fx.Node], list[str]]:
     """The pass's result, the fused nodes and the refusal texts."""
     result = FuseSparseChains().run(graph, AnalysisManager(graph))
     fused = [node for node in graph.module.graph.nodes if isinstance(node.target, ChainCall)]
@@ -373,7 +375,7 @@ def _bert_inputs(batch: int, seq: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "token_type_ids": torch.zeros_like(ids), "position_ids": positions}
 
 
-def test_block_sparse_bert_matches_torch_with_fused_chains(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_block_sparse_bert_matches_torch_with_fused_chains(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     compiled = sparsec.compile(
         Encoder(),

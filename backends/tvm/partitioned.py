@@ -117,7 +117,7 @@ class _SparseLinear:
 
     def __call__(self, x: torch.Tensor, *args: Any) -> torch.Tensor:
         if is_fake(x):  # shape propagation: the op this call stands in for says the shape
-            return self._operands.call.format.op(x, *args)  # type: ignore[no-any-return]
+            return torch.as_tensor(self._operands.call.format.op(x, *args))
         shape = self._operands.call.shape
         values, cols, crow, bias = self._operands(*args)
         x2 = x.reshape(-1, shape.in_features).contiguous()

@@ -48,7 +48,7 @@ from sparsec.budget_search.quality import Metric, fidelity, relative_drop
 from sparsec.budget_search.space import Candidate, default_space
 from sparsec.budget_search.timing import save_inputs, time_artifact
 from sparsec.calibration import Calibration
-from sparsec.compile import CompiledModel, compile
+from sparsec.driver import CompiledModel, compile
 from sparsec.errors import SearchError, SparsecError
 from sparsec.ir.inputs import normalize_inputs
 from sparsec.recover import recover as run_recovery
