@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from sparsec.budget_search import search
     from sparsec.driver import CompiledModel, compile
     from sparsec.pipeline import Pipeline
-    from sparsec.recover import Recovery, recover
+    from sparsec.recovery import Recovery, recover
 
 __version__ = "0.1.0"
 
@@ -30,10 +30,10 @@ _EXPORTS = {
     "CompiledModel": ("sparsec.driver", "CompiledModel"),
     "LoadedArtifact": ("sparsec.artifact", "LoadedArtifact"),
     "Pipeline": ("sparsec.pipeline", "Pipeline"),
-    "Recovery": ("sparsec.recover", "Recovery"),
+    "Recovery": ("sparsec.recovery", "Recovery"),
     "compile": ("sparsec.driver", "compile"),
     "load": ("sparsec.artifact", "read_artifact"),
-    "recover": ("sparsec.recover", "recover"),
+    "recover": ("sparsec.recovery", "recover"),
     "search": ("sparsec.budget_search", "search"),
 }
 

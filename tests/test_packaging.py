@@ -87,3 +87,12 @@ def test_import_and_help_do_not_load_torch() -> None:
         [sys.executable, "-m", "sparsec", "--help"], check=True, capture_output=True, text=True, cwd=REPO
     ).stdout
     assert "compile" in help_text
+
+
+def test_no_public_name_is_also_a_submodule() -> None:
+    """Importing a submodule sets the package attribute of its name: a submodule called
+    `recover` would replace the function `sparsec.recover` once anything imported it."""
+    import sparsec
+
+    submodules = {path.stem for path in (REPO / "sparsec").iterdir() if path.suffix == ".py" or path.is_dir()}
+    assert not set(sparsec.__all__) & submodules

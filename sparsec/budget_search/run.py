@@ -51,7 +51,7 @@ from sparsec.calibration import Calibration
 from sparsec.driver import CompiledModel, compile
 from sparsec.errors import SearchError, SparsecError
 from sparsec.ir.inputs import normalize_inputs
-from sparsec.recover import recover as run_recovery
+from sparsec.recovery import recover as run_recovery
 
 __all__ = ["Measured", "SearchResult", "pareto_front", "search"]
 
