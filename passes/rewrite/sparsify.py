@@ -93,6 +93,15 @@ def _wanda_scores(weight: torch.Tensor, stats: InputStats) -> torch.Tensor:
     return matrix * norms
 
 
+def _require_stats(stats: InputStats | None, who: str, target: str) -> InputStats:
+    if stats is None or stats.rows == 0:
+        raise PreconditionError(
+            f"{who}: no calibration rows reached the layer of @{target}; "
+            "give calibration batches that run through the whole model"
+        )
+    return stats
+
+
 @dataclass(frozen=True, kw_only=True)
 class SparsifySummary(PassSummary):
     """What `sparsify` did: a row per layer (its pattern and sparsity, or why it was skipped);
@@ -144,6 +153,51 @@ class Sparsify(RewritePass):
             self.sparsity,
         )
         return SparsityPattern(self.pattern, sparsity, self.n, self.m, tuple(self.block))
+
+    def prune_weight(
+        self,
+        target: str,
+        weight: torch.Tensor,
+        pattern: SparsityPattern,
+        stats: InputStats | None,
+        groups: int = 1,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pruned weight and its keep-mask, by `method`, from the layer's input `stats`
+        (column norms for Wanda, the Gram matrix for SparseGPT; magnitude reads none).
+
+        The whole-graph pass and `sparsec.sparsify_checkpoint` (one decoder block at a time)
+        both prune through here, so their weights agree.
+        """
+        if self.method != "sparsegpt":
+            scores = (
+                weight_matrix(weight).abs().float()
+                if self.method == "magnitude"
+                else _wanda_scores(weight, _require_stats(stats, self.name, target))
+            )
+            mask = mask_from_scores(
+                scores,
+                pattern,
+                per_row=self.method == "wanda" and pattern.kind == "unstructured",
+            )
+            mask = from_weight_matrix(mask, weight.shape)
+            return weight * mask, mask
+        gram = _require_stats(stats, self.name, target).gram
+        if gram is None:
+            raise PreconditionError(
+                f"{self.name}: no calibration rows reached the layer of @{target}; "
+                "give calibration batches that run through the whole model"
+            )
+        # a grouped conv: each group's rows are reconstructed on its own inputs
+        parts = [
+            sparsegpt(rows, group_gram, pattern, blocksize=self.blocksize, damp=self.damp)
+            for rows, group_gram in zip(
+                weight_matrix(weight).chunk(groups),
+                gram.reshape(groups, *gram.shape[-2:]),
+                strict=True,
+            )
+        ]
+        mask = from_weight_matrix(torch.cat([m for _, m in parts]), weight.shape)
+        return from_weight_matrix(torch.cat([w for w, _ in parts]), weight.shape), mask
 
     def _plan(
         self, graph: Graph
@@ -199,21 +253,12 @@ class Sparsify(RewritePass):
                 if self.method == "wanda"
                 else {}
             )
-            results = {}
-            for target, pattern in plan.items():
-                weight = graph.tensor(target).detach()
-                scores = (
-                    _wanda_scores(weight, stats[target])
-                    if self.method == "wanda"
-                    else weight_matrix(weight).abs().float()
+            results = {
+                target: self.prune_weight(
+                    target, graph.tensor(target).detach(), pattern, stats.get(target)
                 )
-                mask = mask_from_scores(
-                    scores,
-                    pattern,
-                    per_row=self.method == "wanda" and pattern.kind == "unstructured",
-                )
-                mask = from_weight_matrix(mask, weight.shape)
-                results[target] = (weight * mask, mask)
+                for target, pattern in plan.items()
+            }
         with graph.rewrite(self.name) as rw:
             for target, (weight, mask) in results.items():
                 rw.replace_tensor(target, weight)
@@ -268,32 +313,10 @@ class Sparsify(RewritePass):
             if targets:
                 stats = runner.stats(stage, gram=True)
                 for target in targets:
-                    weight = graph.tensor(target)
-                    gram = stats[target].gram
-                    if gram is None:
-                        raise PreconditionError(
-                            f"{self.name}: no calibration rows reached the layer of @{target}; "
-                            "give calibration batches that run through the whole model"
-                        )
-                    # a grouped conv: each group's rows are reconstructed on its own inputs
-                    parts = [
-                        sparsegpt(
-                            rows,
-                            group_gram,
-                            plan[target],
-                            blocksize=self.blocksize,
-                            damp=self.damp,  # type: ignore[arg-type]
-                        )
-                        for rows, group_gram in zip(
-                            weight_matrix(weight).chunk(groups[target]),
-                            gram.reshape(groups[target], *gram.shape[-2:]),
-                            strict=True,
-                        )
-                    ]
-                    mask = from_weight_matrix(torch.cat([m for _, m in parts]), weight.shape)
-                    weight = from_weight_matrix(torch.cat([w for w, _ in parts]), weight.shape)
-                    results[target] = (weight, mask)
-                    runner.weights[target] = weight
+                    results[target] = self.prune_weight(
+                        target, graph.tensor(target), plan[target], stats[target], groups[target]
+                    )
+                    runner.weights[target] = results[target][0]
             if stage != stages[-1]:
                 runner.advance(stage)
         return results, len(stages), runner.peak_bytes
