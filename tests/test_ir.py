@@ -148,6 +148,24 @@ def test_rewrite_does_not_mutate_the_users_model(
         torch.testing.assert_close(value, before[name], msg=name)
 
 
+def test_copy_shares_weights_and_rewrites_leave_the_original(
+    chain: tuple[nn.Module, torch.Tensor, Graph],
+) -> None:
+    _, x, graph = chain
+    with torch.no_grad():
+        expected = graph(x)
+    twin = graph.copy()
+    assert twin.tensor("fc.weight") is graph.tensor("fc.weight")  # no second copy of weights
+    with twin.rewrite("test-slice") as rw:
+        rw.slice_parameter("fc.weight", axis=0, keep=[1, 2])
+        rw.slice_parameter("fc.bias", axis=0, keep=[1, 2])
+        rw.replace_tensor("c1.weight", torch.zeros(8, 3, 3, 3))
+    assert graph.tensor("fc.weight").shape[0] == 10
+    with torch.no_grad():
+        torch.testing.assert_close(graph(x), expected)
+        assert twin(x).shape[1] == 2
+
+
 def test_slice_out_of_range_raises(chain: tuple[nn.Module, torch.Tensor, Graph]) -> None:
     graph = chain[2]
     with pytest.raises(RewriteError, match="out of range"), graph.rewrite("test-slice") as rw:

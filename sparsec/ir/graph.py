@@ -204,12 +204,17 @@ class Graph:
 
     # ----- checking -----
     def copy(self, device: torch.device | None = None) -> Graph:
-        """A deep copy that passes may rewrite while this graph stays as it is (a backend
-        lowers a copy: the artifact keeps the unlowered program); `device` moves the copy.
+        """A copy that passes may rewrite while this graph stays as it is (a backend lowers a
+        copy: the artifact keeps the unlowered program); `device` moves the copy.
+
+        The code and modules are copied; the tensors are shared unless the copy moves, so
+        lowering costs no second copy of the weights. That is safe because the Rewriter
+        replaces tensors and never writes into them.
         """
+        shared = {} if device is not None else {id(t): t for t in _tensors(self.module)}
         with warnings.catch_warnings():  # torch's own pytree deprecation notice on copy
             warnings.simplefilter("ignore", FutureWarning)
-            twin = dataclasses.replace(self, module=copy.deepcopy(self.module))
+            twin = dataclasses.replace(self, module=copy.deepcopy(self.module, shared))
         if device is not None:
             twin.module.to(device)
             twin.propagate_shapes(device)
@@ -340,3 +345,11 @@ class Graph:
             )
             self._exported = (key, program)
         return self._exported[1]
+
+
+def _tensors(module: torch.nn.Module) -> Iterator[torch.Tensor]:
+    """Every tensor the module holds: parameters, buffers and plain tensor attributes."""
+    yield from module.parameters()
+    yield from module.buffers()
+    for sub in module.modules():
+        yield from (v for v in vars(sub).values() if isinstance(v, torch.Tensor))
