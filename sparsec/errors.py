@@ -14,6 +14,8 @@ __all__ = [
     "NumericMismatchError",
     "BackendError",
     "ArtifactError",
+    "CheckpointError",
+    "CalibrationError",
     "MaterializeError",
     "InputError",
     "RecoveryError",
@@ -84,6 +86,14 @@ class BackendError(SparsecError):
 
 class ArtifactError(SparsecError):
     """An artifact directory is missing, incomplete, tampered with or incompatible."""
+
+
+class CheckpointError(ArtifactError):
+    """A Hugging Face checkpoint on disk is incomplete: a shard or a tensor is missing."""
+
+
+class CalibrationError(SparsecError):
+    """Calibration data cannot serve the request (too few tokens for the window, no batches)."""
 
 
 class MaterializeError(SparsecError):
