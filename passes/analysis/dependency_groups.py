@@ -7,6 +7,11 @@ Rules:
 - connected slots form a *group*; a group is prunable only where a layer produces its
   channels (a "producer" weight slice), and units touching a model input or output, or an
   op without a rule, are frozen with the reason;
+- an axis that a `topk` chooses among (a mixture-of-experts router's experts, with every
+  expert parameter that the chosen indices gather) forms a group with `routing` set: its
+  units are whole experts, frozen for channel pruning (they are removed by `prune-experts`,
+  which keeps k of them); `routing.reason` says why they cannot be removed at all (an op
+  that reads the indices without a rule for them, a model output), never guessed;
 - only shapes are read (node.meta), never weights, so meta-device models work.
 
 Example:
@@ -31,7 +36,7 @@ from sparsec.ir import Graph
 from sparsec.ir.opinfo import ChannelFlow, ParamRole, Slot, has_rule, op_info
 from sparsec.pipeline import Analysis, AnalysisManager, pass_dataclass, register
 
-__all__ = ["DependencyGroups", "DependencyInfo", "DependencyGroup", "ParamSlice"]
+__all__ = ["DependencyGroups", "DependencyInfo", "DependencyGroup", "ParamSlice", "Routing"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,15 @@ class ParamSlice:
         return self.node, self.axis
 
 
+@dataclass(frozen=True)
+class Routing:
+    """A group that `topk` chooses among: a mixture-of-experts router's experts."""
+
+    selectors: tuple[str, ...]  # the topk nodes
+    top_k: int  # the most any of them chooses: at least this many units must stay
+    reason: str = ""  # why no unit can be removed ('' when they can)
+
+
 @dataclass
 class DependencyGroup:
     """Coupled slots and the units (channels, heads) that can be removed from all of them."""
@@ -60,6 +74,7 @@ class DependencyGroup:
     frozen_units: dict[int, str] = field(default_factory=dict)
     slot_unit_sets: tuple[np.ndarray, ...] = ()
     """The distinct units of each slot: a slot must keep one of them, or a layer is emptied."""
+    routing: Routing | None = None
 
     def survivors(self, scores: np.ndarray) -> np.ndarray:
         """Units that must stay so no slot loses all its indices: per slot with no frozen
@@ -118,6 +133,26 @@ def _tie_shared_parameters(graph: Graph, flow: ChannelFlow) -> None:
             flow.identity_all(nodes[0], other)
 
 
+def _follow_indices(flow: ChannelFlow, node: fx.Node) -> None:
+    """Pass index values on through ops that keep them; freeze what other readers index."""
+    info = op_info(node.target) if node.op == "call_function" else None
+    kind = info.index_values if info is not None else None
+    for arg in node.all_input_nodes:
+        found = flow.addresses.get(arg.name)
+        if found is None or kind == "unread" or node.name in flow.understood_by:
+            continue
+        slot, source = found
+        if kind == "kept" and node.args and node.args[0] is arg:
+            flow.address(node, slot, source)
+            continue
+        op = str(node.target) if node.op != "output" else "the model output"
+        flow.freeze_slot(
+            slot,
+            f"the indices chosen by %{source} reach %{node.name} ({op}), which has no rule for "
+            "index values, so what they index cannot be followed",
+        )
+
+
 def _collect_flow(graph: Graph) -> tuple[ChannelFlow, dict[str, list[str]]]:
     flow = ChannelFlow()
     unruled: dict[str, list[str]] = defaultdict(list)
@@ -136,6 +171,7 @@ def _collect_flow(graph: Graph) -> tuple[ChannelFlow, dict[str, list[str]]]:
             for arg in node.all_input_nodes:
                 flow.freeze(arg, reason)
             flow.freeze(node, reason)
+        _follow_indices(flow, node)
     _tie_shared_parameters(graph, flow)
     return flow, dict(unruled)
 
@@ -173,6 +209,15 @@ def _param_slices(graph: Graph, flow: ChannelFlow, slots: list[Slot]) -> list[Pa
     return params
 
 
+def _routing(flow: ChannelFlow, slots: list[Slot], frozen: dict[int, str]) -> Routing | None:
+    """The group's routing when a topk chooses among one of its slots, else None."""
+    chosen = [pick for s in slots for pick in flow.selections.get(s, [])]
+    if not chosen:
+        return None
+    reason = next(iter(frozen.values()), "")
+    return Routing(tuple(name for name, _ in chosen), max(k for _, k in chosen), reason)
+
+
 @register
 @pass_dataclass
 class DependencyGroups(Analysis):
@@ -195,7 +240,7 @@ class DependencyGroups(Analysis):
         def order(slot: Slot) -> tuple[int, int]:
             return position[slot[0]], slot[1]
 
-        groups = []
+        groups: list[DependencyGroup] = []
         components = sorted(nx.connected_components(coupling), key=lambda c: min(map(order, c)))
         for slots_set in components:
             slots = sorted(slots_set, key=order)
@@ -205,7 +250,16 @@ class DependencyGroups(Analysis):
             units = np.unique(np.concatenate([slot_units[s] for s in slots]))
             frozen = {int(u): frozen_units[int(u)] for u in units if int(u) in frozen_units}
             slot_sets = tuple(np.unique(slot_units[s]) for s in slots)
+            routing = _routing(flow, slots, frozen)
+            if routing is not None:
+                held = (
+                    f"%{routing.selectors[0]} chooses the top {routing.top_k} of these experts: "
+                    "prune-experts removes whole experts, channel pruning does not"
+                )
+                frozen = {int(u): frozen.get(int(u), held) for u in units}
             groups.append(
-                DependencyGroup(len(groups), tuple(slots), tuple(params), units, frozen, slot_sets)
+                DependencyGroup(
+                    len(groups), tuple(slots), tuple(params), units, frozen, slot_sets, routing
+                )
             )
         return DependencyInfo(groups, slot_units, coupling, dict(flow.frozen), unruled)

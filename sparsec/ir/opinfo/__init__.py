@@ -17,12 +17,13 @@ from sparsec.ir.opinfo import (  # noqa: F401 - each family registers its ops on
     norms,
     pooling,
 )
-from sparsec.ir.opinfo._flow import ChannelFlow, ParamRole, Resize, Resized, Slot
+from sparsec.ir.opinfo._flow import ChannelFlow, IndexValues, ParamRole, Resize, Resized, Slot
 from sparsec.ir.opinfo._registry import (
     LayerKind,
     OpInfo,
     all_op_infos,
     has_rule,
+    index_values,
     layer,
     macs,
     op_info,
@@ -33,6 +34,7 @@ from sparsec.ir.opinfo.layout import factor_reshape
 
 __all__ = [
     "ChannelFlow",
+    "IndexValues",
     "LayerKind",
     "OpInfo",
     "ParamRole",
@@ -42,6 +44,7 @@ __all__ = [
     "all_op_infos",
     "factor_reshape",
     "has_rule",
+    "index_values",
     "layer",
     "macs",
     "op_info",

@@ -7,7 +7,13 @@ Rules:
   (concatenation offsets, flatten blocks, head splits, grouped-conv ties);
 - an op without a rule freezes every static axis of its inputs and outputs: never guess;
 - a *resizer* updates an op's shape constants (view sizes, split sizes, groups) once the
-  elements of its slots have been removed.
+  elements of its slots have been removed;
+- integer values can *address* a slot: `topk`'s indices name elements of the axis it chose
+  from (a router's experts). The addressed slot may lose elements only if every op that
+  reads those values says how: a rule that understands them links what they index
+  (`x[indices]` gathers x's axis 0 from the slot) and calls `understood`; an op whose
+  `index_values` is "kept" passes the values on unchanged (views, copies), "unread" ops
+  read only their shape; any other reader freezes the addressed slot, with its name.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import torch.fx as fx
 
 Slot = tuple[str, int]
 ParamRole = Literal["producer", "consumer", "norm", "other"]
+IndexValues = Literal["kept", "unread"]
 
 
 class ChannelFlow:
@@ -36,6 +43,9 @@ class ChannelFlow:
         self.links: list[tuple[Slot, Slot, np.ndarray | None]] = []
         self.frozen: dict[Slot, str] = {}
         self.roles: dict[Slot, tuple[ParamRole, str]] = {}
+        self.addresses: dict[str, tuple[Slot, str]] = {}
+        self.selections: dict[Slot, list[tuple[str, int]]] = {}
+        self.understood_by: set[str] = set()
 
     # ----- slots -----
     def slot(self, node: Any, axis: int) -> Slot | None:
@@ -120,6 +130,24 @@ class ChannelFlow:
     def role(self, slot: Slot | None, role: ParamRole, layer: str) -> None:
         if slot is not None:
             self.roles.setdefault(slot, (role, layer))
+
+    # ----- index values -----
+    def address(self, node: fx.Node, slot: Slot, source: str) -> None:
+        """`node`'s integer values index elements of `slot`; `source` names their origin (a topk)."""
+        self.addresses.setdefault(node.name, (slot, source))
+
+    def addressed(self, node: Any) -> Slot | None:
+        """The slot whose elements `node`'s values index, or None."""
+        found = self.addresses.get(node.name) if isinstance(node, fx.Node) else None
+        return found[0] if found is not None else None
+
+    def select(self, slot: Slot, node: fx.Node, k: int) -> None:
+        """`node` chooses `k` elements of `slot` per row (topk): at least k must stay."""
+        self.selections.setdefault(slot, []).append((node.name, k))
+
+    def understood(self, node: fx.Node) -> None:
+        """`node`'s rule linked what its index inputs address: they need no freezing."""
+        self.understood_by.add(node.name)
 
 RuleFn = Callable[[ChannelFlow, fx.Node], None]
 

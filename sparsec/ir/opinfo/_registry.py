@@ -5,7 +5,7 @@ Rules:
   channel-flow rule, its resizer, its layer kind and its MAC count; each field is set by
   one registration, and a second registration of the same field raises (no silent
   overwrite, no silent ignore);
-- `rule`, `resizer`, `layer` and `macs` are the decorators the family modules use;
+- `rule`, `resizer`, `layer`, `macs` and `index_values` are what the family modules use;
 - consumers ask `op_info(target)`: dependency analysis (flow), shrinking (resize), metrics
   and the allocation's size estimate (macs, mac_axes), calibration statistics and
   reconstruction (layer kind).
@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import torch.fx as fx
 
-from sparsec.ir.opinfo._flow import ResizeFn, RuleFn
+from sparsec.ir.opinfo._flow import IndexValues, ResizeFn, RuleFn
 
 __all__ = [
     "LayerKind",
@@ -36,6 +36,7 @@ __all__ = [
     "ShapeFn",
     "all_op_infos",
     "has_rule",
+    "index_values",
     "layer",
     "macs",
     "op_info",
@@ -63,6 +64,7 @@ class OpInfo:
     spatial_dims: int = 0  # a conv's spatial rank (1 for conv1d, 2 for conv2d)
     macs: MacsFn | None = None
     mac_axes: MacAxesFn | None = None
+    index_values: IndexValues | None = None  # what it does with integer values that index a slot
 
 
 _TABLE: dict[Any, OpInfo] = {}
@@ -112,6 +114,13 @@ def macs(*targets: Any, axes: MacAxesFn) -> Callable[[MacsFn], MacsFn]:
         return fn
 
     return deco
+
+
+def index_values(kind: IndexValues, *targets: Any) -> None:
+    """Declare what `targets` do with index values: "kept" (moved or copied unchanged, so
+    the output indexes the same slot) or "unread" (only their shape is read)."""
+    for target in targets:
+        _set(target, index_values=kind)
 
 
 def op_info(target: Any) -> OpInfo | None:

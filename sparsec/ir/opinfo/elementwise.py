@@ -6,7 +6,7 @@ import torch
 import torch.fx as fx
 
 from sparsec.ir.opinfo._flow import ChannelFlow, _args
-from sparsec.ir.opinfo._registry import rule
+from sparsec.ir.opinfo._registry import index_values, rule
 
 aten = torch.ops.aten
 
@@ -25,13 +25,19 @@ _UNARY = [
     aten.clamp_min.default, aten.clamp_max.default, aten.native_dropout.default,
 ]
 
+# Copies and casts keep index values (topk's) indexing the same slot.
+index_values(
+    "kept", aten.clone.default, aten.contiguous.default, aten.alias.default, aten.detach.default,
+    aten._to_copy.default, aten.to.dtype, aten.to.dtype_layout,
+)
+
 @rule(*_UNARY)
 def _unary(flow: ChannelFlow, node: fx.Node) -> None:
     flow.identity_all(_args(node)[0], node)
 
 _BINARY = [
     aten.add.Tensor, aten.add_.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.mul_.Tensor,
-    aten.div.Tensor, aten.maximum.default, aten.minimum.default, aten.where.self,
+    aten.div.Tensor, aten.div_.Tensor, aten.maximum.default, aten.minimum.default, aten.where.self,
     aten.pow.Tensor_Tensor, aten.rsub.Tensor,
 ]
 

@@ -20,7 +20,7 @@ from sparsec.ir.opinfo._flow import (
     _kwargs,
     _static_size,
 )
-from sparsec.ir.opinfo._registry import has_rule, resizer, rule
+from sparsec.ir.opinfo._registry import has_rule, index_values, resizer, rule
 
 aten = torch.ops.aten
 
@@ -412,3 +412,13 @@ def _pad(flow: ChannelFlow, node: fx.Node) -> None:
             reason = f"%{node.name} pads axis {axis}"
             _freeze_axis(flow, x, axis, reason)
             _freeze_axis(flow, node, axis, reason)
+
+
+# Ops that only move elements: index values (topk's) keep indexing the same slot.
+index_values(
+    "kept",
+    aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.flatten.using_ints,
+    aten.permute.default, aten.transpose.int, aten.t.default, aten.unsqueeze.default,
+    aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default, aten.expand.default,
+    aten.slice.Tensor,
+)

@@ -6,7 +6,7 @@ import torch
 import torch.fx as fx
 
 from sparsec.ir.opinfo._flow import ChannelFlow, Resize, Resized, _args
-from sparsec.ir.opinfo._registry import resizer, rule
+from sparsec.ir.opinfo._registry import index_values, resizer, rule
 
 aten = torch.ops.aten
 
@@ -21,6 +21,8 @@ def _no_channels(flow: ChannelFlow, node: fx.Node) -> None:
 )
 def _check_only(flow: ChannelFlow, node: fx.Node) -> None:
     """Runtime checks: no output, no channels; the resizer drops stale size checks."""
+
+index_values("unread", aten.sym_size.int, aten._assert_tensor_metadata.default)
 
 @resizer(aten._assert_tensor_metadata.default)
 def _resize_assert_metadata(node: fx.Node, r: Resize) -> Resized | None:
