@@ -51,6 +51,7 @@ __all__ = [
     "StagedCalibration",
     "conv_spec",
     "input_rows",
+    "linear_rows",
     "weight_layers",
 ]
 
@@ -155,12 +156,17 @@ def _unfold(x: torch.Tensor, spec: ConvSpec) -> Iterator[torch.Tensor]:
         yield cols[:, 0] if spec.groups == 1 else cols
 
 
+def linear_rows(x: torch.Tensor) -> torch.Tensor:
+    """A linear layer's input as float32 rows `[-1, in_features]` (what its statistics sum)."""
+    return x.detach().reshape(-1, x.shape[-1]).float()
+
+
 def input_rows(node: fx.Node, args: tuple[Any, ...]) -> Iterator[torch.Tensor]:
     """The rows a layer node reads, given its evaluated arguments: `[rows, in]` for a linear
     or an ungrouped conv, `[rows, groups, kernel · in/groups]` for a grouped conv."""
     x, weight = args[0], args[1]
     if node.target is aten.linear.default:
-        yield x.detach().reshape(-1, x.shape[-1]).float()
+        yield linear_rows(x)
     else:
         yield from _unfold(x, conv_spec(node, weight.shape))
 

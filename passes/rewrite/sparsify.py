@@ -69,7 +69,7 @@ from sparsec.pipeline import (
     register,
 )
 
-__all__ = ["Sparsify", "SparsifySummary"]
+__all__ = ["Sparsify", "SparsifySummary", "layer_row"]
 
 Pattern = Literal["unstructured", "nm", "block"]
 Method = Literal["magnitude", "wanda", "sparsegpt"]
@@ -100,6 +100,27 @@ def _require_stats(stats: InputStats | None, who: str, target: str) -> InputStat
             "give calibration batches that run through the whole model"
         )
     return stats
+
+
+def layer_row(
+    target: str,
+    shape: tuple[int, ...],
+    outcome: SparsityPattern | str,
+    mask: torch.Tensor | None = None,
+    note: str = "",
+) -> dict[str, Any]:
+    """A summary row: the layer's pattern and measured sparsity, or (`outcome` a reason)
+    why it stayed dense."""
+    if isinstance(outcome, str):
+        return {
+            "layer": target,
+            "shape": shape,
+            "pattern": "dense",
+            "sparsity": 0.0,
+            "note": f"skipped: {outcome}",
+        }
+    sparsity = 0.0 if mask is None else round(1.0 - float(mask.float().mean()), 4)
+    return {"layer": target, "shape": shape, "pattern": str(outcome), "sparsity": sparsity, "note": note}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,6 +174,16 @@ class Sparsify(RewritePass):
             self.sparsity,
         )
         return SparsityPattern(self.pattern, sparsity, self.n, self.m, tuple(self.block))
+
+    def weight_pattern(
+        self, target: str, shape: tuple[int, ...], groups: int = 1
+    ) -> SparsityPattern | str:
+        """The pattern for the weight `target` of `shape`, or why it stays dense (ignored, or
+        its shape does not divide the pattern's groups or blocks)."""
+        pattern = self.layer_pattern(target)
+        if pattern is None:
+            return "ignored"
+        return pattern.refusal(shape, groups) or pattern
 
     def prune_weight(
         self,
@@ -213,29 +244,14 @@ class Sparsify(RewritePass):
                 continue
             shape = tuple(graph.tensor(target).shape)
             groups[target] = conv_spec(node, shape).groups if len(shape) > 2 else 1
-            pattern = self.layer_pattern(target)
-            reason = "ignored" if pattern is None else pattern.refusal(shape, groups[target])
-            if reason is not None or pattern is None:
-                rows.append(
-                    {
-                        "layer": target,
-                        "shape": shape,
-                        "pattern": "dense",
-                        "sparsity": 0.0,
-                        "note": f"skipped: {reason}",
-                    }
-                )
+            outcome = self.weight_pattern(target, shape, groups[target])
+            if isinstance(outcome, str):
+                rows.append(layer_row(target, shape, outcome))
             else:
-                plan[target] = pattern
+                plan[target] = outcome
         if "conv" in self.layers:
             rows += [
-                {
-                    "layer": n.name,
-                    "shape": (),
-                    "pattern": "dense",
-                    "sparsity": 0.0,
-                    "note": f"skipped: {n.target} is not sparsified (conv1d and conv2d only)",
-                }
+                layer_row(n.name, (), f"{n.target} is not sparsified (conv1d and conv2d only)")
                 for n in graph.module.graph.nodes
                 if n.op == "call_function" and n.target in _OTHER_CONVS
             ]
@@ -264,16 +280,15 @@ class Sparsify(RewritePass):
                 rw.replace_tensor(target, weight)
                 rw.set_mask(target, WeightMask(plan[target], mask))
         for target, (weight, mask) in results.items():
+            note = f"{self.method}, per group ({groups[target]} groups)"
             rows.append(
-                {
-                    "layer": target,
-                    "shape": tuple(weight.shape),
-                    "pattern": str(plan[target]),
-                    "sparsity": round(1.0 - float(mask.float().mean()), 4),
-                    "note": self.method
-                    if groups[target] == 1
-                    else f"{self.method}, per group ({groups[target]} groups)",
-                }
+                layer_row(
+                    target,
+                    tuple(weight.shape),
+                    plan[target],
+                    mask,
+                    self.method if groups[target] == 1 else note,
+                )
             )
         summary = SparsifySummary(
             pattern=self.pattern,
