@@ -4,15 +4,16 @@ Rules:
 - a checkpoint is transformers' own: `config.json` + `model.safetensors` (+ the generation
   config), written by the model's `save_pretrained`, so every tool that reads Hugging Face
   checkpoints reads it;
-- when every attention and MLP block has the same widths, the config's standard fields
-  (`hidden_size`, `num_attention_heads`, `num_key_value_heads`, `head_dim`,
-  `intermediate_size`, under each family's own names) are rewritten, and the result is
-  checked by building the architecture from that config on the meta device: if its tensor
-  shapes equal the pruned model's, plain `transformers.AutoModel*.from_pretrained` loads it;
-- otherwise (per-layer widths, or a family whose config cannot say the widths, e.g. BERT
-  with fewer heads of the same size) the standard fields keep the original architecture and
-  the config's `sparsec` key holds what pruning changed (`Record`: tensor shapes and module
-  attributes by name); `from_pretrained` here builds the original and applies it. Vanilla
+- when every attention, MLP and mixture-of-experts block has the same widths, the config's
+  standard fields (`hidden_size`, `num_attention_heads`, `num_key_value_heads`, `head_dim`,
+  `intermediate_size`, the expert count `num_local_experts`/`num_experts`, under each
+  family's own names) are rewritten, and the result is checked by building the
+  architecture from that config on the meta device: if its tensor shapes equal the pruned
+  model's, plain `transformers.AutoModel*.from_pretrained` loads it;
+- otherwise (per-layer widths or expert counts, or a family whose config cannot say the
+  widths, e.g. BERT with fewer heads of the same size) the standard fields keep the
+  original architecture and the config's `sparsec` key holds what pruning changed
+  (`Record`: tensor shapes and module attributes by name); `from_pretrained` here builds the original and applies it. Vanilla
   transformers refuses such a checkpoint with a size-mismatch error, never loads it wrong;
 - a save writes a temporary sibling and renames it into place: an existing directory is
   replaced only with `overwrite=True`, and a failed save leaves nothing behind.
@@ -58,6 +59,7 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     "num_key_value_heads": ("num_key_value_heads",),
     "head_dim": ("head_dim",),
     "intermediate_size": ("intermediate_size", "n_inner", "hidden_dim", "d_ff", "ffn_dim"),
+    "num_experts": ("num_local_experts", "num_experts"),
 }
 # fields that repeat the model width in some families; they follow it when they equalled it
 _HIDDEN_COPIES = ("word_embed_proj_dim", "embedding_size")

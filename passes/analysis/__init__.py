@@ -8,7 +8,9 @@ from sparsec.passes.analysis.dependency_groups import (
     DependencyGroups,
     DependencyInfo,
     ParamSlice,
+    Routing,
 )
+from sparsec.passes.analysis.expert_usage import ExpertLayer, ExpertUsage
 from sparsec.passes.analysis.fisher_importance import FisherImportance
 from sparsec.passes.analysis.lamp_importance import LAMPImportance
 from sparsec.passes.analysis.layer_input_stats import LayerInputStats
@@ -26,12 +28,15 @@ __all__ = [
     "DependencyGroup",
     "DependencyGroups",
     "DependencyInfo",
+    "ExpertLayer",
+    "ExpertUsage",
     "FisherImportance",
     "LAMPImportance",
     "LayerInputStats",
     "MagnitudeImportance",
     "ParamSlice",
     "RandomImportance",
+    "Routing",
     "Sensitivity",
     "SensitivityResult",
     "TaylorImportance",

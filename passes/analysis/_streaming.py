@@ -37,6 +37,7 @@ __all__ = [
     "channel_axis",
     "channel_stats",
     "consumer_inputs",
+    "fan_out",
     "flat_inputs",
     "tap",
 ]
@@ -72,6 +73,16 @@ class _Tap(fx.Interpreter):
         if n.name == self.stop_after:
             raise _Stop
         return result
+
+
+def fan_out(fns: list[Callable[[Any], None]]) -> Callable[[Any], None]:
+    """One watch callback that calls each of `fns` (several statistics of one value)."""
+
+    def call(value: Any) -> None:
+        for fn in fns:
+            fn(value)
+
+    return call
 
 
 def flat_inputs(module: fx.GraphModule, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:

@@ -23,14 +23,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.fx as fx
 
 from sparsec.calibration import require_calibration
 from sparsec.ir import Graph
-from sparsec.passes.analysis._streaming import tap
+from sparsec.passes.analysis._streaming import fan_out, tap
 from sparsec.pipeline import Analysis, AnalysisManager, pass_dataclass, register
 
 __all__ = ["Block", "BlockInfluence", "find_blocks"]
@@ -148,7 +148,7 @@ class BlockInfluence(Analysis):
         for block in scorable:
             watch.setdefault(block.hidden_in, []).append(keep(block.hidden_in))
             watch.setdefault(block.hidden_out, []).append(score(block))
-        callbacks = {name: _all(fns) for name, fns in watch.items()}
+        callbacks = {name: fan_out(fns) for name, fns in watch.items()}
         for args, kwargs in calibration:
             seen.clear()
             tap(graph.module, args, kwargs, watch=callbacks)
@@ -158,10 +158,3 @@ class BlockInfluence(Analysis):
             for b in blocks
         ]
 
-
-def _all(fns: list[Callable[[torch.Tensor], None]]) -> Callable[[Any], None]:
-    def call(value: Any) -> None:
-        for fn in fns:
-            fn(value)
-
-    return call

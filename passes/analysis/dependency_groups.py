@@ -59,6 +59,7 @@ class Routing:
     """A group that `topk` chooses among: a mixture-of-experts router's experts."""
 
     selectors: tuple[str, ...]  # the topk nodes
+    chosen: tuple[Slot, ...]  # the axis each chooses among (a router's probabilities)
     top_k: int  # the most any of them chooses: at least this many units must stay
     reason: str = ""  # why no unit can be removed ('' when they can)
 
@@ -211,11 +212,13 @@ def _param_slices(graph: Graph, flow: ChannelFlow, slots: list[Slot]) -> list[Pa
 
 def _routing(flow: ChannelFlow, slots: list[Slot], frozen: dict[int, str]) -> Routing | None:
     """The group's routing when a topk chooses among one of its slots, else None."""
-    chosen = [pick for s in slots for pick in flow.selections.get(s, [])]
+    chosen = [(s, pick) for s in slots for pick in flow.selections.get(s, [])]
     if not chosen:
         return None
     reason = next(iter(frozen.values()), "")
-    return Routing(tuple(name for name, _ in chosen), max(k for _, k in chosen), reason)
+    names = tuple(name for _, (name, _) in chosen)
+    slots = tuple(slot for slot, _ in chosen)
+    return Routing(names, slots, max(k for _, (_, k) in chosen), reason)
 
 
 @register

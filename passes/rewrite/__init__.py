@@ -10,6 +10,7 @@ from sparsec.passes.rewrite.lower_sparse_weights import (
 )
 from sparsec.passes.rewrite.prune_blocks import PruneBlocks, PruneBlocksSummary
 from sparsec.passes.rewrite.prune_channels import PruneChannels, PruneChannelsSummary
+from sparsec.passes.rewrite.prune_experts import PruneExperts, PruneExpertsSummary
 from sparsec.passes.rewrite.recalibrate_bn import RecalibrateBN, RecalibrateBNSummary
 from sparsec.passes.rewrite.sparsify import Sparsify, SparsifySummary
 
@@ -22,6 +23,8 @@ __all__ = [
     "PruneBlocksSummary",
     "PruneChannels",
     "PruneChannelsSummary",
+    "PruneExperts",
+    "PruneExpertsSummary",
     "RecalibrateBN",
     "RecalibrateBNSummary",
     "Sparsify",

@@ -1,8 +1,11 @@
-"""Updaters for Hugging Face attention and MLP blocks, and the widths they report.
+"""Updaters for Hugging Face attention, MLP and mixture-of-experts blocks, and their widths.
 
 Rules:
 - sparsec prunes whole heads (a kv head with its query group under GQA), so the per-head
   width stays; head counts and the widths derived from them follow the projections;
+- `prune-experts` removes whole experts: an experts module's and a router's `num_experts`
+  follow axis 0 of their tensors, and a causal-LM head's `num_experts` (read by the
+  load-balancing loss) follows them where every layer keeps the same number;
 - one `AttentionSpec` per code family (the classes transformers copies between models share
   one); an attribute is set only where the module has it;
 - `block_widths` reads the same specs, so a saved config and the updaters never disagree.
@@ -110,6 +113,14 @@ _MLPS: dict[str, str] = {
 }
 
 
+# Mixture-of-experts modules: the tensor whose axis 0 counts the experts
+_EXPERTS: dict[str, str] = {
+    **dict.fromkeys(("MixtralExperts", "Qwen2MoeExperts", "Qwen3MoeExperts"), "gate_up_proj"),
+    **dict.fromkeys(("MixtralTopKRouter", "Qwen2MoeTopKRouter", "Qwen3MoeTopKRouter"), "weight"),
+}
+_MOE_MODELS = ("MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM")
+
+
 def _set_present(module: nn.Module, names: tuple[str, ...], value: int) -> None:
     for name in names:
         if hasattr(module, name):
@@ -133,6 +144,9 @@ def block_widths(module: nn.Module) -> dict[str, int] | None:
             "hidden_size": _in_width(query), "num_attention_heads": heads,
             "num_key_value_heads": kv, "head_dim": head_dim,
         }
+    experts: str | None = _family(module, _EXPERTS)
+    if experts is not None:
+        return {"num_experts": int(getattr(module, experts).shape[0])}
     mlp: str | None = _family(module, _MLPS)
     if mlp is not None:
         first = getattr(module, mlp)
@@ -167,3 +181,21 @@ def _conv1d(module: Any, facts: GraphFacts) -> None:
 
 register_updater(*(("transformers", name) for name in _SPECS))(_update_attention)
 register_updater(*(("transformers", name) for name in _MLPS))(_update_mlp)
+
+
+@register_updater(*(("transformers", name) for name in _EXPERTS))
+def _update_experts(module: Any, facts: GraphFacts) -> None:
+    widths = block_widths(module)
+    assert widths is not None  # registered for _EXPERTS classes only
+    module.num_experts = widths["num_experts"]
+
+
+@register_updater(*(("transformers", name) for name in _MOE_MODELS))
+def _update_moe_model(module: Any, facts: GraphFacts) -> None:
+    counts = {
+        widths["num_experts"]
+        for sub in module.modules()
+        if (widths := block_widths(sub)) is not None and "num_experts" in widths
+    }
+    if len(counts) == 1:
+        module.num_experts = counts.pop()

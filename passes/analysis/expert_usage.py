@@ -1,0 +1,169 @@
+"""Expert usage: how much each mixture-of-experts layer's router uses each of its experts.
+
+Rules:
+- a MoE layer is a dependency group with `routing` (a `topk` chooses among its units: the
+  router's output rows, every expert parameter the chosen indices gather); its experts are
+  the elements of the axis the topk chose from, in the router's order;
+- statistics stream over the calibration data at each topk: `frequency` is the fraction of
+  routed tokens that choose the expert (over all experts it sums to top_k); `gate_mass` is
+  the mean router probability the expert receives where it is chosen (zero elsewhere). The
+  probabilities are the topk's input when that is a distribution (rows non-negative and
+  summing to 1, as after Mixtral's and Qwen-MoE's softmax), else its softmax;
+- gate mass is the default criterion of `prune-experts`: an expert's output enters the
+  layer scaled by its routing weight, so the weight it receives is the share of the layer's
+  output lost with it; frequency counts a choice with weight 0.05 like one with 0.9;
+- a layer whose experts cannot be removed is listed with `reason` and still scored.
+
+Example:
+    for layer in am.get(ExpertUsage()):
+        print(layer.layer, layer.gate_mass)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from sparsec.calibration import require_calibration
+from sparsec.ir import Graph
+from sparsec.passes.analysis._streaming import fan_out, tap
+from sparsec.passes.analysis.dependency_groups import DependencyGroup, DependencyGroups
+from sparsec.pipeline import Analysis, AnalysisManager, pass_dataclass, register
+
+__all__ = ["ExpertLayer", "ExpertUsage", "moe_layers"]
+
+
+@dataclass(frozen=True)
+class ExpertLayer:
+    """One MoE layer: its experts (as units of its group) and their usage on calibration data."""
+
+    layer: str  # the module holding the router and the experts (their common path)
+    router: str  # the layer producing the router's logits
+    group: int
+    units: np.ndarray = field(repr=False)  # the unit of each expert, in the router's order
+    top_k: int
+    reason: str = ""  # why no expert can be removed ('' when they can)
+    tokens: int = 0
+    frequency: np.ndarray | None = field(default=None, repr=False)
+    gate_mass: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def experts(self) -> int:
+        return len(self.units)
+
+
+def _common_path(targets: list[str]) -> str:
+    parts = [t.split(".")[:-1] for t in targets]
+    common = os.path.commonprefix(parts) if parts else []
+    return ".".join(common)
+
+
+def _layer(group: DependencyGroup, units: np.ndarray) -> ExpertLayer:
+    routing = group.routing
+    assert routing is not None  # callers pass routed groups only
+    routers = [p.layer for p in group.params if p.role == "producer"]
+    return ExpertLayer(
+        layer=_common_path([p.target for p in group.params]),
+        router=routers[0] if routers else "",
+        group=group.index,
+        units=units,
+        top_k=routing.top_k,
+        reason=routing.reason,
+    )
+
+
+def moe_layers(graph: Graph, am: AnalysisManager) -> list[ExpertLayer]:
+    """The MoE layers of the graph in graph order, without usage statistics."""
+    deps = am.get(DependencyGroups())
+    return [
+        _layer(g, deps.slot_units[g.routing.chosen[0]]) for g in deps.groups if g.routing is not None
+    ]
+
+
+def _probabilities(x: torch.Tensor, dim: int) -> torch.Tensor:
+    x = x.detach().double()
+    sums = x.sum(dim, keepdim=True)
+    if bool((x >= 0).all()) and torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
+        return x
+    return torch.softmax(x, dim)
+
+
+class _Counts:
+    def __init__(self, experts: int) -> None:
+        self.chosen = torch.zeros(experts, dtype=torch.float64)
+        self.mass = torch.zeros(experts, dtype=torch.float64)
+        self.tokens = 0
+
+    def add(self, probs: torch.Tensor, indices: torch.Tensor, dim: int) -> None:
+        experts = probs.shape[dim]
+        probs = probs.movedim(dim, -1).reshape(-1, experts)
+        indices = indices.movedim(dim, -1).reshape(probs.shape[0], -1)
+        self.tokens += probs.shape[0]
+        self.chosen += torch.bincount(indices.flatten(), minlength=experts).double()
+        self.mass.index_add_(0, indices.flatten(), probs.gather(1, indices).flatten())
+
+
+@register
+@pass_dataclass
+class ExpertUsage(Analysis):
+    """Selection frequency and gate mass of every expert on calibration data (see module)."""
+
+    name: ClassVar[str] = "expert-usage"
+
+    def run(self, graph: Graph, am: AnalysisManager) -> list[ExpertLayer]:
+        layers = moe_layers(graph, am)
+        if not layers:
+            return []
+        calibration = require_calibration(am.calibration, self.name)
+        deps = am.get(DependencyGroups())
+        nodes = {n.name: n for n in graph.nodes}
+        seen: dict[str, torch.Tensor] = {}
+        counts: dict[int, _Counts] = {}
+        watch: dict[str, list[Callable[[Any], None]]] = {}
+        for layer in layers:
+            routing = deps.groups[layer.group].routing
+            assert routing is not None
+            counts[layer.group] = _Counts(layer.experts)
+            for name, (source, dim) in zip(routing.selectors, routing.chosen, strict=True):
+                _watch(source, dim, nodes[name].name, counts[layer.group], seen, watch)
+        callbacks = {name: fan_out(fns) for name, fns in watch.items()}
+        for args, kwargs in calibration:
+            seen.clear()
+            tap(graph.module, args, kwargs, watch=callbacks)
+        scored = []
+        for layer in layers:
+            c = counts[layer.group]
+            tokens = max(c.tokens, 1)
+            scored.append(
+                ExpertLayer(
+                    **{
+                        **layer.__dict__,
+                        "tokens": c.tokens,
+                        "frequency": (c.chosen / tokens).numpy(),
+                        "gate_mass": (c.mass / tokens).numpy(),
+                    }
+                )
+            )
+        return scored
+
+
+def _watch(
+    source: str,
+    dim: int,
+    topk: str,
+    counts: _Counts,
+    seen: dict[str, torch.Tensor],
+    watch: dict[str, list[Callable[[Any], None]]],
+) -> None:
+    """Keep the topk's input (`source`) until the topk has run, then count its choices."""
+    watch.setdefault(source, []).append(lambda value: seen.__setitem__(source, value))
+
+    def add(value: Any) -> None:
+        counts.add(_probabilities(seen[source], dim), value[1], dim)
+
+    watch.setdefault(topk, []).append(add)
