@@ -5,6 +5,7 @@
     model = sparsec.load("out/model")
     sparsec.recover(compiled, teacher=dense_model, data=batches)  # distil, then save again
     sparsec.search(model, (x,), calibration=batches, budget=0.01)  # fastest within 1%
+    sparsec.sparsify_checkpoint("llama-7b", "llama-7b-wanda", calibration)  # block by block
 
 The names below are imported on first use (PEP 562): `import sparsec` and `sparsec --help`
 do not load torch.
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from sparsec.driver import CompiledModel, compile
     from sparsec.pipeline import Pipeline
     from sparsec.recovery import Recovery, recover
+    from sparsec.streaming import sparsify_checkpoint
 
 __version__ = "0.1.0"
 
@@ -35,6 +37,7 @@ _EXPORTS = {
     "load": ("sparsec.artifact", "read_artifact"),
     "recover": ("sparsec.recovery", "recover"),
     "search": ("sparsec.budget_search", "search"),
+    "sparsify_checkpoint": ("sparsec.streaming", "sparsify_checkpoint"),
 }
 
 __all__ = [
@@ -47,6 +50,7 @@ __all__ = [
     "load",
     "recover",
     "search",
+    "sparsify_checkpoint",
 ]
 
 
