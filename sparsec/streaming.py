@@ -399,6 +399,121 @@ def _check_space(target: Path, needed: int) -> None:
         )
 
 
+@dataclass(frozen=True)
+class _Source:
+    """The checkpoint being read: its shards, the model on the meta device, its blocks and
+    which stored tensors belong to each block (the rest: embedding, final norm, head)."""
+
+    directory: Path
+    shards: _Shards
+    model: nn.Module
+    prefix: str
+    blocks: nn.ModuleList
+    block_tensors: list[list[str]]
+    rest: list[str]
+
+    @classmethod
+    def open(cls, directory: Path) -> _Source:
+        import transformers
+
+        if not (directory / "config.json").is_file():
+            raise CheckpointError(f"{directory} has no config.json: not a Hugging Face checkpoint")
+        shards = _Shards.read(directory)
+        config = transformers.AutoConfig.from_pretrained(directory, local_files_only=True)
+        config.use_cache = False
+        with torch.device("meta"):
+            model = _architecture(config, directory)(config).eval()
+        prefix, blocks = _blocks(model)
+        needed = [f"{prefix}.{i}.{name}" for i, b in enumerate(blocks) for name in b.state_dict()]
+        absent = [name for name in needed if name not in shards.files]
+        if absent:
+            raise CheckpointError(
+                f"no shard of {directory} holds {absent[0]} ({len(absent)} block tensors "
+                f"missing), which {type(model).__name__} needs: the checkpoint is incomplete or "
+                "from another model. Fix: download the complete checkpoint again"
+            )
+        # stored tensors under a block's prefix that the model does not name are copied as
+        # they are, into that block's shard
+        block_tensors = [
+            [name for name in shards.files if name.startswith(f"{prefix}.{i}.")]
+            for i in range(len(blocks))
+        ]
+        taken = {name for names in block_tensors for name in names}
+        rest = [name for name in shards.files if name not in taken]
+        return cls(directory, shards, model, prefix, blocks, block_tensors, rest)
+
+    def capture(self, calibration: Calibration, dtype: torch.dtype) -> tuple[Hidden, list[Calls]]:
+        """The first block's inputs and every block's other arguments, per batch; only the
+        tensors outside the blocks are loaded for it, and dropped again."""
+        _load_into(self.model, self.shards.load(self.rest), dtype)
+        _fill_buffers(self.model, self.model)
+        try:
+            return _capture(self.model, self.blocks, calibration)
+        finally:
+            self.model.to("meta")
+
+
+class _Writer:
+    """Writes shard k of n, the index, the copied config/tokenizer files, into `directory`."""
+
+    def __init__(self, directory: Path, shards: int) -> None:
+        self.directory, self.shards = directory, shards
+        self.weight_map: dict[str, str] = {}
+        self.total = 0
+        self.written = 0
+
+    def shard(self, tensors: dict[str, torch.Tensor]) -> None:
+        from safetensors.torch import save_file
+
+        self.written += 1
+        file = f"model-{self.written:05d}-of-{self.shards:05d}.safetensors"
+        save_file(tensors, str(self.directory / file), metadata={"format": "pt"})
+        self.weight_map.update(dict.fromkeys(tensors, file))
+        self.total += sum(t.numel() * t.element_size() for t in tensors.values())
+
+    def finish(self, source: Path) -> None:
+        index = {"metadata": {"total_size": self.total}, "weight_map": self.weight_map}
+        (self.directory / INDEX).write_text(json.dumps(index, indent=2))
+        for name in _COPIED:
+            if (source / name).is_file():
+                shutil.copy2(source / name, self.directory / name)
+
+
+def _stream_block(
+    spec: Sparsify,
+    source: _Source,
+    index: int,
+    hidden: Hidden | None,
+    calls: Calls,
+    sequential: bool,
+    dtype: torch.dtype,
+    writer: _Writer,
+) -> tuple[Hidden, list[dict[str, Any]], BlockTiming, int]:
+    """Load block `index`, sparsify it, write its shard, drop it: the next block's inputs,
+    a row per layer, the timing and the block's stored bytes."""
+    t0 = time.perf_counter()
+    block, local = source.blocks[index], f"{source.prefix}.{index}."
+    stored = source.shards.load(source.block_tensors[index])
+    stored_bytes = sum(t.numel() * t.element_size() for t in stored.values())
+    own = block.state_dict()
+    dtypes = {name: t.dtype for name, t in stored.items()}
+    extra = [name for name in stored if name[len(local) :] not in own]
+    _load_into(block, {n[len(local) :]: stored.pop(n) for n in list(stored) if n not in extra}, dtype)
+    _fill_buffers(source.model, block)
+    t1 = time.perf_counter()
+    outputs, rows, prune_s = _sparsify_block(spec, block, local, hidden, calls, sequential)
+    t2 = time.perf_counter()
+    tensors = {
+        f"{local}{name}": value.detach().to(dtypes[f"{local}{name}"]).contiguous()
+        for name, value in block.state_dict().items()
+        if f"{local}{name}" in dtypes
+    }
+    writer.shard(tensors | stored)
+    block.to("meta")
+    timing = BlockTiming(index, t1 - t0, t2 - t1 - prune_s, prune_s, time.perf_counter() - t2)
+    return outputs, rows, timing, stored_bytes
+
+
 def sparsify_checkpoint(
     checkpoint: str | Path,
     out: str | Path,
@@ -412,9 +527,6 @@ def sparsify_checkpoint(
 ) -> SparsifiedCheckpoint:
     """Sparsify the decoder blocks of the checkpoint at `checkpoint` into `out`, one block in
     memory at a time (see module rules); `sparsify` defaults to Wanda, 50% unstructured."""
-    import transformers
-    from safetensors.torch import save_file
-
     started = time.perf_counter()
     spec = sparsify or Sparsify(method="wanda")
     if spec.layers != ("linear",):
@@ -423,127 +535,58 @@ def sparsify_checkpoint(
             f"{format_pass(spec)} asks for {list(spec.layers)}. Fix: leave layers= out"
         )
     sequential = spec.method == "sparsegpt" if sequential is None else sequential
-    source, target = Path(checkpoint), Path(out)
-    if not (source / "config.json").is_file():
-        raise CheckpointError(f"{source} has no config.json: not a Hugging Face checkpoint")
-    if target.resolve() == source.resolve():
+    target = Path(out)
+    if target.resolve() == Path(checkpoint).resolve():
         raise ArtifactError(f"{target} is the checkpoint being read; choose another out")
     if target.exists() and not overwrite:
         raise ArtifactError(f"{target} exists; pass overwrite=True to replace it")
-    shards = _Shards.read(source)
-    _check_space(target, shards.bytes_on_disk())
+    source = _Source.open(Path(checkpoint))
+    _check_space(target, source.shards.bytes_on_disk())
     data = None
     if spec.method != "magnitude":
-        data = require_calibration(
-            calibration
-            if isinstance(calibration, Calibration) or calibration is None
-            else Calibration(calibration),
-            f"sparsify_checkpoint with {format_pass(spec)}",
-        )
-
-    config = transformers.AutoConfig.from_pretrained(source, local_files_only=True)
-    config.use_cache = False
-    with torch.device("meta"):
-        model = _architecture(config, source)(config).eval()
-    prefix, blocks = _blocks(model)
-    block_names = [
-        [f"{prefix}.{i}.{name}" for name in block.state_dict()] for i, block in enumerate(blocks)
-    ]
-    absent = [name for names in block_names for name in names if name not in shards.files]
-    if absent:
-        raise CheckpointError(
-            f"no shard of {source} holds {absent[0]} ({len(absent)} block tensors missing), "
-            f"which {type(model).__name__} needs: the checkpoint is incomplete or from another "
-            "model. Fix: download the complete checkpoint again"
-        )
-    in_blocks = {name for names in block_names for name in names} | {
-        name for name in shards.files if name.startswith(f"{prefix}.")
-    }
-    rest = [name for name in shards.files if name not in in_blocks]
-
-    hidden: Hidden = []
-    calls: list[Calls] = [[] for _ in blocks]
-    if data is not None:
-        _load_into(model, {n: t for n, t in shards.load(rest).items()}, dtype)
-        _fill_buffers(model, model)
-        hidden, calls = _capture(model, blocks, data)
-        model.to("meta")
+        given = calibration
+        if not isinstance(given, Calibration) and given is not None:
+            given = Calibration(given)
+        data = require_calibration(given, f"sparsify_checkpoint with {format_pass(spec)}")
+    hidden, calls = (
+        source.capture(data, dtype) if data is not None else ([], [[] for _ in source.blocks])
+    )
     activation_bytes = 2 * _tensor_bytes(hidden) + _tensor_bytes(calls)
 
-    shard_names = [f"model-{k:05d}-of-{len(blocks) + 1:05d}.safetensors" for k in range(1, len(blocks) + 2)]
     temporary = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-    weight_map: dict[str, str] = {}
     rows: list[dict[str, Any]] = []
     timings: list[BlockTiming] = []
     block_bytes = 0
     try:
         temporary.mkdir(parents=True)
-        with _reporter(progress, len(blocks)) as report:
-            for index, block in enumerate(blocks):
-                t0 = time.perf_counter()
-                local = f"{prefix}.{index}."
-                extra = sorted(n for n in in_blocks - set(block_names[index]) if n.startswith(local))
-                stored = shards.load(block_names[index])
-                dtypes = {name[len(local) :]: t.dtype for name, t in stored.items()}
-                block_bytes = max(
-                    block_bytes, sum(t.numel() * t.element_size() for t in stored.values())
+        writer = _Writer(temporary, len(source.blocks) + 1)
+        with _reporter(progress, len(source.blocks)) as report:
+            for index in range(len(source.blocks)):
+                outputs, block_rows, timing, stored_bytes = _stream_block(
+                    spec, source, index, hidden if data is not None else None, calls[index],
+                    sequential, dtype, writer,
                 )
-                _load_into(block, {n[len(local) :]: t for n, t in stored.items()}, dtype)
-                del stored
-                _fill_buffers(model, block)
-                t1 = time.perf_counter()
-                outputs, block_rows, prune_s = _sparsify_block(
-                    spec, block, local, hidden if data is not None else None, calls[index],
-                    sequential,
-                )
-                rows += block_rows
-                t2 = time.perf_counter()
-                tensors = {
-                    f"{local}{name}": value.detach().to(dtypes[name]).contiguous()
-                    for name, value in block.state_dict().items()
-                    if name in dtypes
-                }
-                tensors.update(shards.load(extra))
-                save_file(tensors, str(temporary / shard_names[index]), metadata={"format": "pt"})
-                weight_map.update(dict.fromkeys(tensors, shard_names[index]))
-                del tensors
-                block.to("meta")
-                hidden = outputs
-                t3 = time.perf_counter()
-                timing = BlockTiming(index, t1 - t0, t2 - t1 - prune_s, prune_s, t3 - t2)
+                hidden, rows, block_bytes = outputs, rows + block_rows, max(block_bytes, stored_bytes)
                 timings.append(timing)
-                report(f"block {index + 1}/{len(blocks)} in {timing.total_s:.1f} s")
-        tensors = shards.load(rest)
-        save_file(tensors, str(temporary / shard_names[-1]), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(tensors, shard_names[-1]))
-        del tensors
-        total = sum((temporary / f).stat().st_size for f in shard_names)
-        (temporary / INDEX).write_text(
-            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
-        )
-        for name in _COPIED:
-            if (source / name).is_file():
-                shutil.copy2(source / name, temporary / name)
+                report(f"block {index + 1}/{len(source.blocks)} in {timing.total_s:.1f} s")
+        writer.shard(source.shards.load(source.rest))
+        writer.finish(source.directory)
         result = SparsifiedCheckpoint(
             target, tuple(rows), tuple(timings), block_bytes, activation_bytes,
             time.perf_counter() - started,
         )
-        (temporary / REPORT).write_text(
-            json.dumps(
-                {
-                    "pass": format_pass(spec),
-                    "sequential": sequential,
-                    "dtype": str(dtype).removeprefix("torch."),
-                    "calibration_batches": len(hidden),
-                    "block_weight_bytes": block_bytes,
-                    "activation_bytes": activation_bytes,
-                    "seconds": round(result.seconds, 3),
-                    "blocks": [asdict(t) | {"total_s": t.total_s} for t in timings],
-                    "layers": rows,
-                },
-                indent=2,
-            )
-        )
+        report_data = {
+            "pass": format_pass(spec),
+            "sequential": sequential,
+            "dtype": str(dtype).removeprefix("torch."),
+            "calibration_batches": len(hidden),
+            "block_weight_bytes": block_bytes,
+            "activation_bytes": activation_bytes,
+            "seconds": round(result.seconds, 3),
+            "blocks": [asdict(t) | {"total_s": t.total_s} for t in timings],
+            "layers": rows,
+        }
+        (temporary / REPORT).write_text(json.dumps(report_data, indent=2))
         _replace(temporary, target)
     except OSError as exc:
         raise ArtifactError(f"could not write {target}: {exc}") from exc
