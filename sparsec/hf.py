@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import inspect
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -176,7 +177,7 @@ def save_pretrained(
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         model.config = config  # type: ignore[union-attr]
-        model.save_pretrained(temporary, safe_serialization=True)  # type: ignore[operator]
+        model.save_pretrained(temporary, safe_serialization=True, **_own_names(model, reason))  # type: ignore[operator]
         if tokenizer is not None:
             _copy_tokenizer(Path(tokenizer), temporary)
         _replace(temporary, target)
@@ -188,6 +189,14 @@ def save_pretrained(
         model.config = own_config  # type: ignore[union-attr]
         shutil.rmtree(temporary, ignore_errors=True)
     return SavedCheckpoint(target, not reason, reason)
+
+
+def _own_names(model: nn.Module, reason: str) -> dict[str, Any]:
+    """save_pretrained's options for a recorded checkpoint: tensors under the module's own
+    names, which `from_pretrained` here loads (transformers would otherwise write some
+    families' legacy layout, e.g. Mixtral's experts one tensor per expert)."""
+    accepts = "save_original_format" in inspect.signature(model.save_pretrained).parameters  # type: ignore[arg-type]
+    return {"save_original_format": False} if reason and accepts else {}
 
 
 def _replace(source: Path, target: Path) -> None:

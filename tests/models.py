@@ -36,6 +36,8 @@ __all__ = [
     "SplitCat",
     "SmallCNN",
     "TinyMLP",
+    "TinyMoE",
+    "make_hf_moe",
     "make_cnn_chain",
     "make_mlp",
     "make_residual",
@@ -323,3 +325,57 @@ ZERO_EQUIVALENT_MODELS: dict[str, Callable[[], Example]] = dict(ALL_MODELS)
 
 Filled in below once checked; see test_prune_channels.py for the argument.
 """
+
+
+class TinyMoE(nn.Module):
+    """A Mixtral-style MoE layer in plain torch: softmax router, top-2, renormalised weights,
+    each token's experts gathered as `weight[indices]` (the form batched_mm traces to)."""
+
+    def __init__(self, hidden: int = 8, inner: int = 6, experts: int = 4) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(SEED)
+        self.gate = nn.Linear(hidden, experts, bias=False)
+        self.up = nn.Parameter(torch.randn(experts, inner, hidden, generator=generator) * 0.3)
+        self.down = nn.Parameter(torch.randn(experts, hidden, inner, generator=generator) * 0.3)
+        with torch.no_grad():
+            self.gate.weight.copy_(torch.randn(experts, hidden, generator=generator))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights, chosen = torch.softmax(self.gate(x), -1).topk(2, -1)
+        weights = weights / weights.sum(-1, keepdim=True)
+        ids = chosen.reshape(-1)
+        h = torch.relu(torch.bmm(self.up[ids], x.repeat_interleave(2, 0).unsqueeze(-1)))
+        y = torch.bmm(self.down[ids], h).squeeze(-1) * weights.reshape(-1, 1)
+        return y.view(-1, 2, x.shape[-1]).sum(1)
+
+
+_HF_MOE = {
+    "mixtral": ("MixtralForCausalLM", "MixtralConfig", {"num_local_experts": 8, "intermediate_size": 32}),
+    "qwen2-moe": (
+        "Qwen2MoeForCausalLM", "Qwen2MoeConfig",
+        {"num_experts": 8, "intermediate_size": 32, "moe_intermediate_size": 16,
+         "shared_expert_intermediate_size": 32},
+    ),
+    "qwen3-moe": (
+        "Qwen3MoeForCausalLM", "Qwen3MoeConfig",
+        {"num_experts": 8, "intermediate_size": 32, "moe_intermediate_size": 16, "head_dim": 8},
+    ),
+}
+
+
+def make_hf_moe(family: str, **config: object) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """A Hugging Face MoE causal LM (`mixtral`, `qwen2-moe`, `qwen3-moe`): hidden 32, 2 layers,
+    8 experts, top-2, random weights; and token ids [2, 8]. `config` overrides fields."""
+    import transformers
+
+    model_cls, config_cls, fields = _HF_MOE[family]
+    torch.manual_seed(SEED)
+    settings = {
+        "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "num_experts_per_tok": 2, "vocab_size": 100,
+        "max_position_embeddings": 32, "use_cache": False, "attn_implementation": "sdpa",
+        **fields, **config,
+    }
+    model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**settings))
+    ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(SEED))
+    return model.eval(), {"input_ids": ids}

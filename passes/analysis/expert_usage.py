@@ -42,7 +42,7 @@ __all__ = ["ExpertLayer", "ExpertUsage", "moe_layers"]
 class ExpertLayer:
     """One MoE layer: its experts (as units of its group) and their usage on calibration data."""
 
-    layer: str  # the module holding the router and the experts (their common path)
+    layer: str  # the module holding the router and the experts (else the router)
     router: str  # the layer producing the router's logits
     group: int
     units: np.ndarray = field(repr=False)  # the unit of each expert, in the router's order
@@ -67,9 +67,10 @@ def _layer(group: DependencyGroup, units: np.ndarray) -> ExpertLayer:
     routing = group.routing
     assert routing is not None  # callers pass routed groups only
     routers = [p.layer for p in group.params if p.role == "producer"]
+    router = routers[0] if routers else ""
     return ExpertLayer(
-        layer=_common_path([p.target for p in group.params]),
-        router=routers[0] if routers else "",
+        layer=_common_path([p.target for p in group.params]) or router,
+        router=router,
         group=group.index,
         units=units,
         top_k=routing.top_k,
