@@ -17,20 +17,19 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import torch
 from torch.utils import _pytree as pytree
 
 from sparsec.errors import BackendError, ConfigError
 from sparsec.latency_model import register_latency_model
+from sparsec.parallel import torch_threads
 
 if TYPE_CHECKING:
     from sparsec.calibration import Calibration
@@ -332,20 +331,6 @@ def flatten_inputs(
             f"input structure differs from the traced one:\n  traced: {in_spec}\n  given:  {spec}"
         )
     return leaves
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with torch on `threads` threads (None: as they are), then restore the count.
-
-    torch's thread count is process-wide: an executable sets it for its own call only.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads or previous)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def unflatten_outputs(values: Sequence[Any], out_spec: pytree.TreeSpec) -> Any:

@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import enum
 import importlib
 import json
 import sys
@@ -207,6 +208,14 @@ def compile_command(
     console.print(f"[green]artifact written to[/] {path}")
 
 
+class _Engine(enum.StrEnum):
+    """`sparsec.parallel.Engine` as a CLI choice."""
+
+    auto = "auto"
+    ray = "ray"
+    sequential = "sequential"
+
+
 @app.command("search")
 def search_command(
     model: Annotated[str, typer.Argument(help="package.module:factory returning an nn.Module")],
@@ -221,6 +230,10 @@ def search_command(
     threads: Annotated[int, typer.Option(help="runtime threads, the same for every candidate")] = 1,
     repeats: Annotated[int, typer.Option(help="timed calls per candidate (median)")] = 30,
     time_budget: Annotated[float | None, typer.Option(help="seconds after which no new candidate starts")] = None,
+    engine: Annotated[
+        _Engine, typer.Option(help="where candidates compile and score: auto = Ray when installed")
+    ] = _Engine.auto,
+    address: Annotated[str | None, typer.Option(help="Ray cluster to join (auto, ray://host:10001); default: a local instance")] = None,
 ) -> None:
     """Find the fastest variant within a quality budget; resumes from OUT/search.json."""
     import sparsec
@@ -236,6 +249,7 @@ def search_command(
                 recover=recover, threads=threads, repeats=repeats, time_budget_s=time_budget,
                 results=out / "search.json", work_dir=out / "candidates",
                 progress=lambda m: (status.update(m), console.log(m)),
+                engine=engine.value, address=address,
             )
     except SparsecError as exc:
         _fail(exc)

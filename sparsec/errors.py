@@ -21,6 +21,8 @@ __all__ = [
     "RecoveryError",
     "SearchError",
     "OnnxImportError",
+    "EngineError",
+    "CandidateError",
 ]
 
 
@@ -110,3 +112,19 @@ class RecoveryError(SparsecError):
 
 class SearchError(SparsecError):
     """The quality-budget search cannot start or go on (bad inputs, dense metric failing)."""
+
+
+class EngineError(SparsecError):
+    """The parallel engine asked for cannot be used (Ray not installed, cannot start or join)."""
+
+
+class CandidateError(EngineError):
+    """Evaluating one candidate of a parallel map failed; `candidate` names it, `cause` why."""
+
+    def __init__(self, candidate: str, cause: BaseException) -> None:
+        self.candidate, self.cause = candidate, cause
+        super().__init__(
+            f"candidate {candidate} failed: {type(cause).__name__}: {cause}. Fix: the cause "
+            "above is the evaluation's own; engine='sequential' runs it in this process to "
+            "debug it."
+        )

@@ -65,6 +65,7 @@ def test_a_generous_budget_picks_the_fastest_and_a_tight_one_the_closest(tmp_pat
         candidates=SPACE,
         repeats=20,
         results=tmp_path / "search.json",
+        engine="sequential",
     )
     assert {m.name for m in result.measured} == {c.name for c in SPACE}
     assert all(m.ok for m in result.measured), [m.error for m in result.measured]
@@ -100,6 +101,7 @@ def test_a_budget_no_candidate_meets_names_the_closest(
         candidates=SPACE[1:],
         repeats=5,
         results=tmp_path / "s.json",
+        engine="sequential",
     )
     assert result.chosen is None
     assert "no candidate is within the budget of 1.00%; the closest is" in result.message
@@ -110,7 +112,13 @@ def test_the_search_resumes_from_its_file(tmp_path: Path, fake_timing: list[Path
     batches = _batches()
     results = tmp_path / "resume.json"
     first = sparsec.search(
-        model, batches[0], calibration=batches, candidates=SPACE[:2], repeats=5, results=results
+        model,
+        batches[0],
+        calibration=batches,
+        candidates=SPACE[:2],
+        repeats=5,
+        results=results,
+        engine="sequential",
     )
     seen: list[str] = []
     second = sparsec.search(
@@ -121,6 +129,7 @@ def test_the_search_resumes_from_its_file(tmp_path: Path, fake_timing: list[Path
         repeats=5,
         results=results,
         progress=seen.append,
+        engine="sequential",
     )
     assert "dense: measured before, kept" in seen and "pruned-50: measured before, kept" in seen
     assert sum(message.startswith("candidate ") for message in seen) == 1  # only the new one
@@ -152,6 +161,7 @@ def test_a_metric_that_raises_or_returns_nan_fails_that_candidate_only(tmp_path:
         metric=flaky,
         candidates=SPACE,
         repeats=5,
+        engine="sequential",
     )
     errors = {m.name: m.error for m in result.measured}
     assert "metric: RuntimeError: metric broke" in str(errors["pruned-50"])

@@ -173,6 +173,8 @@ def test_search_writes_results_and_a_plot(tmp_path: Path) -> None:
         "5",
         "--time-budget",
         "1",
+        "--engine",
+        "sequential",
     ]
     first = _sparsec(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr

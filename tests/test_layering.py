@@ -32,6 +32,7 @@ LIBRARY = (
     "sparsec.latency_model",
     "sparsec.gate_cache",
     "sparsec.program_files",
+    "sparsec.parallel",
 )
 PASSES = ("sparsec.passes",)
 BACKENDS = ("sparsec.backends",)

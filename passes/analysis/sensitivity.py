@@ -8,7 +8,16 @@ Rules:
 - `metric="output-mse"`: Σ‖y - y₀‖² / Σ‖y₀‖² over the calibration batches (relative
   squared error of the outputs); `metric="loss"`: mean loss increase under
   `Calibration.loss_fn`;
-- one batch is in memory at a time; the cost is groups × ratios forward passes per batch;
+- each group is one task of `sparsec.parallel.parallel_map` on `engine` ("sequential" by
+  default: a task is a few forward passes, which Ray's start-up of seconds outweighs on
+  small models; "ray" or "auto" for large ones, `address` to join a cluster): the task runs
+  the reference and one pass per ratio on each batch, so the cost is groups × (ratios + 1)
+  forward passes per batch, one batch in memory at a time per task;
+- every task runs torch on `threads` threads (default: this process's count) and Ray
+  reserves as many CPUs for it: the deviations are bit for bit the same on either engine
+  (a matrix product's sums depend on the thread count); `threads=1` runs the most groups
+  at once; on Ray the graph travels once through the object store as a `PortableModule`,
+  with the calibration data;
 - `SensitivityResult.overrides(budget)` turns the curves into per-layer ratios for
   `prune-channels{overrides=...}`: each group gets the largest tested ratio whose deviation
   stays within `budget`.
@@ -16,6 +25,7 @@ Rules:
 Example:
     result = am.get(Sensitivity(ratios=(0.25, 0.5, 0.75)))
     PruneChannels(overrides=result.overrides(0.05))
+    am.get(Sensitivity(engine="ray", threads=1))   # the groups as Ray tasks
 """
 
 from __future__ import annotations
@@ -26,11 +36,14 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
+import torch.fx as fx
 from pydantic import Field
 from torch.utils import _pytree as pytree
 
-from sparsec.calibration import require_calibration
+from sparsec.calibration import Calibration, require_calibration
 from sparsec.ir import Graph
+from sparsec.ir.portable import PortableModule
+from sparsec.parallel import Engine, parallel_map, resolve_engine
 from sparsec.passes.analysis._streaming import tap
 from sparsec.passes.analysis.dependency_groups import (
     DependencyGroup,
@@ -79,26 +92,33 @@ class SensitivityResult:
         ]
 
 
-def _masks(
-    graph: Graph, deps: DependencyInfo, group: DependencyGroup, removed: np.ndarray
-) -> dict[str, Any]:
-    """Per value of the group: a function that zeroes the removed units' channels."""
-    values = {n.name for n in graph.nodes if n.op not in ("get_attr", "output")}
-    per_node: dict[str, list[tuple[int, torch.Tensor]]] = {}
+Edits = dict[str, list[tuple[int, torch.Tensor]]]
+
+
+def _edits(
+    deps: DependencyInfo, group: DependencyGroup, removed: np.ndarray, values: set[str]
+) -> Edits:
+    """Per value of the group: the (axis, channels) to zero for the removed units."""
+    per_node: Edits = {}
     for name, axis in group.slots:
         index = np.nonzero(np.isin(deps.slot_units[(name, axis)], removed))[0]
         if name in values and len(index):
             per_node.setdefault(name, []).append((axis, torch.as_tensor(index)))
+    return per_node
 
-    def zero(edits: list[tuple[int, torch.Tensor]]) -> Any:
+
+def _zeroing(edits: Edits) -> dict[str, Any]:
+    """The `tap` transform that applies `edits`."""
+
+    def zero(node_edits: list[tuple[int, torch.Tensor]]) -> Any:
         def apply(value: torch.Tensor) -> torch.Tensor:
-            for axis, index in edits:
+            for axis, index in node_edits:
                 value = value.index_fill(axis, index, 0.0)
             return value
 
         return apply
 
-    return {name: zero(edits) for name, edits in per_node.items()}
+    return {name: zero(node_edits) for name, node_edits in edits.items()}
 
 
 def _flat(outputs: Any) -> torch.Tensor:
@@ -116,17 +136,18 @@ class Sensitivity(Analysis):
     name: ClassVar[str] = "sensitivity"
     ratios: tuple[Ratio, ...] = (0.25, 0.5, 0.75)
     metric: Literal["output-mse", "loss"] = "output-mse"
+    engine: Engine = "sequential"
+    address: str | None = None
+    threads: Annotated[int, Field(ge=1)] | None = None
 
     def run(self, graph: Graph, am: AnalysisManager) -> SensitivityResult:
         calibration = require_calibration(am.calibration, self.name)
-        loss_fn = (
+        if self.metric == "loss":
             calibration.require_loss(f"{self.name}{{metric=loss}}")
-            if self.metric == "loss"
-            else None
-        )
         deps = am.get(DependencyGroups())
         scores = am.get(am.provider("channel-importance", MagnitudeImportance()))
-        plans: dict[tuple[int, float], dict[str, Any]] = {}
+        values = {n.name for n in graph.nodes if n.op not in ("get_attr", "output")}
+        plans: list[tuple[DependencyGroup, tuple[Edits, ...]]] = []
         for group in deps.groups:
             if group.index not in scores or len(group.prunable_units) == 0:
                 continue
@@ -134,27 +155,57 @@ class Sensitivity(Analysis):
             order = np.argsort(
                 scores[group.index][np.searchsorted(group.units, candidates)], kind="stable"
             )
-            for ratio in self.ratios:
-                removed = candidates[order[: math.floor(ratio * len(candidates))]]
-                plans[(group.index, ratio)] = _masks(graph, deps, group, removed)
-        error = {key: 0.0 for key in plans}
-        norm, batches = 0.0, 0
-        process = graph.module.graph.process_outputs
-        for args, kwargs, batch in calibration.with_batches():
-            reference = tap(graph.module, args, kwargs)
-            y0 = _flat(reference)
-            norm += float(y0.square().sum())
-            base = float(loss_fn(process(reference), batch)) if loss_fn else 0.0
-            batches += 1
-            for key, transform in plans.items():
-                out = tap(graph.module, args, kwargs, transform=transform)
-                if loss_fn is None:
-                    error[key] += float((_flat(out) - y0).square().sum())
-                else:
-                    error[key] += float(loss_fn(process(out), batch)) - base
-        scale = max(norm, 1e-30) if loss_fn is None else max(batches, 1)
-        deviation: dict[int, np.ndarray] = {}
-        for (index, _), _value in plans.items():
-            deviation[index] = np.array([error[(index, r)] / scale for r in self.ratios])
+            removed = [candidates[order[: math.floor(r * len(candidates))]] for r in self.ratios]
+            plans.append((group, tuple(_edits(deps, group, u, values) for u in removed)))
+        portable = resolve_engine(self.engine) == "ray"
+        threads = self.threads or torch.get_num_threads()
+        sweep = _Sweep(
+            PortableModule.of(graph.module) if portable else graph.module,
+            calibration,
+            self.metric,
+        )
+        rows = parallel_map(
+            _deviation,
+            [edits for _, edits in plans],
+            shared=sweep,
+            engine=self.engine,
+            address=self.address,
+            threads=threads,
+            names=[f"group {g.index} ({', '.join(g.layers)})" for g, _ in plans],
+        )
+        deviation = {group.index: row for (group, _), row in zip(plans, rows, strict=True)}
         layers = {g.index: tuple(g.layers) for g in deps.groups if g.index in deviation}
         return SensitivityResult(tuple(self.ratios), deviation, layers)
+
+
+@dataclass(frozen=True)
+class _Sweep:
+    """What every group's task reads: the module (portable for Ray), the data, the metric."""
+
+    module: fx.GraphModule | PortableModule
+    calibration: Calibration
+    metric: str
+
+
+def _deviation(sweep: _Sweep, per_ratio: tuple[Edits, ...]) -> np.ndarray:
+    """One group's deviation at each ratio: one reference and one run per ratio per batch."""
+    module = sweep.module.module() if isinstance(sweep.module, PortableModule) else sweep.module
+    loss_fn = sweep.calibration.loss_fn if sweep.metric == "loss" else None
+    transforms = [_zeroing(edits) for edits in per_ratio]
+    error = [0.0] * len(per_ratio)
+    norm, batches = 0.0, 0
+    process = module.graph.process_outputs
+    for args, kwargs, batch in sweep.calibration.with_batches():
+        reference = tap(module, args, kwargs)
+        y0 = _flat(reference)
+        norm += float(y0.square().sum())
+        base = float(loss_fn(process(reference), batch)) if loss_fn else 0.0
+        batches += 1
+        for i, transform in enumerate(transforms):
+            out = tap(module, args, kwargs, transform=transform)
+            if loss_fn is None:
+                error[i] += float((_flat(out) - y0).square().sum())
+            else:
+                error[i] += float(loss_fn(process(out), batch)) - base
+    scale = max(norm, 1e-30) if loss_fn is None else max(batches, 1)
+    return np.array([e / scale for e in error])

@@ -3,9 +3,17 @@
 Rules:
 - the calibration batches are split: the first `held_out` share (at least one batch) scores
   quality; the rest calibrate data-aware passes and INT8, and are what recovery distils on;
-- every candidate is compiled with `threads`, saved as an artifact under `work_dir`, timed
-  in a fresh process (`timing`) on the example inputs, and scored by `metric` (default
-  `quality.fidelity`, closeness to the dense model) on the held-out batches;
+- every candidate is compiled with `threads`, scored by `metric` (default
+  `quality.fidelity`, closeness to the dense model) on the held-out batches and saved as an
+  artifact under `work_dir`: these evaluations are tasks of `sparsec.parallel.parallel_map`
+  on `engine` (default "auto": Ray when installed, on a local instance unless `address`
+  names a cluster; sequential otherwise), each reserving `threads` CPUs and running torch
+  on as many threads (so quality is the same on either engine);
+- then, one at a time in this process, each scored artifact is timed in a fresh process
+  (`timing`) on the example inputs: latency is measured only once every evaluation has
+  finished, so no timing shares the cores with a compile, a metric or another timing (a
+  parallel timing would not be the latency of the deployed model); on a cluster, every
+  latency is this machine's, and `work_dir` must be on a filesystem the nodes share;
 - a candidate is within budget when its relative quality drop from the dense model's score
   is at most `budget`; the answer is the fastest of those, plus the Pareto front
   (latency vs quality) of all measured candidates; when none is within budget the result
@@ -13,18 +21,18 @@ Rules:
 - a candidate that fails (compile, recovery, metric raising or NaN, timing) is recorded
   with its reason and the search goes on; the dense model's own score failing is a
   SearchError, since nothing can be compared to it;
-- results go to `results` (JSON, rewritten atomically after every candidate); a search
-  with the same results file and model skips the candidates it holds, so an interrupted
-  search resumes where it stopped; a file from another model is refused;
-- `time_budget_s` stops starting new candidates once it has passed; the skipped ones are
-  listed;
-- with a results file, the Pareto front is drawn beside it (`<results>-pareto.png`, `plot`);
-- evaluation is sequential: timings taken in parallel on the same cores would not be
-  latencies of the deployed model.
+- results go to `results` (JSON, rewritten atomically after each candidate is scored and
+  after it is timed); a search with the same results file and model skips the candidates
+  it holds and times those scored but not yet timed (their artifact still there), so an
+  interrupted search resumes where it stopped; a file from another model is refused;
+- `time_budget_s`: no candidate's evaluation starts once it has passed (each task checks;
+  the first one always starts, and Ray's start-up counts), the skipped ones are listed;
+- with a results file, the Pareto front is drawn beside it (`<results>-pareto.png`, `plot`).
 
 Example:
     result = sparsec.search(model, x, calibration=batches, budget=0.01, results="s.json")
     fast = sparsec.load(result.chosen.artifact)
+    sparsec.search(model, x, calibration=batches, engine="ray", address="ray://head:10001")
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ from sparsec.calibration import Calibration
 from sparsec.driver import CompiledModel, compile
 from sparsec.errors import SearchError, SparsecError
 from sparsec.ir.inputs import normalize_inputs
+from sparsec.parallel import Engine, parallel_map
 from sparsec.recovery import recover as run_recovery
 
 __all__ = ["Measured", "SearchResult", "pareto_front", "search"]
@@ -215,12 +224,16 @@ def search(
     results: str | Path | None = None,
     work_dir: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
+    engine: Engine = "auto",
+    address: str | None = None,
 ) -> SearchResult:
     """Measure candidates on `target`; return the fastest within `budget` (module rules).
 
     `recover`: True (default recovery settings) or `sparsec.recover` keyword arguments, for
     the default space's pruned candidates. `work_dir` keeps the artifacts (default: beside
     `results`, else a temporary directory that is removed, leaving no artifact to load).
+    `engine`/`address`: where candidates are compiled and scored (`sparsec.parallel`: Ray
+    when installed, by default on a local instance; sequential without it).
     """
     if not 0 <= budget < 1:
         raise SearchError(f"budget is a relative quality drop in [0, 1), not {budget!r}")
@@ -259,31 +272,54 @@ def search(
     work.mkdir(parents=True, exist_ok=True)
     inputs = work / "inputs.safetensors"
     save_inputs(example_inputs, inputs)
-    started = time.monotonic()
-    skipped: list[str] = []
-    for index, candidate in enumerate(space):
-        if candidate.name in done:
+    deadline = None if time_budget_s is None else time.time() + time_budget_s
+    for name in [n for n, m in done.items() if m.ok and m.ms is None]:
+        if not Path(str(done[name].artifact)).exists():
+            del done[name]  # scored before, but its artifact is gone: evaluate it again
+    todo = [c for c in space if c.name not in done]
+    for candidate in space:
+        if candidate.name in done and done[candidate.name].ms is not None:
             say(f"{candidate.name}: measured before, kept")
+    shared = _Shared(
+        model,
+        example_inputs,
+        target,
+        threads,
+        train,
+        recovery,
+        scorer,
+        held_inputs,
+        dense_quality,
+        work,
+        deadline,
+        todo[0].name if todo else None,
+    )
+
+    def scored(index: int, outcome: Measured | None) -> None:
+        if outcome is None:
+            return
+        done[outcome.name] = outcome
+        say(f"candidate {index + 1}/{len(todo)}: {outcome.name} scored")
+        if path is not None:
+            _write(path, _payload(fingerprint, budget, dense_quality, done, target, threads))
+
+    outcomes = parallel_map(
+        _evaluate,
+        todo,
+        shared=shared,
+        engine=engine,
+        address=address,
+        threads=threads,
+        names=[c.name for c in todo],
+        on_result=scored,
+    )
+    skipped = [c.name for c, outcome in zip(todo, outcomes, strict=True) if outcome is None]
+    for candidate in space:  # one at a time, after every evaluation: nothing shares the cores
+        point = done.get(candidate.name)
+        if point is None or not point.ok or point.ms is not None:
             continue
-        if time_budget_s is not None and time.monotonic() - started > time_budget_s:
-            skipped.append(candidate.name)
-            continue
-        say(f"candidate {index + 1}/{len(space)}: {candidate.name}")
-        done[candidate.name] = _measure(
-            candidate,
-            model,
-            example_inputs,
-            target=target,
-            threads=threads,
-            train=train,
-            recovery=recovery,
-            scorer=scorer,
-            held=held_inputs,
-            dense_quality=dense_quality,
-            work=work,
-            inputs=inputs,
-            repeats=repeats,
-        )
+        say(f"timing {candidate.name}")
+        done[candidate.name] = _time(point, inputs, threads=threads, repeats=repeats)
         if path is not None:
             _write(path, _payload(fingerprint, budget, dense_quality, done, target, threads))
     measured = [done[c.name] for c in space if c.name in done]
@@ -306,42 +342,52 @@ def search(
     return result
 
 
-def _measure(
-    candidate: Candidate,
-    model: torch.nn.Module,
-    example_inputs: Any,
-    *,
-    target: str,
-    threads: int,
-    train: list[Any],
-    recovery: dict[str, Any],
-    scorer: Metric,
-    held: Sequence[Any],
-    dense_quality: float,
-    work: Path,
-    inputs: Path,
-    repeats: int,
-) -> Measured:
-    """Compile, save, score and time one candidate; a failure is recorded, not raised."""
+@dataclass(frozen=True)
+class _Shared:
+    """What every candidate's evaluation reads (sent once to Ray's object store)."""
+
+    model: torch.nn.Module
+    example_inputs: Any
+    target: str
+    threads: int
+    train: list[Any]
+    recovery: dict[str, Any]
+    scorer: Metric
+    held: Sequence[Any]
+    dense_quality: float
+    work: Path
+    deadline: float | None  # time.time() after which no candidate starts...
+    first: str | None  # ...but this one, so that something is measured
+
+
+_FAILURES = (SparsecError, ValueError, RuntimeError, TypeError, KeyError, IndexError)
+
+
+def _evaluate(shared: _Shared, candidate: Candidate) -> Measured | None:
+    """Compile, score and save one candidate (None: the time budget had passed).
+
+    A failure is recorded in the result, not raised.
+    """
+    late = shared.deadline is not None and time.time() > shared.deadline
+    if late and candidate.name != shared.first:
+        return None
     begin = time.monotonic()
     stage = "compile"
     try:
         compiled = _compile_candidate(
-            model,
-            example_inputs,
+            shared.model,
+            shared.example_inputs,
             candidate,
-            target=target,
-            threads=threads,
-            train=train,
-            recovery=recovery,
+            target=shared.target,
+            threads=shared.threads,
+            train=shared.train,
+            recovery=shared.recovery,
         )
         stage = "metric"
-        quality = _score(scorer, compiled, held)
+        quality = _score(shared.scorer, compiled, shared.held)
         stage = "save"
-        artifact = compiled.save(work / candidate.name)
-        stage = "timing"
-        ms = time_artifact(artifact, inputs, threads=threads, repeats=repeats)
-    except (SparsecError, ValueError, RuntimeError, TypeError, KeyError, IndexError) as exc:
+        artifact = compiled.save(shared.work / candidate.name)
+    except _FAILURES as exc:
         return Measured(
             candidate.name,
             candidate.to_dict(),
@@ -352,10 +398,34 @@ def _measure(
         candidate.name,
         candidate.to_dict(),
         quality=quality,
-        drop=relative_drop(dense_quality, quality),
-        ms=ms,
+        drop=relative_drop(shared.dense_quality, quality),
         artifact=str(artifact),
         seconds=round(time.monotonic() - begin, 1),
+    )
+
+
+def _time(point: Measured, inputs: Path, *, threads: int, repeats: int) -> Measured:
+    """The scored candidate's latency, in a fresh process on this machine."""
+    begin = time.monotonic()
+    artifact = Path(str(point.artifact))
+    try:
+        if not artifact.exists():
+            raise SearchError(
+                f"the artifact {artifact} is not on this machine, which times every candidate"
+                ". Fix: on a Ray cluster, put work_dir (or results) on a filesystem that "
+                "every node shares."
+            )
+        ms = time_artifact(artifact, inputs, threads=threads, repeats=repeats)
+    except _FAILURES as exc:
+        return dataclasses.replace(
+            point,
+            quality=None,
+            drop=None,
+            error=f"timing: {type(exc).__name__}: {exc}"[:600],
+            seconds=round(point.seconds + time.monotonic() - begin, 1),
+        )
+    return dataclasses.replace(
+        point, ms=ms, seconds=round(point.seconds + time.monotonic() - begin, 1)
     )
 
 
