@@ -22,7 +22,7 @@ import sparsec
 from sparsec.calibration import Calibration
 from sparsec.errors import PassError
 from sparsec.frontends import trace
-from sparsec.passes.analysis import DependencyGroups, ExpertUsage
+from sparsec.passes.analysis import DependencyGroups
 from sparsec.passes.rewrite import PruneExperts
 from sparsec.pipeline import AnalysisManager, PassManager, VerifyEach
 
@@ -44,23 +44,6 @@ def _logits(output: object) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- plain torch MoE
-def test_expert_usage_counts_choices_and_gate_mass() -> None:
-    model = TinyMoE().eval()
-    graph = trace(model, (torch.randn(5, 8),))
-    (layer,) = AnalysisManager(graph, Calibration(_tokens())).get(ExpertUsage())
-    assert (layer.layer, layer.router, layer.experts, layer.top_k, layer.tokens) == ("gate", "gate", 4, 2, 32)
-    chosen, mass = torch.zeros(4), torch.zeros(4)
-    for (x,) in _tokens():
-        probs = torch.softmax(model.gate(x), -1)
-        top, ids = probs.topk(2, -1)
-        chosen += torch.bincount(ids.flatten(), minlength=4)
-        mass.index_add_(0, ids.flatten(), top.flatten())
-    assert layer.frequency is not None and layer.gate_mass is not None
-    assert torch.allclose(torch.from_numpy(layer.frequency).float(), chosen / 32)
-    assert torch.allclose(torch.from_numpy(layer.gate_mass).float(), mass.detach() / 32, atol=1e-6)
-    assert abs(layer.frequency.sum() - 2) < 1e-9
-
-
 def test_tiny_moe_ir_and_the_kept_tokens_are_unchanged() -> None:
     """The router row and index 0 of both expert tensors go; tokens whose two experts are
     kept produce exactly what they did (renormalised top-k); the others do not."""
