@@ -42,14 +42,19 @@ def _calibration() -> Calibration:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Graph, Path]:
-    """The model's traced graph (the in-memory reference) and its checkpoint on disk."""
-    model = _model()
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The model's checkpoint on disk, in two shards."""
     path = tmp_path_factory.mktemp("llama")
-    model.save_pretrained(path, max_shard_size="64KB")
+    _model().save_pretrained(path, max_shard_size="64KB")
     shards = set(json.loads((path / INDEX).read_text())["weight_map"].values())
     assert len(shards) == 2, shards
-    return trace(model, _calibration().batches[0]), path
+    return path
+
+
+@pytest.fixture(scope="module")
+def traced() -> Graph:
+    """The same model's traced graph: the whole-graph (in-memory) reference."""
+    return trace(_model(), _calibration().batches[0])
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -68,9 +73,9 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     ids=["wanda-50", "sparsegpt-2:4"],
 )
 def test_streamed_equals_the_whole_graph_pass(
-    checkpoint: tuple[Graph, Path], tmp_path: Path, spec: Sparsify
+    checkpoint: Path, traced: Graph, tmp_path: Path, spec: Sparsify
 ) -> None:
-    traced, path = checkpoint
+    path = checkpoint
     calibration = _calibration()
     lines: list[str] = []
     result = sparsify_checkpoint(path, tmp_path / "out", calibration, spec, progress=lines.append)
@@ -91,11 +96,11 @@ def test_streamed_equals_the_whole_graph_pass(
 
 
 def test_output_loads_in_transformers_and_sparsec(
-    checkpoint: tuple[Graph, Path], tmp_path: Path
+    checkpoint: Path, tmp_path: Path
 ) -> None:
     from sparsec.hf import from_pretrained
 
-    _, path = checkpoint
+    path = checkpoint
     out = tmp_path / "out"
     sparsify_checkpoint(path, out, _calibration(), Sparsify(method="wanda", pattern="nm"))
     ids = _calibration().batches[0]["input_ids"]
@@ -110,9 +115,9 @@ def test_output_loads_in_transformers_and_sparsec(
 
 
 def test_a_missing_shard_is_named_with_the_fix(
-    checkpoint: tuple[Graph, Path], tmp_path: Path
+    checkpoint: Path, tmp_path: Path
 ) -> None:
-    _, path = checkpoint
+    path = checkpoint
     broken = tmp_path / "broken"
     broken.mkdir()
     shards = sorted(set(json.loads((path / INDEX).read_text())["weight_map"].values()))
@@ -130,9 +135,9 @@ def test_a_calibration_stream_shorter_than_the_window_is_refused() -> None:
 
 
 def test_no_calibration_batches_and_no_calibration(
-    checkpoint: tuple[Graph, Path], tmp_path: Path
+    checkpoint: Path, tmp_path: Path
 ) -> None:
-    _, path = checkpoint
+    path = checkpoint
     with pytest.raises(CalibrationError, match="no batches"):
         sparsify_checkpoint(path, tmp_path / "a", Calibration([]))
     with pytest.raises(PreconditionError, match="needs calibration data"):
@@ -141,3 +146,18 @@ def test_no_calibration_batches_and_no_calibration(
     result = sparsify_checkpoint(path, tmp_path / "c", None, Sparsify(method="magnitude"))
     assert all(row["sparsity"] == pytest.approx(0.5) for row in result.layers)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_block_tensor_that_no_shard_holds_is_named(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    path = checkpoint
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for file in path.iterdir():
+        (broken / file.name).write_bytes(file.read_bytes())
+    index = json.loads((path / INDEX).read_text())
+    del index["weight_map"]["model.layers.1.mlp.up_proj.weight"]
+    (broken / INDEX).write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=r"no shard .* holds model.layers.1.mlp.up_proj.weight .*Fix"):
+        sparsify_checkpoint(broken, tmp_path / "out", _calibration())
