@@ -33,6 +33,7 @@ LIBRARY = (
     "sparsec.gate_cache",
     "sparsec.program_files",
     "sparsec.parallel",
+    "sparsec.nn",
 )
 PASSES = ("sparsec.passes",)
 BACKENDS = ("sparsec.backends",)

@@ -352,6 +352,109 @@ def _cnn(cls: Callable[[], nn.Module], size: int = 16) -> Callable[[], tuple[nn.
     return build
 
 
+
+# ---------------------------------------------------------------- torch's nn.MultiheadAttention
+TORCHVISION = "torchvision.models.vision_transformer"
+
+
+class MLPBlock(nn.Sequential):
+    """torchvision's ViT MLP: linear, GELU, dropout, linear, dropout."""
+
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(0.1), nn.Linear(hidden, width), nn.Dropout(0.1))
+
+
+class EncoderBlock(nn.Module):
+    """torchvision's ViT block: pre-norm nn.MultiheadAttention(batch_first=True), called with
+    need_weights=False, then a pre-norm MLP, each with its residual."""
+
+    def __init__(self, num_heads: int, hidden_dim: int, mlp_dim: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.ln_1 = nn.LayerNorm(hidden_dim, eps=1e-6)
+        self.self_attention = nn.MultiheadAttention(hidden_dim, num_heads, dropout=0.1, batch_first=True)
+        self.dropout = nn.Dropout(0.1)
+        self.ln_2 = nn.LayerNorm(hidden_dim, eps=1e-6)
+        self.mlp = MLPBlock(hidden_dim, mlp_dim)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        x = self.ln_1(input)
+        x, _ = self.self_attention(x, x, x, need_weights=False)
+        x = self.dropout(x) + input
+        return x + self.mlp(self.ln_2(x))
+
+
+class Encoder(nn.Module):
+    def __init__(self, seq_length: int, layers: int, heads: int, hidden_dim: int, mlp_dim: int) -> None:
+        super().__init__()
+        self.pos_embedding = nn.Parameter(torch.empty(1, seq_length, hidden_dim).normal_(std=0.02))
+        self.dropout = nn.Dropout(0.1)
+        self.layers = nn.Sequential(*(EncoderBlock(heads, hidden_dim, mlp_dim) for _ in range(layers)))
+        self.ln = nn.LayerNorm(hidden_dim, eps=1e-6)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self.ln(self.layers(self.dropout(input + self.pos_embedding)))
+
+
+class VisionTransformer(nn.Module):
+    """torchvision's VisionTransformer in miniature (same forward, same attribute names); the
+    classes carry torchvision's module name, so sparsec's updaters for torchvision apply."""
+
+    def __init__(self, image_size: int = 32, patch_size: int = 8, hidden_dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.image_size, self.patch_size, self.hidden_dim = image_size, patch_size, hidden_dim
+        self.conv_proj = nn.Conv2d(3, hidden_dim, patch_size, patch_size)
+        self.class_token = nn.Parameter(torch.randn(1, 1, hidden_dim) * 0.02)
+        seq_length = (image_size // patch_size) ** 2 + 1
+        self.encoder = Encoder(seq_length, 2, heads, hidden_dim, 2 * hidden_dim)
+        self.heads = nn.Sequential(nn.Linear(hidden_dim, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        x = self.conv_proj(x).reshape(n, self.hidden_dim, (h // self.patch_size) * (w // self.patch_size))
+        x = torch.cat([self.class_token.expand(n, -1, -1), x.permute(0, 2, 1)], dim=1)
+        return self.heads(self.encoder(x)[:, 0])
+
+
+for _cls in (MLPBlock, EncoderBlock, Encoder, VisionTransformer):
+    _cls.__module__ = TORCHVISION
+
+
+class TokenEncoder(nn.Module):
+    """nn.TransformerEncoder over embedded tokens with a key padding mask (1: padding, as an
+    integer input so that its sequence axis is dynamic like the ids'); batch_first=False
+    layers get the sequence first and give it back batch first."""
+
+    def __init__(self, batch_first: bool = True) -> None:
+        super().__init__()
+        self.batch_first = batch_first
+        self.embed = nn.Embedding(VOCAB, 32)
+        layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.1, batch_first=batch_first)
+        self.encoder = nn.TransformerEncoder(layer, 2)
+        self.out = nn.Linear(32, 5)
+
+    def forward(self, ids: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        x, padding = self.embed(ids), padding.bool()
+        if self.batch_first:
+            return self.out(self.encoder(x, src_key_padding_mask=padding))
+        return self.out(self.encoder(x.transpose(0, 1), src_key_padding_mask=padding).transpose(0, 1))
+
+
+def _token_encoder(batch_first: bool) -> Callable[[], tuple[nn.Module, Any]]:
+    def build() -> tuple[nn.Module, Any]:
+        torch.manual_seed(SEED)
+        ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=torch.Generator().manual_seed(SEED))
+        padding = torch.zeros(BATCH, SEQ, dtype=torch.int64)
+        padding[1, SEQ // 2 :] = 1
+        return TokenEncoder(batch_first).eval(), (ids, padding)
+
+    return build
+
+
+def _vision_transformer() -> tuple[nn.Module, Any]:
+    torch.manual_seed(SEED)
+    return VisionTransformer().eval(), (_image(3, 32),)
+
 ZOO: dict[str, ZooEntry] = {
     e.name: e
     for e in [
@@ -453,5 +556,8 @@ ZOO: dict[str, ZooEntry] = {
         ZooEntry("shufflenetv2", _cnn(ShuffleNet)),
         ZooEntry("convnext", _cnn(ConvNeXt, size=32)),
         ZooEntry("unet-groupnorm", _cnn(UNetTiny)),
+        ZooEntry("torchvision-vit", _vision_transformer, ("*.self_attention",)),
+        ZooEntry("transformer-encoder", _token_encoder(True), ("*.self_attn",)),
+        ZooEntry("transformer-encoder-seq-first", _token_encoder(False), ("*.self_attn",)),
     ]
 }

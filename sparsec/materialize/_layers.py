@@ -3,7 +3,9 @@
 Rules:
 - sizes come from the weight (or, without an affine weight, the running statistics);
 - what a weight cannot say comes from the graph: a conv's `groups` (a depthwise conv
-  keeps one group per channel), a GroupNorm's `num_groups`, a LayerNorm's shape.
+  keeps one group per channel), a GroupNorm's `num_groups`, a LayerNorm's shape;
+- an `nn.MultiheadAttention` that lost heads becomes `sparsec.nn.PrunedMultiheadAttention`
+  (torch's forward derives the head width from `embed_dim`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from sparsec.materialize.registry import GraphFacts, register_updater
+from sparsec.nn import PrunedMultiheadAttention, unsupported
 
 __all__: list[str] = []
 
@@ -69,3 +72,32 @@ def _embedding(module: nn.Embedding, facts: GraphFacts) -> None:
 @register_updater(nn.PReLU)
 def _prelu(module: nn.PReLU, facts: GraphFacts) -> None:
     module.num_parameters = int(module.weight.numel())
+
+
+@register_updater(nn.MultiheadAttention)
+def _multihead_attention(module: Any, facts: GraphFacts) -> None:
+    """Heads go whole, so `head_dim` stays; the head count and widths follow the tensors.
+    Once `num_heads · head_dim` no longer fills `embed_dim`, or the query's width differs
+    from it, torch's forward cannot run it: the copy becomes
+    `PrunedMultiheadAttention`, which adds only a forward (not for a module that forward cannot
+    express, `sparsec.nn.unsupported`: the check then names it)."""
+    module.embed_dim = int(module.out_proj.weight.shape[0])
+    module.num_heads = int(module.out_proj.weight.shape[1]) // module.head_dim
+    if module.in_proj_weight is not None:
+        module.kdim = module.vdim = int(module.in_proj_weight.shape[1])
+    else:
+        module.kdim, module.vdim = int(module.k_proj_weight.shape[1]), int(module.v_proj_weight.shape[1])
+    query = module.in_proj_weight if module.in_proj_weight is not None else module.q_proj_weight
+    fits = module.num_heads * module.head_dim == module.embed_dim == int(query.shape[1])
+    if not fits and unsupported(module) is None:
+        module.__class__ = PrunedMultiheadAttention
+        module._qkv_same_embed_dim = False
+
+
+@register_updater(nn.TransformerEncoder)
+def _transformer_encoder(module: nn.TransformerEncoder, facts: GraphFacts) -> None:
+    """torch's own rule from `__init__`: no nested-tensor fast path for attention whose
+    `_qkv_same_embed_dim` is False (a `PrunedMultiheadAttention` runs no fused kernel)."""
+    attention = getattr(module.layers[0], "self_attn", None)
+    if isinstance(attention, nn.MultiheadAttention) and not attention._qkv_same_embed_dim:
+        module.use_nested_tensor = False

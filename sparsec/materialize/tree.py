@@ -35,8 +35,9 @@ from torch.utils import _pytree as pytree
 
 import sparsec.materialize._families  # noqa: F401 - registers the Hugging Face updaters
 import sparsec.materialize._layers  # noqa: F401 - registers the torch layer updaters
+import sparsec.materialize._torchvision  # noqa: F401 - registers the torchvision updaters
 from sparsec.errors import MaterializeError
-from sparsec.frontends.trace_settings import trace_settings
+from sparsec.frontends.trace_settings import no_attention_fastpath, no_kv_cache
 from sparsec.ir import Graph
 from sparsec.materialize._depth import drop_removed_blocks, renamed
 from sparsec.materialize.registry import updater_for
@@ -156,7 +157,7 @@ def _suspects(
 
 
 def _outputs(module: nn.Module, graph: Graph) -> Any:
-    with trace_settings(module), torch.no_grad():
+    with no_kv_cache(module), no_attention_fastpath(), torch.no_grad():
         return module(*graph.example_args, **graph.example_kwargs)
 
 

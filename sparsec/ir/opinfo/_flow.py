@@ -174,6 +174,19 @@ def _layer(node: Any) -> str:
         return str(node.target).rsplit(".", 1)[0]
     return node.name if isinstance(node, fx.Node) else "?"
 
+def _param_part(node: Any) -> Any:
+    """The parameter that `node` is a row block of (`getitem(split(param, ..., 0))`, as the
+    packed q/k/v projection of cross-attention is split), else `node` itself: the parameter
+    holds the producer and consumer roles of each of its blocks."""
+    if not (isinstance(node, fx.Node) and node.target is operator.getitem):
+        return node
+    split = node.args[0]
+    if not (isinstance(split, fx.Node) and _is_param(split.args[0])):
+        return node
+    splits = (torch.ops.aten.split_with_sizes.default, torch.ops.aten.split.Tensor, torch.ops.aten.chunk.default)
+    dim = split.args[2] if len(split.args) > 2 else split.kwargs.get("dim", 0)
+    return split.args[0] if split.target in splits and dim == 0 else node
+
 def _static_size(flow: ChannelFlow, node: fx.Node, axis: int) -> int | None:
     size = node.meta["val"].shape[axis]
     return size if isinstance(size, int) else None

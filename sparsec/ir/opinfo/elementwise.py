@@ -76,5 +76,6 @@ _MORE_BINARY = [
 for _op in _MORE_BINARY:
     rule(_op)(_binary)
 
-# masked_fill.Scalar(x, mask, value): the mask broadcasts like a second operand.
-rule(aten.masked_fill.Scalar)(_binary)
+# masked_fill.Scalar(x, mask, value): the mask broadcasts like a second operand. The in-place
+# form is what torch's mask canonicalisation (`F._canonical_mask`) traces to.
+rule(aten.masked_fill.Scalar, aten.masked_fill_.Scalar)(_binary)

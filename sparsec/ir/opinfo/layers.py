@@ -9,7 +9,15 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from sparsec.ir.opinfo._flow import ChannelFlow, Resize, Resized, _args, _kwargs, _layer
+from sparsec.ir.opinfo._flow import (
+    ChannelFlow,
+    Resize,
+    Resized,
+    _args,
+    _kwargs,
+    _layer,
+    _param_part,
+)
 from sparsec.ir.opinfo._registry import ShapeFn, layer, macs, resizer, rule
 
 aten = torch.ops.aten
@@ -65,18 +73,20 @@ def _resize_conv(node: fx.Node, r: Resize) -> Resized | None:
 
 @rule(aten.linear.default)
 def _linear(flow: ChannelFlow, node: fx.Node) -> None:
+    """A weight that is a row block of a parameter (`_param_part`) gives the parameter its roles."""
     x, weight = _args(node)[0], _args(node)[1]
     bias = _args(node)[2] if len(_args(node)) > 2 else None
-    layer = _layer(weight)
+    owner = _param_part(weight)
+    layer = _layer(owner)
     out_f, w_out = flow.slot(node, -1), flow.slot(weight, 0)
     flow.identity(w_out, out_f)
-    flow.role(w_out, "producer", layer)
+    flow.role(flow.slot(owner, 0), "producer", layer)
     if isinstance(bias, fx.Node):
         flow.identity(flow.slot(bias, 0), out_f)
-        flow.role(flow.slot(bias, 0), "producer", layer)
+        flow.role(flow.slot(_param_part(bias), 0), "producer", layer)
     w_in = flow.slot(weight, 1)
     flow.identity(flow.slot(x, -1), w_in)
-    flow.role(w_in, "consumer", layer)
+    flow.role(flow.slot(owner, 1), "consumer", layer)
     for axis in range(flow.rank(node) - 1):
         flow.identity(flow.slot(x, axis), flow.slot(node, axis))
 
