@@ -7,10 +7,10 @@ Rules:
   'sparsec[ray]'`) and runs sequentially otherwise;
 - on Ray, `shared` (the graph, the model, the calibration data) goes into the object store
   once (`ray.put`) and every task reads it from there; only the candidate travels per task;
-- `address=None` uses the Ray instance this process already joined, else starts a local one
-  (Ray's own rule: `RAY_ADDRESS`, when set, names a cluster to join instead); it stays up
-  for the next map of the process, since starting one costs seconds. `address="auto"` or
-  `"ray://host:10001"` joins an existing cluster. A local instance's workers see the
+- `address=None` starts a local instance (Ray's own rule: `RAY_ADDRESS`, when set, names a
+  cluster to join instead), `address="auto"` or `"ray://host:10001"` joins an existing
+  cluster; a process joins once (`connect`) and later maps reuse that instance whatever
+  address they name, since starting one costs seconds; a local instance's workers see the
   driver's `sys.path`, so models defined in the caller's modules unpickle there;
 - every call runs with torch on `threads` threads (default 1), on either engine, and a Ray
   task reserves as many CPUs, so at most `cpus / threads` run at once on a node: a matrix

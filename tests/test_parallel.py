@@ -179,3 +179,39 @@ def test_the_search_on_ray_equals_the_sequential_one(
     assert sum(m.ok for m in sequential.measured) == 7 and "no-such-pass" in str(rows[5][4])
     assert on_ray.chosen is not None and sequential.chosen is not None
     assert on_ray.chosen.name == sequential.chosen.name
+
+
+class _Interrupted(BaseException):
+    """Stands for a search killed between scoring and timing (not an error it records)."""
+
+
+def test_a_search_stopped_before_timing_resumes_without_scoring_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batches = [torch.randn(8, 32, generator=torch.Generator().manual_seed(2)) for _ in range(3)]
+    space = [Candidate("dense", "none", "torch"), Candidate("half", PRUNED.format(r=0.5), "torch")]
+    results = tmp_path / "s.json"
+
+    def killed(*args: Any, **kwargs: Any) -> float:
+        raise _Interrupted
+
+    def search(progress: Any = None) -> Any:
+        return sparsec.search(
+            _Classifier().eval(),
+            batches[0],
+            calibration=batches,
+            candidates=space,
+            results=results,
+            engine="sequential",
+            progress=progress,
+        )
+
+    monkeypatch.setattr(run_module, "time_artifact", killed)
+    with pytest.raises(_Interrupted):
+        search()
+    monkeypatch.setattr(run_module, "time_artifact", lambda d, i, *, threads, repeats: 1.0)
+    seen: list[str] = []
+    result = search(seen.append)
+    assert not any("scored" in message for message in seen), seen
+    assert [m for m in seen if m.startswith("timing")] == ["timing dense", "timing half"]
+    assert all(m.ok and m.ms == 1.0 for m in result.measured)
