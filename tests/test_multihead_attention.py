@@ -5,7 +5,8 @@ Rules:
   or not, self- and cross-attention, kdim/vdim, bool and float masks, the causal hint, returned
   (averaged or per-head) weights, unbatched input, and dropout in training (same seed);
 - tracing substitutes it (same parameters, exact for zero pruning) and restores the modules
-  and torch's fast-path flag; modules it cannot express are left as torch runs them, named;
+  and torch's fast-path flag; modules it cannot express are left as torch runs them (heads
+  frozen), named in the notes;
 - the dependency analysis finds one unit per head; `structured-50` removes heads, and
   `compiled.module` holds `PrunedMultiheadAttention` (fewer heads, same head and model width),
   which matches the graph, trains, and round-trips its state_dict.
@@ -118,9 +119,9 @@ def test_head_attention_unbatched_and_dropout_match_torch() -> None:
 
 
 @pytest.mark.parametrize("name", ["torchvision-vit", "transformer-encoder-seq-first"])
-def test_trace_substitutes_exactly_and_restores(name: str) -> None:
+def test_trace_is_exact_restores_and_finds_one_unit_per_head(name: str) -> None:
     model, inputs = ZOO[name].build()
-    attention = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
+    attention = {n: m for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
     graph = trace(model, inputs)
     with torch.no_grad():
         _close(graph.module(*inputs), model(*inputs))
@@ -128,17 +129,12 @@ def test_trace_substitutes_exactly_and_restores(name: str) -> None:
     assert "aten.scaled_dot_product_attention.default" in ops
     assert not {"aten._native_multi_head_attention.default", "aten._transformer_encoder_layer_fwd.default"} & ops
     assert any(f"traced {len(attention)} nn.MultiheadAttention" in note for note in graph.notes)
-    assert all("forward" not in vars(m) for m in attention)
+    assert all("forward" not in vars(m) for m in attention.values())
     assert torch.backends.mha.get_fastpath_enabled()
 
-
-@pytest.mark.parametrize("name", ["torchvision-vit", "transformer-encoder"])
-def test_heads_are_the_units_of_attention_groups(name: str) -> None:
-    model, inputs = ZOO[name].build()
-    deps = AnalysisManager(trace(model, inputs)).get(DependencyGroups())
+    deps = AnalysisManager(graph).get(DependencyGroups())
     assert deps.unruled_ops == {}
-    layers = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
-    for layer in layers:
+    for layer in attention:
         (group,) = [g for g in deps.groups if layer in g.layers]
         assert len(group.units) == H and not group.frozen_units, group.describe()
 
@@ -183,11 +179,11 @@ def test_vision_transformer_loses_heads_and_stays_a_vision_transformer() -> None
     _trains(pruned, inputs)
 
 
-@pytest.mark.parametrize("name", ["transformer-encoder", "transformer-encoder-seq-first"])
-def test_transformer_encoder_runs_pruned_heads_without_fast_paths(name: str) -> None:
+def test_transformer_encoder_runs_pruned_heads_without_fast_paths() -> None:
     """Heads halved, model width kept: PrunedMultiheadAttention, and in eval mode without
-    gradients (where torch would take its fused kernels) it still equals the graph."""
-    compiled, model, inputs = _compiled(name, KEEP_WIDTH)
+    gradients (where torch would take its fused and nested-tensor kernels) it still equals
+    the graph. (Sequence-first layers: the zoo test prunes them.)"""
+    compiled, model, inputs = _compiled("transformer-encoder", KEEP_WIDTH)
     pruned = compiled.module
     attention = _attention(pruned)
     assert [(m.num_heads, m.head_dim, m.embed_dim) for m in attention] == [(2, 8, E)] * 2
@@ -257,12 +253,14 @@ def test_unsupported_attention_is_left_whole_and_named() -> None:
             return self.attention(h, h, h, need_weights=False)[0]
 
     torch.manual_seed(0)
-    model, x = BiasKV().eval(), torch.randn(2, L, 16)
-    compiled = sparsec.compile(model, (x,), backend="torch", pipeline="structured-50")
-    assert any("attention (add_bias_kv=True" in note for note in compiled.report.notes)
-    (group,) = [g for g in compiled.report.groups if g["layers"] == "attention"]
-    assert group["after"] == group["before"] and "no rule" in group["frozen"]
-    assert compiled(x).shape == model(x).shape
+    model = BiasKV().eval()
+    graph = trace(model, (torch.randn(2, L, 16),))
+    assert "forward" not in vars(model.attention)
+    assert any("attention (add_bias_kv=True" in note for note in graph.notes)
+    deps = AnalysisManager(graph).get(DependencyGroups())
+    (group,) = deps.group_of("attention")
+    assert len(group.frozen_units) == len(group.units)
+    assert "which has no rule" in next(iter(group.frozen_units.values()))
 
 
 def test_pruned_attention_state_dict_round_trip() -> None:
