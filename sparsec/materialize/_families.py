@@ -4,7 +4,7 @@ Rules:
 - sparsec prunes whole heads (a kv head with its query group under GQA), so the per-head
   width stays; head counts and the widths derived from them follow the projections;
 - `prune-experts` removes whole experts: an experts module's and a router's `num_experts`
-  follow axis 0 of their tensors, and a causal-LM head's `num_experts` (read by the
+  follow axis 0 of their tensors (their `hidden_dim`, the last axis, follows width pruning), and a causal-LM head's `num_experts` (read by the
   load-balancing loss) follows them where every layer keeps the same number;
 - one `AttentionSpec` per code family (the classes transformers copies between models share
   one); an attribute is set only where the module has it;
@@ -188,6 +188,10 @@ def _update_experts(module: Any, facts: GraphFacts) -> None:
     widths = block_widths(module)
     assert widths is not None  # registered for _EXPERTS classes only
     module.num_experts = widths["num_experts"]
+    tensor = getattr(module, _family(module, _EXPERTS))
+    _set_present(module, ("hidden_dim",), int(tensor.shape[-1]))  # width pruning of the model
+    if hasattr(module, "down_proj"):
+        _set_present(module, ("intermediate_dim",), int(module.down_proj.shape[-1]))
 
 
 @register_updater(*(("transformers", name) for name in _MOE_MODELS))
