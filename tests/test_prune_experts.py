@@ -211,3 +211,28 @@ def test_mixtral_tokens_whose_experts_are_kept_are_unchanged() -> None:
     assert kept.any() and (~kept).any()
     torch.testing.assert_close(new[kept], old[kept], rtol=1e-5, atol=1e-6)
     assert (new[~kept] - old[~kept]).abs().amax(-1).min() > 1e-5
+
+
+@needs_moe
+def test_qwen2_moe_without_renormalisation_scales_the_kept_tokens_experts() -> None:
+    """Qwen2-MoE's default router (norm_topk_prob=False): a token whose experts all stay
+    gets their outputs scaled by 1 / (1 - the probability of the removed experts); the
+    shared expert's part is unchanged."""
+    model, _ = make_hf_moe("qwen2-moe", num_hidden_layers=1)
+    assert model.config.norm_topk_prob is False
+    block = model.model.layers[0].mlp
+    hidden = torch.randn(2, 16, 32, generator=torch.Generator().manual_seed(3))
+    compiled = sparsec.compile(
+        block, (hidden,), pipeline="prune-experts{count=2}", backend="torch", calibration=[(hidden,)]
+    )
+    removed = torch.tensor(_summary(compiled)["layers"][0]["removed"])
+    with torch.no_grad():
+        x = hidden.reshape(-1, 32)
+        logits, _, chosen = block.gate(x)
+        lost = torch.softmax(logits, -1)[:, removed].sum(-1, keepdim=True)
+        shared = torch.sigmoid(block.shared_expert_gate(x)) * block.shared_expert(x)
+        old, new = block(hidden).reshape(-1, 32), compiled(hidden).reshape(-1, 32)
+    kept = ~torch.isin(chosen, removed).any(-1)
+    assert kept.any()
+    torch.testing.assert_close((new - shared)[kept], ((old - shared) / (1 - lost))[kept], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(new[kept], old[kept], atol=1e-6)
