@@ -40,3 +40,28 @@ def test_expert_usage_counts_choices_and_gate_mass() -> None:
 def test_a_model_without_experts_has_no_moe_layer() -> None:
     graph = trace(nn.Sequential(nn.Linear(8, 4), nn.ReLU()).eval(), (torch.randn(2, 8),))
     assert AnalysisManager(graph).get(ExpertUsage()) == []
+
+
+def _without_expert(model: TinyMoE, expert: int) -> TinyMoE:
+    """TinyMoE with one expert fewer: its router row and expert weights deleted."""
+    kept = [e for e in range(4) if e != expert]
+    smaller = TinyMoE(experts=3).eval()
+    with torch.no_grad():
+        smaller.gate.weight.copy_(model.gate.weight[kept])
+        smaller.up.copy_(model.up[kept])
+        smaller.down.copy_(model.down[kept])
+    return smaller
+
+
+def test_output_error_is_the_output_change_of_removing_each_expert() -> None:
+    model = TinyMoE().eval()
+    graph = trace(model, (torch.randn(5, 8),))
+    (layer,) = AnalysisManager(graph, Calibration(_tokens())).get(ExpertUsage(output_error=True))
+    expected = torch.zeros(4, dtype=torch.float64)
+    with torch.no_grad():
+        for (x,) in _tokens():
+            for e in range(4):
+                expected[e] += (_without_expert(model, e)(x) - model(x)).double().square().mean() / 2
+    assert layer.output_error is not None
+    torch.testing.assert_close(torch.from_numpy(layer.output_error), expected, rtol=1e-4, atol=1e-9)
+    assert (expected > 0).all()

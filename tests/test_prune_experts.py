@@ -236,3 +236,14 @@ def test_qwen2_moe_without_renormalisation_scales_the_kept_tokens_experts() -> N
     assert kept.any()
     torch.testing.assert_close((new - shared)[kept], ((old - shared) / (1 - lost))[kept], rtol=1e-5, atol=1e-6)
     assert not torch.allclose(new[kept], old[kept], atol=1e-6)
+
+
+def test_output_error_removes_the_expert_whose_removal_moves_the_output_least() -> None:
+    model = TinyMoE().eval()
+    compiled = sparsec.compile(
+        model, (torch.randn(5, 8),), pipeline="prune-experts{count=1,criterion=output-error}",
+        backend="torch", calibration=_tokens(),
+    )
+    (row,) = _summary(compiled)["layers"]
+    assert row["removed"] == [min(range(4), key=lambda e: row["scores"][e])]
+    assert len(row["scores"]) == 4 and min(row["scores"]) > 0

@@ -12,6 +12,12 @@ Rules:
 - gate mass is the default criterion of `prune-experts`: an expert's output enters the
   layer scaled by its routing weight, so the weight it receives is the share of the layer's
   output lost with it; frequency counts a choice with weight 0.05 like one with 0.9;
+- with `output_error=true`, `output_error` is, per expert, the mean squared change of the
+  model's outputs when that expert alone is removed: its probability is set to 0 and the
+  row renormalised (its logit to -inf when the topk reads logits), which is exactly the
+  softmax over the other experts that pruning leaves, so tokens reroute as they will. It
+  costs one calibration pass per expert of every layer, and scores experts one at a time
+  (removing two is not the sum of removing each);
 - a layer whose experts cannot be removed is listed with `reason` and still scored.
 
 Example:
@@ -51,6 +57,7 @@ class ExpertLayer:
     tokens: int = 0
     frequency: np.ndarray | None = field(default=None, repr=False)
     gate_mass: np.ndarray | None = field(default=None, repr=False)
+    output_error: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def experts(self) -> int:
@@ -86,12 +93,15 @@ def moe_layers(graph: Graph, am: AnalysisManager) -> list[ExpertLayer]:
     ]
 
 
+def _is_distribution(x: torch.Tensor, dim: int) -> bool:
+    """Whether the rows along `dim` are probabilities (non-negative, summing to 1)."""
+    sums = x.detach().double().sum(dim, keepdim=True)
+    return bool((x >= 0).all()) and torch.allclose(sums, torch.ones_like(sums), atol=1e-3)
+
+
 def _probabilities(x: torch.Tensor, dim: int) -> torch.Tensor:
     x = x.detach().double()
-    sums = x.sum(dim, keepdim=True)
-    if bool((x >= 0).all()) and torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
-        return x
-    return torch.softmax(x, dim)
+    return x if _is_distribution(x, dim) else torch.softmax(x, dim)
 
 
 class _Counts:
@@ -115,6 +125,7 @@ class ExpertUsage(Analysis):
     """Selection frequency and gate mass of every expert on calibration data (see module)."""
 
     name: ClassVar[str] = "expert-usage"
+    output_error: bool = False
 
     def run(self, graph: Graph, am: AnalysisManager) -> list[ExpertLayer]:
         layers = moe_layers(graph, am)
@@ -133,9 +144,17 @@ class ExpertUsage(Analysis):
             for name, (source, dim) in zip(routing.selectors, routing.chosen, strict=True):
                 _watch(source, dim, nodes[name].name, counts[layer.group], seen, watch)
         callbacks = {name: fan_out(fns) for name, fns in watch.items()}
+        errors = {layer.group: np.zeros(layer.experts) for layer in layers}
+        batches = 0
         for args, kwargs in calibration:
+            batches += 1
             seen.clear()
-            tap(graph.module, args, kwargs, watch=callbacks)
+            base = tap(graph.module, args, kwargs, watch=callbacks)
+            if self.output_error:
+                for layer in layers:
+                    routing = deps.groups[layer.group].routing
+                    assert routing is not None
+                    errors[layer.group] += _output_errors(graph, args, kwargs, base, routing.chosen, layer.experts)
         scored = []
         for layer in layers:
             c = counts[layer.group]
@@ -147,10 +166,45 @@ class ExpertUsage(Analysis):
                         "tokens": c.tokens,
                         "frequency": (c.chosen / tokens).numpy(),
                         "gate_mass": (c.mass / tokens).numpy(),
+                        "output_error": (
+                            errors[layer.group] / max(batches, 1) if self.output_error else None
+                        ),
                     }
                 )
             )
         return scored
+
+
+def _without(expert: int, dim: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The router's row with `expert` removed: probability 0 and renormalised, or logit -inf."""
+
+    def remove(x: torch.Tensor) -> torch.Tensor:
+        index = torch.tensor([expert], device=x.device)
+        if _is_distribution(x, dim):
+            kept = x.index_fill(dim, index, 0.0)
+            return kept / kept.sum(dim, keepdim=True)
+        return x.index_fill(dim, index, float("-inf"))
+
+    return remove
+
+
+def _output_errors(
+    graph: Graph,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    base: list[Any],
+    chosen: tuple[tuple[str, int], ...],
+    experts: int,
+) -> np.ndarray:
+    """Per expert: the mean squared change of the float outputs when it alone is removed."""
+    errors = np.zeros(experts)
+    for expert in range(experts):
+        transform = {name: _without(expert, dim) for name, dim in chosen}
+        outputs = tap(graph.module, args, kwargs, transform=transform)
+        for old, new in zip(base, outputs, strict=True):
+            if isinstance(old, torch.Tensor) and old.is_floating_point() and old.numel():
+                errors[expert] += float((new.double() - old.double()).square().mean())
+    return errors
 
 
 def _watch(

@@ -3,7 +3,9 @@
 Rules:
 - MoE layers and their usage come from `expert-usage` (calibrated router statistics);
   `criterion` picks the score: "gate-mass" (default: the routing weight an expert receives,
-  the share of the layer's output it carries) or "frequency" (how often it is chosen);
+  the share of the layer's output it carries), "frequency" (how often it is chosen) or
+  "output-error" (how much the model's outputs move when the expert alone is removed and
+  its tokens reroute; one calibration pass per expert);
 - each layer loses `round(ratio * experts)`, or `count`, of its lowest-scoring experts;
   `layers` fixes the count per layer by a glob on the layer's path (`[[model.layers.0.*, 1]]`;
   the first matching pattern wins; a count of 0 leaves a layer alone);
@@ -51,7 +53,7 @@ from sparsec.pipeline import (
 
 __all__ = ["ExpertCriterion", "PruneExperts", "PruneExpertsSummary"]
 
-ExpertCriterion = Literal["gate-mass", "frequency"]
+ExpertCriterion = Literal["gate-mass", "frequency", "output-error"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,8 +67,10 @@ class PruneExpertsSummary(PassSummary):
 
 
 def _scores(layer: ExpertLayer, criterion: ExpertCriterion) -> np.ndarray:
-    scores = layer.gate_mass if criterion == "gate-mass" else layer.frequency
-    assert scores is not None  # ExpertUsage fills both
+    scores = {
+        "gate-mass": layer.gate_mass, "frequency": layer.frequency, "output-error": layer.output_error
+    }[criterion]
+    assert scores is not None  # ExpertUsage fills what the criterion asks for
     return np.asarray(scores, dtype=np.float64)
 
 
@@ -111,7 +115,7 @@ class PruneExperts(RewritePass):
             )
 
     def run(self, graph: Graph, am: AnalysisManager) -> PassResult:
-        layers = am.get(ExpertUsage())
+        layers = am.get(ExpertUsage(output_error=self.criterion == "output-error"))
         if not layers:
             raise PreconditionError(
                 f"{self.name}: the graph has no mixture-of-experts layer (no topk chooses among "
