@@ -8,11 +8,11 @@ Rules:
 - `metric="output-mse"`: Σ‖y - y₀‖² / Σ‖y₀‖² over the calibration batches (relative
   squared error of the outputs); `metric="loss"`: mean loss increase under
   `Calibration.loss_fn`;
-- each group is one task of `sparsec.parallel.parallel_map` on `engine` ("sequential" by
+- the sweep runs through `sparsec.parallel.parallel_map` on `engine` ("sequential" by
   default: a task is a few forward passes, which Ray's start-up of seconds outweighs on
-  small models; "ray" or "auto" for large ones, `address` to join a cluster): the task runs
-  the reference and one pass per ratio on each batch, so the cost is groups × (ratios + 1)
-  forward passes per batch, one batch in memory at a time per task;
+  small models; "ray" or "auto" for large ones, `address` to join a cluster). Sequential,
+  it is one task costing groups × ratios + 1 forward passes per batch; on Ray each group
+  is a task of ratios + 1 (its own reference run); one batch in memory at a time per task;
 - every task runs torch on `threads` threads (default: this process's count) and Ray
   reserves as many CPUs for it: the deviations are bit for bit the same on either engine
   (a matrix product's sums depend on the thread count); `threads=1` runs the most groups
@@ -157,23 +157,27 @@ class Sensitivity(Analysis):
             )
             removed = [candidates[order[: math.floor(r * len(candidates))]] for r in self.ratios]
             plans.append((group, tuple(_edits(deps, group, u, values) for u in removed)))
-        portable = resolve_engine(self.engine) == "ray"
+        on_ray = resolve_engine(self.engine) == "ray"
         threads = self.threads or torch.get_num_threads()
         sweep = _Sweep(
-            PortableModule.of(graph.module) if portable else graph.module,
+            PortableModule.of(graph.module) if on_ray else graph.module,
             calibration,
             self.metric,
         )
+        # Ray: a task per group; sequential: one task, so each batch's reference runs once
+        tasks = [(edits,) for _, edits in plans] if on_ray else [tuple(e for _, e in plans)]
+        per_group = [f"group {g.index} ({', '.join(g.layers)})" for g, _ in plans]
         rows = parallel_map(
-            _deviation,
-            [edits for _, edits in plans],
+            _deviations,
+            tasks,
             shared=sweep,
-            engine=self.engine,
+            engine="ray" if on_ray else "sequential",
             address=self.address,
             threads=threads,
-            names=[f"group {g.index} ({', '.join(g.layers)})" for g, _ in plans],
+            names=per_group if on_ray else [f"the sweep of {len(plans)} groups"],
         )
-        deviation = {group.index: row for (group, _), row in zip(plans, rows, strict=True)}
+        flat = [row for task_rows in rows for row in task_rows]
+        deviation = {group.index: row for (group, _), row in zip(plans, flat, strict=True)}
         layers = {g.index: tuple(g.layers) for g in deps.groups if g.index in deviation}
         return SensitivityResult(tuple(self.ratios), deviation, layers)
 
@@ -187,12 +191,13 @@ class _Sweep:
     metric: str
 
 
-def _deviation(sweep: _Sweep, per_ratio: tuple[Edits, ...]) -> np.ndarray:
-    """One group's deviation at each ratio: one reference and one run per ratio per batch."""
+def _deviations(sweep: _Sweep, groups: tuple[tuple[Edits, ...], ...]) -> list[np.ndarray]:
+    """Each group's deviation at each ratio: per batch, one reference run for all the
+    groups and one run per group and ratio."""
     module = sweep.module.module() if isinstance(sweep.module, PortableModule) else sweep.module
     loss_fn = sweep.calibration.loss_fn if sweep.metric == "loss" else None
-    transforms = [_zeroing(edits) for edits in per_ratio]
-    error = [0.0] * len(per_ratio)
+    transforms = [[_zeroing(edits) for edits in per_ratio] for per_ratio in groups]
+    error = [[0.0] * len(per_ratio) for per_ratio in groups]
     norm, batches = 0.0, 0
     process = module.graph.process_outputs
     for args, kwargs, batch in sweep.calibration.with_batches():
@@ -201,11 +206,12 @@ def _deviation(sweep: _Sweep, per_ratio: tuple[Edits, ...]) -> np.ndarray:
         norm += float(y0.square().sum())
         base = float(loss_fn(process(reference), batch)) if loss_fn else 0.0
         batches += 1
-        for i, transform in enumerate(transforms):
-            out = tap(module, args, kwargs, transform=transform)
-            if loss_fn is None:
-                error[i] += float((_flat(out) - y0).square().sum())
-            else:
-                error[i] += float(loss_fn(process(out), batch)) - base
+        for group_error, group_transforms in zip(error, transforms, strict=True):
+            for i, transform in enumerate(group_transforms):
+                out = tap(module, args, kwargs, transform=transform)
+                if loss_fn is None:
+                    group_error[i] += float((_flat(out) - y0).square().sum())
+                else:
+                    group_error[i] += float(loss_fn(process(out), batch)) - base
     scale = max(norm, 1e-30) if loss_fn is None else max(batches, 1)
-    return np.array([e / scale for e in error])
+    return [np.array([e / scale for e in group_error]) for group_error in error]
