@@ -6,10 +6,11 @@ Rules:
   checkpoints reads it;
 - when every attention, MLP and mixture-of-experts block has the same widths, the config's
   standard fields (`hidden_size`, `num_attention_heads`, `num_key_value_heads`, `head_dim`,
-  `intermediate_size`, the expert count `num_local_experts`/`num_experts`, under each
-  family's own names) are rewritten, and the result is checked by building the
-  architecture from that config on the meta device: if its tensor shapes equal the pruned
-  model's, plain `transformers.AutoModel*.from_pretrained` loads it;
+  `intermediate_size`, the expert count `num_local_experts`/`num_experts` and width
+  `moe_intermediate_size` (Mixtral: `intermediate_size`), under each family's own names)
+  are rewritten, and the result is checked by building the architecture from that config
+  on the meta device: if its tensor shapes equal the pruned model's, plain
+  `transformers.AutoModel*.from_pretrained` loads it;
 - otherwise (per-layer widths or expert counts, or a family whose config cannot say the
   widths, e.g. BERT with fewer heads of the same size) the standard fields keep the
   original architecture and the config's `sparsec` key holds what pruning changed
@@ -61,6 +62,7 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     "head_dim": ("head_dim",),
     "intermediate_size": ("intermediate_size", "n_inner", "hidden_dim", "d_ff", "ffn_dim"),
     "num_experts": ("num_local_experts", "num_experts"),
+    "expert_intermediate_size": ("moe_intermediate_size", "intermediate_size"),
 }
 # fields that repeat the model width in some families; they follow it when they equalled it
 _HIDDEN_COPIES = ("word_embed_proj_dim", "embedding_size")

@@ -166,6 +166,8 @@ def test_hf_moe_loses_experts_runs_exports_and_saves(
     assert [layer.mlp.experts.num_experts for layer in module.model.layers] == after
     assert [layer.mlp.gate.weight.shape[0] for layer in module.model.layers] == after
     assert {(layer.mlp.experts.hidden_dim, layer.mlp.gate.hidden_dim) for layer in module.model.layers} == {(hidden, hidden)}
+    inner = model.model.layers[0].mlp.experts.intermediate_dim * hidden // 32  # width pruning halves it too
+    assert {layer.mlp.experts.intermediate_dim for layer in module.model.layers} == {inner}
     with torch.no_grad():
         torch.testing.assert_close(_logits(module(**inputs)), graph_out, rtol=1e-4, atol=1e-4)
     module.train()

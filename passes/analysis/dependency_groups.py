@@ -11,7 +11,8 @@ Rules:
   expert parameter that the chosen indices gather) forms a group with `routing` set: its
   units are whole experts, frozen for channel pruning (they are removed by `prune-experts`,
   which keeps k of them); `routing.reason` says why they cannot be removed at all (an op
-  that reads the indices without a rule for them, a model output), never guessed;
+  that reads the indices without a rule for them, a model output), never guessed; the
+  experts' own axes (FFN channels) form ordinary groups, one channel from every expert;
 - only shapes are read (node.meta), never weights, so meta-device models work.
 
 Example:

@@ -146,7 +146,10 @@ def block_widths(module: nn.Module) -> dict[str, int] | None:
         }
     experts: str | None = _family(module, _EXPERTS)
     if experts is not None:
-        return {"num_experts": int(getattr(module, experts).shape[0])}
+        widths = {"num_experts": int(getattr(module, experts).shape[0])}
+        if hasattr(module, "down_proj"):  # experts, not the router
+            widths["expert_intermediate_size"] = int(module.down_proj.shape[-1])
+        return widths
     mlp: str | None = _family(module, _MLPS)
     if mlp is not None:
         first = getattr(module, mlp)

@@ -255,10 +255,22 @@ def _link_matmul(flow: ChannelFlow, a: Any, b: Any, out: Any) -> None:
     flow.identity(flow.slot(b, -1), flow.slot(out, -1))
     _link_batch(flow, a, out, ra - 2, ro - 2)
     _link_batch(flow, b, out, rb - 2, ro - 2)
-    if _is_param(b) and not _is_param(a):
-        _weight_roles(flow, b, rb - 1, rb - 2)
-    elif _is_param(a) and not _is_param(b):
-        _weight_roles(flow, a, ra - 2, ra - 1)
+    wa, wb = _expert_weight(flow, a), _expert_weight(flow, b)
+    if _is_param(wb) and not _is_param(wa):
+        _weight_roles(flow, wb, rb - 1, rb - 2)
+    elif _is_param(wa) and not _is_param(wb):
+        _weight_roles(flow, wa, ra - 2, ra - 1)
+
+def _expert_weight(flow: ChannelFlow, node: Any) -> Any:
+    """The parameter that `node` gathers each token's expert from (`param[topk_indices]`,
+    the same rank: its other axes keep their positions), else `node` itself: the parameter
+    holds the roles of a matrix product's weight, for every expert at once."""
+    if not (isinstance(node, fx.Node) and node.target is torch.ops.aten.index.Tensor):
+        return node
+    param, indices = _args(node)[0], list(_args(node)[1])
+    if not (_is_param(param) and len(indices) == 1 and flow.addressed(indices[0]) is not None):
+        return node
+    return param if flow.rank(param) == flow.rank(node) else node
 
 def _dim_arg(node: fx.Node, index: int, name: str, default: int, rank: int) -> int:
     return int(_arg(node, index, name, default)) % max(rank, 1)
