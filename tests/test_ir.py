@@ -46,6 +46,25 @@ def test_trace_widens_a_batch_of_one() -> None:
         torch.testing.assert_close(graph(x), model(x))
 
 
+class _MaskedTokens(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 8)
+
+    def forward(self, ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return self.embed(ids).masked_fill(~keep[..., None], 0.0).sum(1)
+
+
+def test_a_bool_padding_mask_follows_the_token_sequence() -> None:
+    model = _MaskedTokens().eval()
+    ids, keep = torch.randint(0, 50, (2, 5)), torch.rand(2, 5) > 0.3
+    graph = trace(model, (ids, keep))
+    assert [spec.shape for spec in graph.input_specs] == [("batch", "seq")] * 2
+    ids, keep = torch.randint(0, 50, (3, 9)), torch.rand(3, 9) > 0.3
+    with torch.no_grad():
+        torch.testing.assert_close(graph(ids, keep), model(ids, keep))
+
+
 def test_trace_does_not_modify_the_model(chain: tuple[nn.Module, torch.Tensor, Graph]) -> None:
     model, x, _ = chain
     fresh, _ = make_cnn_chain()

@@ -2,7 +2,8 @@
 
 Rules:
 - dim 0 of every tensor input is the dynamic `batch`; dim 1 of integer inputs of rank >= 2
-  (token ids, masks) is the dynamic `seq`; `dynamic=False` traces static shapes;
+  (token ids, masks) is the dynamic `seq`, and so is dim 1 of a bool input of rank >= 2
+  whose size is the token ids' (a padding mask); `dynamic=False` traces static shapes;
 - a size-1 example along a dynamic dim is repeated to size 2 first, since torch.export
   specialises sizes 0 and 1;
 - the result is unlifted (parameters as get_attr) and ATen-level; the user's model and
@@ -32,11 +33,19 @@ _BATCH = "batch"
 _SEQ = "seq"
 
 
-def _dynamic_dims(tensor: torch.Tensor, batch: Dim, seq: Dim) -> dict[int, Dim] | None:
+def _is_token_like(tensor: torch.Tensor) -> bool:
+    return tensor.dim() >= 2 and not tensor.dtype.is_floating_point and tensor.dtype != torch.bool
+
+
+def _dynamic_dims(
+    tensor: torch.Tensor, batch: Dim, seq: Dim, seq_sizes: set[int]
+) -> dict[int, Dim] | None:
     dims: dict[int, Dim] = {}
     if tensor.dim() >= 1:
         dims[0] = batch
-    if tensor.dim() >= 2 and not tensor.dtype.is_floating_point and tensor.dtype != torch.bool:
+    if _is_token_like(tensor) or (
+        tensor.dtype == torch.bool and tensor.dim() >= 2 and tensor.shape[1] in seq_sizes
+    ):
         dims[1] = seq
     return dims or None
 
@@ -55,12 +64,18 @@ def _dynamic_spec(
     if args and kwargs:
         raise TraceError("mix of positional and keyword example inputs: pass all by keyword")
     batch, seq = Dim(_BATCH, **bounds.get(_BATCH, {})), Dim(_SEQ, **bounds.get(_SEQ, {}))
+    leaves = pytree.tree_leaves((args, kwargs))
+    # a bool mask follows the token ids' sequence (a key padding mask), not a fixed width
+    seq_sizes = {x.shape[1] for x in leaves if isinstance(x, torch.Tensor) and _is_token_like(x)}
+
+    def dims(x: torch.Tensor) -> dict[int, Dim] | None:
+        return _dynamic_dims(x, batch, seq, seq_sizes)
 
     def leaf_spec(x: Any) -> Any:
-        return _dynamic_dims(x, batch, seq) if isinstance(x, torch.Tensor) else None
+        return dims(x) if isinstance(x, torch.Tensor) else None
 
     def widen(x: Any) -> Any:
-        return _widen(x, _dynamic_dims(x, batch, seq)) if isinstance(x, torch.Tensor) else x
+        return _widen(x, dims(x)) if isinstance(x, torch.Tensor) else x
 
     spec = pytree.tree_map(leaf_spec, kwargs) if kwargs else pytree.tree_map(leaf_spec, args)
     return spec, pytree.tree_map(widen, args), pytree.tree_map(widen, kwargs)
