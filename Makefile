@@ -17,10 +17,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) examples/demo.py --out artifacts
 
+# Tests run on a worker per core, a file each at a time (module fixtures are built once), with
+# one OpenMP thread per worker: two workers' spinning thread pools would fight over two cores.
 test: $(STAMP)
 	$(PY) -m ruff check sparsec passes backends tests examples benchmarks
 	$(PY) -m mypy
-	$(PY) -m pytest -q --durations=25 tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile --durations=25 tests
 
 fuzz: $(STAMP)
 	SPARSEC_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q tests -k fuzz
