@@ -19,7 +19,7 @@ import sparsec
 from sparsec.calibration import Calibration
 from sparsec.errors import PassError
 from sparsec.frontends import trace
-from sparsec.passes.analysis.block_influence import find_blocks
+from sparsec.passes.analysis.block_influence import BlockInfluence, find_blocks
 from sparsec.passes.rewrite import PruneBlocks
 from sparsec.pipeline import AnalysisManager, PassManager, VerifyEach
 
@@ -109,6 +109,39 @@ def test_the_near_identity_blocks_go_and_the_rest_stays() -> None:
     assert set(module.state_dict()) == {n.replace("blocks.2.", "blocks.1.") for n in names}
     with torch.no_grad():
         assert torch.allclose(module(x), actual, atol=1e-5)
+
+
+def test_loss_delta_is_the_loss_increase_of_bypassing_each_block() -> None:
+    model = Stack().eval()
+
+    def loss(outputs: torch.Tensor, batch: tuple[torch.Tensor]) -> torch.Tensor:
+        with torch.no_grad():
+            return (outputs - model(batch[0])).square().mean()  # 0 for the dense model
+
+    graph = trace(model, (torch.randn(2, 8),))
+    calibration = Calibration(_batches(), loss_fn=loss)
+    blocks = AnalysisManager(graph, calibration).get(BlockInfluence(metric="loss-delta"))
+    expected = {}
+    for index in range(4):  # the same model with block `index` replaced by an identity
+        bypassed = Stack().eval()
+        bypassed.blocks[index] = nn.Identity()
+        deltas = [float(loss(bypassed(b[0]), b) - loss(model(b[0]), b)) for b in _batches()]
+        expected[f"blocks.{index}"] = sum(deltas) / len(deltas)
+    assert {b.path: b.score for b in blocks} == pytest.approx(expected, rel=1e-4, abs=1e-7)
+    compiled = sparsec.compile(
+        model, (torch.randn(2, 8),), pipeline="prune-blocks{count=2,metric=loss-delta}",
+        backend="torch", calibration=calibration,
+    )
+    summary = next(s for n, s in compiled.report.pass_summaries if n.startswith("prune-blocks"))
+    assert sorted(summary["removed"]) == ["blocks.1", "blocks.3"]
+
+
+def test_loss_delta_without_a_loss_is_refused() -> None:
+    with pytest.raises(PassError, match="loss_fn"):
+        sparsec.compile(
+            Stack().eval(), (torch.randn(2, 8),), pipeline="prune-blocks{count=1,metric=loss-delta}",
+            backend="torch", calibration=_batches(),
+        )
 
 
 def test_removing_every_block_is_refused() -> None:

@@ -12,7 +12,12 @@ Rules:
 - the score is measured on calibration data between the hidden state entering and leaving
   each removable block, per token (features on the last axis; channels on axis 1 for
   NCHW). `metric="block-influence"` is ShortGPT's 1 − cos; `"angular"` is arccos(cos)/π.
-  A low score means the block barely changes what it receives.
+  A low score means the block barely changes what it receives;
+- `metric="loss-delta"` needs `Calibration(loss_fn=...)`: the mean increase of the loss per
+  batch when the block alone is bypassed (its hidden state in passed on as its hidden state
+  out), which is what removing it does. With a causal LM's cross-entropy as the loss, the
+  score is the log of the perplexity ratio. It costs one forward pass per removable block
+  and batch, plus one.
 
 Example:
     pipeline(block-influence,prune-blocks{ratio=0.25})
@@ -28,14 +33,14 @@ from typing import ClassVar, Literal
 import torch
 import torch.fx as fx
 
-from sparsec.calibration import require_calibration
+from sparsec.calibration import Calibration, require_calibration
 from sparsec.ir import Graph
 from sparsec.passes.analysis._streaming import fan_out, tap
 from sparsec.pipeline import Analysis, AnalysisManager, pass_dataclass, register
 
 __all__ = ["Block", "BlockInfluence", "find_blocks"]
 
-Metric = Literal["block-influence", "angular"]
+Metric = Literal["block-influence", "angular", "loss-delta"]
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,12 @@ class BlockInfluence(Analysis):
         calibration = require_calibration(am.calibration, self.name)
         blocks = find_blocks(graph)
         scorable = [b for b in blocks if b.removable]
+        if self.metric == "loss-delta":
+            deltas = _loss_deltas(graph, calibration, scorable)
+            return [
+                Block(**{**b.__dict__, "score": deltas[b.path]}) if b.removable else b
+                for b in blocks
+            ]
         totals = {b.path: [0.0, 0] for b in scorable}
         seen: dict[str, torch.Tensor] = {}
         watch: dict[str, list[Callable[[torch.Tensor], None]]] = {}
@@ -158,3 +169,24 @@ class BlockInfluence(Analysis):
             for b in blocks
         ]
 
+
+def _loss_deltas(graph: Graph, calibration: Calibration, blocks: list[Block]) -> dict[str, float]:
+    """Per block: the mean loss increase per batch with that block bypassed."""
+    loss_fn = calibration.require_loss("block-influence{metric=loss-delta}")
+    process = graph.module.graph.process_outputs
+    totals = dict.fromkeys((b.path for b in blocks), 0.0)
+    batches = 0
+    for args, kwargs, batch in calibration.with_batches():
+        base = float(loss_fn(process(tap(graph.module, args, kwargs)), batch))
+        batches += 1
+        for block in blocks:
+            held: dict[str, torch.Tensor] = {}
+            bypassed = tap(
+                graph.module,
+                args,
+                kwargs,
+                watch={block.hidden_in: lambda value, held=held: held.__setitem__("in", value)},
+                transform={block.hidden_out: lambda _, held=held: held["in"]},
+            )
+            totals[block.path] += float(loss_fn(process(bypassed), batch)) - base
+    return {path: total / max(batches, 1) for path, total in totals.items()}
