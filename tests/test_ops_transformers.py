@@ -515,3 +515,64 @@ def test_op_without_rule_still_freezes() -> None:
     group = _group(deps, "a")
     assert len(group.frozen_units) == 24
     assert "aten.flip" in next(iter(group.frozen_units.values()))
+
+
+class UnflattenAttention(nn.Module):
+    """Heads split with `unflatten` (torch's own MHA, timm-style code) instead of `view`."""
+
+    def __init__(self, heads: int = 4, head_dim: int = 8) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+        self.q, self.k, self.v = (nn.Linear(DIM, heads * head_dim) for _ in range(3))
+        self.o = nn.Linear(heads * head_dim, DIM)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = (
+            p(x).unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
+            for p in (self.q, self.k, self.v)
+        )
+        return self.o(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(-2))
+
+
+def test_unflatten_splits_heads_like_view() -> None:
+    """aten.unflatten.int: the outer axis (heads) is linked, its sizes follow the pruning."""
+    torch.manual_seed(0)
+    model = UnflattenAttention()
+    graph = trace(model.eval(), (_inputs()[0],))
+    group = _group(_deps(graph), "q")
+    assert len(group.units) == 4 and {"q", "k", "v"} <= set(group.layers)
+    graph, _ = _prune_exact(model, "q", keep_units=2)
+    sizes = [_int_sizes(a[2]) for a in _args_of(graph, aten.unflatten.int)]
+    assert sizes == [[2, 8]] * 3
+    assert graph.tensor("o.weight").shape == (DIM, 16)
+
+
+class InPlaceActivations(nn.Module):
+    """torchvision's classifier heads: in-place activations and `Dropout(inplace=True)`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(DIM, 24), nn.Linear(24, 4)
+        self.act = nn.Sequential(
+            nn.LeakyReLU(inplace=True), nn.ELU(inplace=True), nn.Dropout(0.2, inplace=True)
+        )
+        self.gate = nn.Hardsigmoid(inplace=True)  # 0.5 at 0: a zeroed channel stays 0 only as a gate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.a(x) * 2.0)  # linear's 3-D output is a view: detach_ needs a copy
+        return self.b((h * self.gate(h.clone())).detach_())
+
+
+def test_in_place_elementwise_ops_pass_channels() -> None:
+    """dropout_, leaky_relu_, elu_, hardsigmoid_ and detach_ keep every channel in place."""
+    torch.manual_seed(0)
+    graph = trace(InPlaceActivations().eval(), (_inputs()[0],))
+    targets = {n.target for n in graph.nodes}
+    in_place = {
+        aten.dropout_.default, aten.leaky_relu_.default, aten.elu_.default,
+        aten.hardsigmoid_.default, aten.detach_.default,
+    }  # fmt: skip
+    assert in_place <= targets, in_place - targets
+    assert _deps(graph).unruled_ops == {}
+    _, group = _prune_exact(InPlaceActivations(), "a", keep_units=10)
+    assert len(group.units) == 24

@@ -57,6 +57,8 @@ _MORE_UNARY = [
     aten.full_like.default, aten.empty_like.default,
     aten.log1p.default, aten.expm1.default, aten.sigmoid_.default, aten.tanh_.default,
     aten.gelu_.default, aten.clamp_.default, aten.pow.Scalar,
+    aten.dropout_.default, aten.detach_.default, aten.hardsigmoid_.default,
+    aten.leaky_relu_.default, aten.elu_.default,
     aten.remainder.Scalar, aten.floor_divide.Scalar if hasattr(aten.floor_divide, "Scalar") else aten.floor_divide.default,
 ]
 

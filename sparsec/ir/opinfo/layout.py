@@ -32,7 +32,7 @@ def _flatten(flow: ChannelFlow, node: fx.Node) -> None:
     end = (_args(node)[2] if len(_args(node)) > 2 else -1) % max(rank, 1)
     _link_reshape(flow, x, node, _blocks_flatten(rank, start, end))
 
-@rule(aten.view.default, aten.reshape.default, aten._unsafe_view.default)
+@rule(aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.unflatten.int)
 def _view(flow: ChannelFlow, node: fx.Node) -> None:
     x = _args(node)[0]
     blocks = factor_reshape(_sizes(x), _sizes(node))
@@ -149,6 +149,20 @@ def _resize_view(node: fx.Node, r: Resize) -> Resized | None:
     if not changed:
         return None
     return Resized((_args(node)[0], shape, *_args(node)[2:]), dict(node.kwargs))
+
+@resizer(aten.unflatten.int)
+def _resize_unflatten(node: fx.Node, r: Resize) -> Resized | None:
+    x, dim, sizes = _args(node)[:3]
+    start = dim % max(len(x.meta["val"].shape), 1)
+    new_sizes = list(sizes)
+    for i, size in enumerate(sizes):
+        if isinstance(size, int) and size != -1:
+            new = r.new_size(node, start + i)
+            if new is not None and new != size:
+                new_sizes[i] = new
+    if new_sizes == list(sizes):
+        return None
+    return Resized((x, dim, new_sizes, *_args(node)[3:]), dict(node.kwargs))
 
 @rule(aten.permute.default)
 def _permute(flow: ChannelFlow, node: fx.Node) -> None:
@@ -418,7 +432,7 @@ def _pad(flow: ChannelFlow, node: fx.Node) -> None:
 index_values(
     "kept",
     aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.flatten.using_ints,
-    aten.permute.default, aten.transpose.int, aten.t.default, aten.unsqueeze.default,
+    aten.unflatten.int, aten.permute.default, aten.transpose.int, aten.t.default, aten.unsqueeze.default,
     aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default, aten.expand.default,
     aten.slice.Tensor,
 )

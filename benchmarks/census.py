@@ -1,0 +1,416 @@
+"""Census of missing op rules: which frozen groups are frozen only because an op has no rule.
+
+Rules:
+- every model is traced (`sparsec.frontends.trace`) and analysed with `dependency-groups`;
+  nothing is pruned, so the census is fast and needs no weights;
+- models: the zoo (tests/zoo.py), the Hugging Face families below built from tiny configs
+  (random weights, `use_cache=False`, eval mode), and, where torchvision is importable (it is
+  kept out of the main environment: run this from a benchmark environment that has it),
+  every torchvision classification model (`list_models(module=torchvision.models)`,
+  `weights=None`, batch 2 at 224x224 for ViT/Swin/MaxViT, which need it, 128x128 elsewhere);
+  a model that fails to build or trace is a row with the reason, never dropped;
+- a frozen group is a *missing-rule* group when one of its frozen reasons says an op has no
+  rule ("channels of %x flow through aten.foo, which has no rule", a getitem of an op
+  without a rule, index values that reach an op without a rule for them); other reasons (a
+  model input or output, a fixed-shape constant, a reshape that cannot be factored, routed
+  experts) are frozen by design and only counted;
+- per model: trace seconds, groups, frozen groups, missing-rule groups, and every
+  missing-rule reason grouped by op; `--baseline FILE` adds the missing-rule groups of an
+  earlier run as a "before" column.
+
+Run: `python benchmarks/census.py [--only bert gpt2] [--skip-torchvision]
+[--baseline benchmarks/results/census_before.json]` (writes benchmarks/results/census.{json,md})
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import io
+import json
+import logging
+import re
+import sys
+import time
+import warnings
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _isolation import machine, machine_line, write_results  # noqa: E402
+
+from sparsec.frontends import trace  # noqa: E402
+from sparsec.passes.analysis import DependencyGroups  # noqa: E402
+from sparsec.pipeline import AnalysisManager  # noqa: E402
+
+Build = Callable[[], tuple[nn.Module, Any]]
+BATCH, SEQ, VOCAB = 2, 8, 100
+
+# "which has no rule" closes every reason that blames a missing rule (dependency_groups,
+# opinfo/layout's getitem); the op is what the reason names
+_MISSING = re.compile(r"which has no rule")
+_UNRULED_OP = re.compile(r"flow through (\S+), which has no rule")
+_INDEX_OP = re.compile(r"reach %\S+ \((\S+)\), which has no rule for index values")
+_GETITEM_OF = re.compile(r"getitem of %(\S+), which has no rule")
+
+
+def _load_zoo() -> Any:
+    spec = importlib.util.spec_from_file_location("sparsec_zoo", ROOT / "tests" / "zoo.py")
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {ROOT / 'tests' / 'zoo.py'}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {line}"[:200]
+
+
+# ---------------------------------------------------------------- Hugging Face families
+def _tokens(*, mask: bool = False, token_types: bool = False, positions: bool = False) -> dict[str, torch.Tensor]:
+    ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=torch.Generator().manual_seed(0))
+    named = {"input_ids": ids}
+    if mask:
+        named["attention_mask"] = torch.ones_like(ids)
+    if token_types:
+        named["token_type_ids"] = torch.zeros_like(ids)
+    if positions:
+        named["position_ids"] = torch.arange(SEQ).expand(BATCH, SEQ).contiguous()
+    return named
+
+
+def _image(size: int = 32) -> tuple[torch.Tensor]:
+    return (torch.randn(BATCH, 3, size, size, generator=torch.Generator().manual_seed(0)),)
+
+
+def _hf(
+    model_cls: str, config_cls: str, inputs: Callable[[], Any], *, part: str = "", **config: Any
+) -> Build:
+    """`transformers.<model_cls>` from a tiny `<config_cls>`; `part` picks a submodule (encoder)."""
+
+    def build() -> tuple[nn.Module, Any]:
+        import transformers
+
+        torch.manual_seed(0)
+        model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**config))
+        if hasattr(model, "config"):
+            model.config.use_cache = False
+        if part:
+            model = getattr(model, part)()
+        return model.eval(), inputs()
+
+    return build
+
+
+ENCODER = dict(
+    hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+    attn_implementation="sdpa",
+)  # fmt: skip
+TEXT = dict(ENCODER, vocab_size=VOCAB, max_position_embeddings=32, num_labels=3)
+DECODER = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=8,
+    num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=32, use_cache=False,
+    attn_implementation="sdpa",
+)  # fmt: skip
+BERTISH = lambda: _tokens(mask=True, token_types=True, positions=True)  # noqa: E731
+CAUSAL = lambda: _tokens()  # noqa: E731
+SEQ2SEQ = dict(
+    d_model=64, encoder_layers=2, decoder_layers=1, encoder_attention_heads=4,
+    decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, vocab_size=VOCAB,
+    max_position_embeddings=32, use_cache=False, attn_implementation="sdpa",
+)  # fmt: skip
+
+HF_FAMILIES: dict[str, Build] = {
+    "roberta": _hf("RobertaForSequenceClassification", "RobertaConfig",
+                   lambda: _tokens(mask=True), **dict(TEXT, max_position_embeddings=40)),
+    "albert": _hf("AlbertForSequenceClassification", "AlbertConfig", BERTISH,
+                  embedding_size=32, **TEXT),
+    "electra": _hf("ElectraForSequenceClassification", "ElectraConfig", BERTISH,
+                   embedding_size=32, **TEXT),
+    "deberta-v2": _hf("DebertaV2ForSequenceClassification", "DebertaV2Config",
+                      lambda: _tokens(mask=True, token_types=True), relative_attention=True,
+                      pos_att_type=["p2c", "c2p"], position_buckets=8,
+                      **{k: v for k, v in TEXT.items() if k != "attn_implementation"}),
+    "gpt-neo": _hf("GPTNeoForCausalLM", "GPTNeoConfig", CAUSAL, hidden_size=64, num_layers=2,
+                   attention_types=[[["global", "local"], 1]], num_heads=4,
+                   intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=32,
+                   window_size=256, use_cache=False),
+    "opt": _hf("OPTForCausalLM", "OPTConfig", CAUSAL, hidden_size=64, num_hidden_layers=2,
+               ffn_dim=128, num_attention_heads=4, vocab_size=VOCAB, max_position_embeddings=32,
+               word_embed_proj_dim=64, use_cache=False, attn_implementation="sdpa"),
+    "bloom": _hf("BloomForCausalLM", "BloomConfig", CAUSAL, hidden_size=64, n_layer=2, n_head=4,
+                 vocab_size=VOCAB, use_cache=False),
+    "mistral": _hf("MistralForCausalLM", "MistralConfig", CAUSAL, head_dim=8, **DECODER),
+    "qwen3": _hf("Qwen3ForCausalLM", "Qwen3Config", CAUSAL, head_dim=8, **DECODER),
+    "gemma": _hf("GemmaForCausalLM", "GemmaConfig", CAUSAL, head_dim=8, **DECODER),
+    "phi": _hf("PhiForCausalLM", "PhiConfig", CAUSAL, partial_rotary_factor=0.5,
+               **{**DECODER, "num_key_value_heads": 8}),
+    "phi3": _hf("Phi3ForCausalLM", "Phi3Config", CAUSAL, pad_token_id=0, bos_token_id=1,
+                eos_token_id=2, **DECODER),
+    "mixtral": _hf("MixtralForCausalLM", "MixtralConfig", CAUSAL, head_dim=8,
+                   num_local_experts=4, num_experts_per_tok=2, **DECODER),
+    "qwen2-moe": _hf("Qwen2MoeForCausalLM", "Qwen2MoeConfig", CAUSAL, moe_intermediate_size=32,
+                     shared_expert_intermediate_size=64, num_experts=4, num_experts_per_tok=2,
+                     decoder_sparse_step=1, **DECODER),
+    "deit": _hf("DeiTForImageClassification", "DeiTConfig", _image, image_size=32, patch_size=8,
+                num_labels=5, **ENCODER),
+    "swin": _hf("SwinForImageClassification", "SwinConfig", _image, image_size=32, patch_size=4,
+                embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=4, num_labels=5),
+    "hf-convnext": _hf("ConvNextForImageClassification", "ConvNextConfig", _image,
+                       num_stages=2, hidden_sizes=[16, 32], depths=[1, 1], num_labels=5),
+    "hf-resnet": _hf("ResNetForImageClassification", "ResNetConfig", _image, embedding_size=16,
+                     hidden_sizes=[16, 32], depths=[1, 1], layer_type="bottleneck",
+                     num_labels=5),
+    "bart-encoder": _hf("BartModel", "BartConfig", lambda: _tokens(mask=True),
+                        part="get_encoder", **SEQ2SEQ),
+    "whisper-encoder": _hf("WhisperModel", "WhisperConfig",
+                           lambda: (torch.randn(BATCH, 16, 16),), part="get_encoder",
+                           num_mel_bins=16, max_source_positions=8, max_target_positions=16,
+                           pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
+                           **{k: v for k, v in SEQ2SEQ.items() if k != "max_position_embeddings"}),
+}  # fmt: skip
+
+
+# ---------------------------------------------------------------- torchvision op patterns
+class _MobileNetV3Head(nn.Module):
+    """torchvision MobileNetV3/EfficientNet/MNASNet: in-place activations and
+    `Dropout(inplace=True)` between the classifier's linears."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.Hardswish(inplace=True))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(
+            nn.Linear(16, 32), nn.Hardswish(inplace=True), nn.Dropout(0.2, inplace=True), nn.Linear(32, 10)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.stem(x)), 1))
+
+
+class _UnflattenAttention(nn.Module):
+    """Heads split with `Tensor.unflatten`, as torch's own MHA and timm-style code do."""
+
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in self.qkv(x).chunk(3, -1))
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).flatten(-2))
+
+
+def _pattern(cls: type[nn.Module], inputs: Callable[[], Any]) -> Build:
+    def build() -> tuple[nn.Module, Any]:
+        torch.manual_seed(0)
+        return cls().eval(), inputs()
+
+    return build
+
+
+# Models built here from op patterns that torchvision uses and the zoo lacks, so that the
+# census sees them where torchvision cannot be installed.
+PATTERNS: dict[str, Build] = {
+    "mobilenetv3-classifier": _pattern(_MobileNetV3Head, _image),
+    "unflatten-attention": _pattern(_UnflattenAttention, lambda: (torch.randn(BATCH, 6, 32),)),
+}
+
+
+# ---------------------------------------------------------------- torchvision
+def _torchvision() -> tuple[dict[str, Build], str]:
+    """Every torchvision classification model, or {} and why not."""
+    try:
+        import torchvision
+    except ImportError:
+        return {}, "torchvision is not importable here: run from a benchmark environment with it"
+
+    def build(name: str) -> Build:
+        size = 224 if name.split("_")[0] in ("vit", "swin", "maxvit") else 128
+
+        def make() -> tuple[nn.Module, Any]:
+            torch.manual_seed(0)
+            model = torchvision.models.get_model(name, weights=None)
+            return model.eval(), _image(size)
+
+        return make
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    return {f"tv-{n}": build(n) for n in names}, ""
+
+
+# ---------------------------------------------------------------- the census
+def _op_of(reason: str, targets: dict[str, str]) -> str:
+    for pattern in (_UNRULED_OP, _INDEX_OP):
+        if m := pattern.search(reason):
+            return m.group(1) + (" (index values)" if pattern is _INDEX_OP else "")
+    if m := _GETITEM_OF.search(reason):
+        return f"getitem of {targets.get(m.group(1), m.group(1))}"
+    return reason
+
+
+def _unruled_on_tensors(graph: Any, unruled_ops: dict[str, list[str]]) -> dict[str, str]:
+    """Node name -> the missing-rule reason, for every op without a rule that holds a tensor
+    (SymInt arithmetic such as `operator.mul` on sizes carries no channels) and its inputs."""
+    blamed: dict[str, str] = {}
+    for op, names in unruled_ops.items():
+        for name in names:
+            node = graph.node(name)
+            if not any(isinstance(v, torch.Tensor) for v in pytree.tree_leaves(node.meta.get("val"))):
+                continue
+            reason = f"channels of %{name} flow through {op}, which has no rule"
+            for touched in (node, *node.all_input_nodes):
+                blamed.setdefault(touched.name, reason)
+    return blamed
+
+
+def census_row(name: str, source: str, build: Build) -> dict[str, Any]:
+    """Trace, analyse, and count the missing-rule groups of one model."""
+    row: dict[str, Any] = {"model": name, "source": source, "error": ""}
+    try:
+        model, inputs = build()
+    except Exception as exc:  # a model that cannot be built is a row, not a crash
+        row["error"] = "build: " + _first_line(exc)
+        return row
+    start = time.perf_counter()
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph = trace(model, inputs if isinstance(inputs, (tuple, dict)) else (inputs,))
+    except Exception as exc:
+        row["error"] = "trace: " + _first_line(exc)
+        return row
+    row["trace_s"] = round(time.perf_counter() - start, 2)
+    start = time.perf_counter()
+    deps = AnalysisManager(graph).get(DependencyGroups())
+    row["analysis_s"] = round(time.perf_counter() - start, 2)
+    targets = {n.name: str(n.target) for n in graph.nodes}
+    unruled = _unruled_on_tensors(graph, deps.unruled_ops)
+    frozen = [g for g in deps.groups if g.frozen_units]
+    missing: dict[str, list[str]] = defaultdict(list)
+    by_design: Counter[str] = Counter()
+    missing_groups = 0
+    for group in frozen:
+        reasons = sorted(set(group.frozen_units.values()))
+        # a unit keeps the first reason it was frozen for: also blame the ops without a rule
+        # that touch one of the group's slots, whatever reason came first
+        reasons += sorted({unruled[name] for name, _ in group.slots if name in unruled} - set(reasons))
+        blamed = [r for r in reasons if _MISSING.search(r)]
+        if blamed:
+            missing_groups += 1
+            for reason in blamed:
+                missing[_op_of(reason, targets)].append(reason)
+        else:
+            by_design[re.sub(r"%\S+", "%x", reasons[0])] += 1
+    row.update(
+        groups=len(deps.groups),
+        frozen_groups=len(frozen),
+        missing_rule_groups=missing_groups,
+        missing_by_op={op: sorted(set(rs)) for op, rs in sorted(missing.items())},
+        unruled_ops={
+            op: len(nodes)
+            for op, nodes in sorted(deps.unruled_ops.items())
+            if any(n in unruled for n in nodes)
+        },
+        frozen_by_design=dict(by_design.most_common()),
+    )
+    return row
+
+
+def _models(skip_torchvision: bool) -> tuple[list[tuple[str, str, Build]], str]:
+    zoo = _load_zoo()
+    models = [(e.name, "zoo", e.build) for e in zoo.ZOO.values()]
+    models += [(name, "hf", build) for name, build in HF_FAMILIES.items()]
+    models += [(name, "pattern", build) for name, build in PATTERNS.items()]
+    if skip_torchvision:
+        return models, "skipped by --skip-torchvision"
+    tv, why = _torchvision()
+    return models + [(name, "torchvision", build) for name, build in tv.items()], why
+
+
+def markdown(rows: list[dict[str, Any]], before: dict[str, int]) -> str:
+    head = "| model | source | trace s | groups | frozen | missing-rule groups"
+    head += " (before → now)" if before else ""
+    lines = [head + " | ops without a rule (groups) |", "|---|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        if r["error"]:
+            lines.append(f"| {r['model']} | {r['source']} | - | - | - | - | skipped: {r['error'][:120]} |")
+            continue
+        missing = str(r["missing_rule_groups"])
+        if before:
+            missing = f"{before.get(r['model'], '-')} → {missing}"
+        ops = ", ".join(f"{op} ({len(rs)})" for op, rs in r["missing_by_op"].items()) or "none"
+        lines.append(
+            f"| {r['model']} | {r['source']} | {r['trace_s']:.1f} | {r['groups']} | "
+            f"{r['frozen_groups']} | {missing} | {ops} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="model names to run (default: all)")
+    parser.add_argument("--skip-torchvision", action="store_true")
+    parser.add_argument("--baseline", type=Path, help="an earlier census.json for a before column")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "census.json")
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    before_machine = machine()
+    print(machine_line(before_machine), flush=True)
+    models, tv_skipped = _models(args.skip_torchvision)
+    if tv_skipped:
+        print(f"torchvision: skipped ({tv_skipped})", flush=True)
+    rows = []
+    for name, source, build in models:
+        if args.only and name not in args.only:
+            continue
+        row = census_row(name, source, build)
+        rows.append(row)
+        if row["error"]:
+            print(f"{name:32s} {row['error']}", flush=True)
+        else:
+            ops = ", ".join(row["missing_by_op"]) or "-"
+            print(
+                f"{name:32s} trace {row['trace_s']:6.1f}s groups {row['groups']:4d} "
+                f"frozen {row['frozen_groups']:3d} missing-rule {row['missing_rule_groups']:3d} {ops}",
+                flush=True,
+            )
+    before: dict[str, int] = {}
+    if args.baseline:
+        old = json.loads(args.baseline.read_text())["rows"]
+        before = {r["model"]: r["missing_rule_groups"] for r in old if not r["error"]}
+    table = markdown(rows, before)
+    print(table)
+    ran = [r for r in rows if not r["error"]]
+    summary = {
+        "models": len(rows),
+        "analysed": len(ran),
+        "skipped": len(rows) - len(ran),
+        "missing_rule_groups": sum(r["missing_rule_groups"] for r in ran),
+        "ops_still_missing": sorted({op for r in ran for op in r["missing_by_op"]}),
+        "torchvision": tv_skipped or "ran",
+    }
+    print(json.dumps(summary))
+    write_results(args.out, before_machine, machine(), summary=summary, rows=rows)
+    args.out.with_suffix(".md").write_text(
+        f"{machine_line(before_machine)}\n\n{json.dumps(summary)}\n\n{table}\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
