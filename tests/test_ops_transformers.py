@@ -576,3 +576,86 @@ def test_in_place_elementwise_ops_pass_channels() -> None:
     assert _deps(graph).unruled_ops == {}
     _, group = _prune_exact(InPlaceActivations(), "a", keep_units=10)
     assert len(group.units) == 24
+
+
+class NewRuleOps(nn.Module):
+    """One op per new rule between two linears: `Tensor.T`, `expand_as`, `F.normalize`
+    (linalg_vector_norm over the channel axis: zero channels add nothing to the norm)."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        self.op = op
+        self.a, self.b = nn.Linear(DIM, 24), nn.Linear(24, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        if self.op == "numpy_T":
+            h = (h.T * 2.0).T
+        elif self.op == "expand_as":
+            h = h * x[..., :1].expand_as(h)
+        else:
+            h = F.normalize(h, dim=-1) + F.normalize(h, dim=1)
+        return self.b(h)
+
+
+@pytest.mark.parametrize(
+    ("op", "target"),
+    [
+        ("numpy_T", aten.numpy_T.default),
+        ("expand_as", aten.expand_as.default),
+        ("normalize", aten.linalg_vector_norm.default),
+    ],
+)
+def test_new_layout_and_norm_rules_prune_exactly(op: str, target: object) -> None:
+    torch.manual_seed(0)
+    rank2 = op == "numpy_T"  # Tensor.T of a rank-3 tensor is deprecated: [batch, DIM] inputs
+    model = NewRuleOps(op).eval()
+    x = torch.randn(BATCH, DIM) if rank2 else _inputs()[0]
+    graph = trace(model, (x,))
+    assert target in {n.target for n in graph.nodes}
+    assert _deps(graph).unruled_ops == {}
+    if rank2:  # _prune_exact's inputs are rank 3: check the rank-2 case here
+        deps = _deps(graph)
+        group = _group(deps, "a")
+        assert not group.frozen_units and len(group.units) == 24
+        removed = group.units[10:]
+        _zero_units(graph, deps, removed)
+        inputs = [torch.randn(b, DIM) for b in (BATCH, 3)]
+        references = [_run(graph.module, i) for i in inputs]
+        remove_units(graph, deps, removed, "test")
+        graph.verify()
+        for i, ref in zip(inputs, references, strict=True):
+            torch.testing.assert_close(_run(graph.module, i), ref, atol=1e-5, rtol=1e-4)
+    else:
+        graph, _ = _prune_exact(NewRuleOps(op), "a", keep_units=10)
+    assert graph.tensor("a.weight").shape[0] == 10
+
+
+def test_conv_with_string_padding_prunes_like_conv() -> None:
+    """aten.conv2d.padding (padding="same"/"valid") has conv2d's rule, resizer and MACs."""
+
+    class SamePadding(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 12, 3, padding="same")
+            self.b = nn.Conv2d(12, 4, 3, padding="valid")
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(torch.relu(self.a(x)))
+
+    torch.manual_seed(0)
+    inputs = [torch.randn(b, 3, 8, 8) for b in (BATCH, 3)]
+    graph = trace(SamePadding().eval(), (inputs[0],))
+    assert aten.conv2d.padding in {n.target for n in graph.nodes}
+    deps = _deps(graph)
+    assert deps.unruled_ops == {}
+    group = _group(deps, "a")
+    assert not group.frozen_units and len(group.units) == 12
+    removed = group.units[5:]
+    _zero_units(graph, deps, removed)
+    references = [_run(graph.module, x) for x in inputs]
+    remove_units(graph, deps, removed, "test")
+    graph.verify()
+    assert graph.tensor("a.weight").shape[0] == 5 and graph.tensor("b.weight").shape[1] == 5
+    for x, ref in zip(inputs, references, strict=True):
+        torch.testing.assert_close(_run(graph.module, x), ref, atol=1e-5, rtol=1e-4)

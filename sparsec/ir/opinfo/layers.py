@@ -27,7 +27,11 @@ def _conv_groups(node: fx.Node) -> int:
         return int(_args(node)[8])
     return int(_args(node)[6]) if len(_args(node)) > 6 else int(_kwargs(node).get("groups", 1))
 
-_CONVS = [aten.conv1d.default, aten.conv2d.default, aten.conv3d.default]
+# `.padding`: the same op with padding given as "same" or "valid"; the arguments keep their places
+_CONVS = [
+    aten.conv1d.default, aten.conv2d.default, aten.conv3d.default,
+    aten.conv1d.padding, aten.conv2d.padding, aten.conv3d.padding,
+]
 
 @rule(*_CONVS)
 def _conv(flow: ChannelFlow, node: fx.Node) -> None:
@@ -106,7 +110,7 @@ def _embedding(flow: ChannelFlow, node: fx.Node) -> None:
 # ---------------------------------------------------------------- layer kinds and MACs
 for _target, _spatial in (
     (aten.conv1d.default, 1), (aten.conv1d.padding, 1), (aten.conv2d.default, 2),
-    (aten.conv2d.padding, 2), (aten.conv3d.default, 3),
+    (aten.conv2d.padding, 2), (aten.conv3d.default, 3), (aten.conv3d.padding, 3),
 ):
     layer(_target, "conv", weight_arg=1, spatial_dims=_spatial)
 layer(aten.linear.default, "linear", weight_arg=1)
@@ -117,7 +121,7 @@ def _conv_mac_axes(node: fx.Node) -> list[tuple[Any, int]]:
 
 
 @macs(
-    aten.conv1d.default, aten.conv2d.default, aten.conv3d.default, aten.convolution.default,
+    *_CONVS, aten.convolution.default,
     axes=_conv_mac_axes,
 )
 def _conv_macs(node: fx.Node, shape: ShapeFn) -> int:

@@ -181,6 +181,14 @@ def _transpose(flow: ChannelFlow, node: fx.Node) -> None:
     for out_axis, in_axis in enumerate(order):
         flow.identity(flow.slot(x, in_axis), flow.slot(node, out_axis))
 
+@rule(aten.numpy_T.default)
+def _numpy_t(flow: ChannelFlow, node: fx.Node) -> None:
+    """`Tensor.T`: every axis reversed."""
+    x = _args(node)[0]
+    rank = flow.rank(x)
+    for axis in range(rank):
+        flow.identity(flow.slot(x, axis), flow.slot(node, rank - 1 - axis))
+
 @rule(aten.t.default)
 def _t(flow: ChannelFlow, node: fx.Node) -> None:
     x = _args(node)[0]
@@ -348,6 +356,13 @@ def _expand(flow: ChannelFlow, node: fx.Node) -> None:
         if s is not None and flow.sizes[s] == 1 and _static_size(flow, node, axis + r_out - r_in) != 1:
             continue
         flow.identity(s, flow.slot(node, axis + r_out - r_in))
+
+@rule(aten.expand_as.default)
+def _expand_as(flow: ChannelFlow, node: fx.Node) -> None:
+    """`x.expand_as(other)`: x's axes as in `expand`, and the output takes `other`'s shape
+    at run time, so every axis of `other` links with the output's."""
+    _expand(flow, node)
+    flow.identity_all(_args(node)[1], node)
 
 @resizer(aten.expand.default)
 def _resize_expand(node: fx.Node, r: Resize) -> Resized | None:

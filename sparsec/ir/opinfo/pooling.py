@@ -27,12 +27,25 @@ _REDUCTIONS = [aten.mean.dim, aten.sum.dim_IntList, aten.amax.default, aten.amin
 
 @rule(*_REDUCTIONS)
 def _reduce(flow: ChannelFlow, node: fx.Node) -> None:
+    _link_kept_axes(flow, node, dim_arg=1)
+
+@rule(aten.linalg_vector_norm.default)
+def _vector_norm(flow: ChannelFlow, node: fx.Node) -> None:
+    """A p-norm over `dim` (F.normalize, GRN): the kept axes pass, as through a sum."""
+    _link_kept_axes(flow, node, dim_arg=2)
+
+def _link_kept_axes(flow: ChannelFlow, node: fx.Node, dim_arg: int) -> None:
+    """Link the axes a reduction keeps (`dim` at `dim_arg`, `keepdim` after it); reduced
+    axes stay free."""
     x = _args(node)[0]
     rank = flow.rank(x)
-    dims = _args(node)[1] if len(_args(node)) > 1 else _kwargs(node).get("dim")
+    dims = _args(node)[dim_arg] if len(_args(node)) > dim_arg else _kwargs(node).get("dim")
     dims = [dims] if isinstance(dims, int) else list(dims or range(rank))
     reduced = {d % rank for d in dims}
-    keepdim = bool(_args(node)[2]) if len(_args(node)) > 2 else bool(_kwargs(node).get("keepdim", False))
+    keep_arg = dim_arg + 1
+    keepdim = (
+        bool(_args(node)[keep_arg]) if len(_args(node)) > keep_arg else bool(_kwargs(node).get("keepdim", False))
+    )
     out_axis = 0
     for axis in range(rank):
         if axis in reduced:
