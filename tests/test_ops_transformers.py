@@ -659,3 +659,36 @@ def test_conv_with_string_padding_prunes_like_conv() -> None:
     assert graph.tensor("a.weight").shape[0] == 5 and graph.tensor("b.weight").shape[1] == 5
     for x, ref in zip(inputs, references, strict=True):
         torch.testing.assert_close(_run(graph.module, x), ref, atol=1e-5, rtol=1e-4)
+
+
+class Unfolded(nn.Module):
+    """ConvBERT's span convolution: `nn.Unfold` rows regrouped by channel, and `torch.multiply`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 12, 3, padding=1), nn.Conv2d(12, 4, 1)
+        self.unfold = nn.Unfold(3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        rows = self.unfold(h).reshape(h.shape[0], 12, 9, 36).sum(2).reshape(h.shape[0], 12, 6, 6)
+        return self.b(torch.multiply(rows, h))
+
+
+def test_im2col_rows_follow_their_channel() -> None:
+    torch.manual_seed(0)
+    inputs = [torch.randn(b, 3, 6, 6) for b in (BATCH, 3)]
+    graph = trace(Unfolded().eval(), (inputs[0],))
+    assert {aten.im2col.default, aten.multiply.Tensor} <= {n.target for n in graph.nodes}
+    deps = _deps(graph)
+    assert deps.unruled_ops == {}
+    group = _group(deps, "a")
+    assert not group.frozen_units and len(group.units) == 12
+    removed = group.units[5:]
+    _zero_units(graph, deps, removed)
+    references = [_run(graph.module, x) for x in inputs]
+    remove_units(graph, deps, removed, "test")
+    graph.verify()
+    assert graph.tensor("b.weight").shape[1] == 5
+    for x, ref in zip(inputs, references, strict=True):
+        torch.testing.assert_close(_run(graph.module, x), ref, atol=1e-5, rtol=1e-4)

@@ -37,7 +37,7 @@ def _unary(flow: ChannelFlow, node: fx.Node) -> None:
 
 _BINARY = [
     aten.add.Tensor, aten.add_.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.mul_.Tensor,
-    aten.div.Tensor, aten.div_.Tensor, aten.maximum.default, aten.minimum.default, aten.where.self,
+    aten.multiply.Tensor, aten.div.Tensor, aten.div_.Tensor, aten.maximum.default, aten.minimum.default, aten.where.self,
     aten.pow.Tensor_Tensor, aten.rsub.Tensor,
 ]
 

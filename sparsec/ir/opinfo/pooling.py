@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 import torch.fx as fx
 
@@ -64,3 +67,18 @@ _UPSAMPLES = [
 
 for _op in _UPSAMPLES:
     rule(_op)(_pool)
+
+@rule(aten.im2col.default)
+def _im2col(flow: ChannelFlow, node: fx.Node) -> None:
+    """nn.Unfold, [B, C, H, W] -> [B, C·kh·kw, L]: row c·kh·kw + j is channel c's kernel
+    position j, so the rows follow their channel; the positions L are free."""
+    x = _args(node)[0]
+    if flow.rank(x) != 4:  # unbatched [C, H, W]
+        flow.freeze(x, f"im2col %{node.name} of an unbatched input")
+        flow.freeze(node, f"im2col %{node.name} of an unbatched input")
+        return
+    flow.identity(flow.slot(x, 0), flow.slot(node, 0))
+    rows = flow.slot(node, 1)
+    per_channel = math.prod(int(k) for k in _args(node)[1])
+    size = flow.sizes[rows] if rows is not None else 0
+    flow.gather(rows, flow.slot(x, 1), np.arange(size) // per_channel)
