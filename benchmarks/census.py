@@ -290,6 +290,29 @@ class _UnflattenAttention(nn.Module):
         return self.proj(out.transpose(1, 2).flatten(-2))
 
 
+class _SwinV2Attention(nn.Module):
+    """torchvision's `shifted_window_attention` for Swin V2: the k part of the qkv bias
+    zeroed in place, a window mask filled slice by slice, cosine attention (F.normalize)."""
+
+    def __init__(self, dim: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        bias = self.qkv.bias.clone()
+        length = bias.numel() // 3
+        bias[length : 2 * length].zero_()
+        qkv = torch.nn.functional.linear(x, self.qkv.weight, bias)
+        q, k, v = qkv.reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        mask = x.new_zeros((n, n))
+        mask[: n // 2, n // 2 :] = -100.0
+        q, k = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
+        out = torch.softmax(q @ k.transpose(-2, -1) + mask, dim=-1) @ v
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
 def _pattern(cls: type[nn.Module], inputs: Callable[[], Any]) -> Build:
     def build() -> tuple[nn.Module, Any]:
         torch.manual_seed(0)
@@ -303,6 +326,7 @@ def _pattern(cls: type[nn.Module], inputs: Callable[[], Any]) -> Build:
 PATTERNS: dict[str, Build] = {
     "mobilenetv3-classifier": _pattern(_MobileNetV3Head, _image),
     "unflatten-attention": _pattern(_UnflattenAttention, lambda: (torch.randn(BATCH, 6, 32),)),
+    "swin-v2-attention": _pattern(_SwinV2Attention, lambda: (torch.randn(BATCH, 6, 16),)),
 }
 
 

@@ -692,3 +692,45 @@ def test_im2col_rows_follow_their_channel() -> None:
     assert graph.tensor("b.weight").shape[1] == 5
     for x, ref in zip(inputs, references, strict=True):
         torch.testing.assert_close(_run(graph.module, x), ref, atol=1e-5, rtol=1e-4)
+
+
+class FilledSlices(nn.Module):
+    """Swin V2's `qkv_bias[n:2n].zero_()` and window masks' `mask[a:b] = v`: in-place fills."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(DIM, 24), nn.Linear(24, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.a.bias.clone()
+        bias[4:8].zero_()
+        h = F.linear(x, self.a.weight, bias)
+        h[..., 8:10].fill_(0.5)
+        h[..., 10:12].fill_(torch.tensor(0.25))
+        return self.b(h)
+
+
+def test_in_place_fills_keep_channels_in_place() -> None:
+    """zero_, fill_.Scalar and fill_.Tensor on channel slices: the slices shrink with them."""
+    torch.manual_seed(0)
+    graph = trace(FilledSlices().eval(), (_inputs()[0],))
+    targets = {n.target for n in graph.nodes}
+    assert {aten.zero_.default, aten.fill_.Scalar, aten.fill_.Tensor} <= targets, targets
+    deps = _deps(graph)
+    assert deps.unruled_ops == {}
+    group = _group(deps, "a")
+    assert not group.frozen_units and len(group.units) == 24
+    # remove channels before, inside (zeroed) and after the slices: their bounds follow
+    removed = group.units[[2, 5, 14, 20, 21]]
+    _zero_units(graph, deps, removed)
+    (weight,) = [p for p in group.params if p.target == "a.weight" and p.role == "producer"]
+    rows = np.nonzero(np.isin(deps.slot_units[weight.slot], removed))[0]
+    with torch.no_grad():  # the bias reaches the linear through a clone: no producer role
+        graph.tensor("a.bias")[torch.as_tensor(rows)] = 0.0
+    inputs = _inputs()
+    references = [_run(graph.module, x) for x in inputs]
+    remove_units(graph, deps, removed, "test")
+    graph.verify()
+    assert graph.tensor("a.weight").shape[0] == 19
+    for x, ref in zip(inputs, references, strict=True):
+        torch.testing.assert_close(_run(graph.module, x), ref, atol=1e-5, rtol=1e-4)

@@ -58,7 +58,8 @@ _MORE_UNARY = [
     aten.log1p.default, aten.expm1.default, aten.sigmoid_.default, aten.tanh_.default,
     aten.gelu_.default, aten.clamp_.default, aten.pow.Scalar,
     aten.dropout_.default, aten.detach_.default, aten.hardsigmoid_.default,
-    aten.leaky_relu_.default, aten.elu_.default,
+    aten.leaky_relu_.default, aten.elu_.default, aten.zero_.default, aten.fill_.Scalar,
+    aten.fill_.Tensor,
     aten.remainder.Scalar, aten.floor_divide.Scalar if hasattr(aten.floor_divide, "Scalar") else aten.floor_divide.default,
 ]
 
