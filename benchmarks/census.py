@@ -18,9 +18,11 @@ Rules:
   experts) are frozen by design and only counted;
 - per model: trace seconds, groups, frozen groups, missing-rule groups, and every
   missing-rule reason grouped by op; `--baseline FILE` adds the missing-rule groups of an
-  earlier run as a "before" column.
+  earlier run as a "before" column; `--compile` also prunes each model with
+  `structured-50` (torch backend) and checks that it runs with the same output shapes and
+  finite outputs (a check that a rule did not break the model, not a quality figure).
 
-Run: `python benchmarks/census.py [--only bert gpt2] [--skip-torchvision]
+Run: `python benchmarks/census.py [--only bert gpt2] [--skip-torchvision] [--compile]
 [--baseline benchmarks/results/census_before.json]` (writes benchmarks/results/census.{json,md})
 """
 
@@ -383,6 +385,40 @@ def _trace(model: nn.Module, inputs: Any, *, dynamic: bool) -> Any:
         return trace(model, inputs, dynamic=dynamic)
 
 
+def _leaves(out: Any) -> list[torch.Tensor]:
+    return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+def compile_check(build: Build) -> dict[str, Any]:
+    """`--compile`: prune with `structured-50` (torch backend); the pruned module must run on
+    the example inputs with the unpruned output shapes and finite outputs."""
+    import sparsec
+
+    model, inputs = build()
+
+    def call(module: Any) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return _leaves(module(**inputs) if isinstance(inputs, dict) else module(*inputs))
+
+    expected = [t.shape for t in call(model)]
+    before = sum(p.numel() for p in model.parameters())
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compiled = sparsec.compile(model, inputs, pipeline="structured-50", backend="torch")
+        out = call(compiled.module)
+    except Exception as exc:
+        return {"compile_ok": False, "compile_error": _first_line(exc)}
+    shapes_ok = [t.shape for t in out] == expected
+    finite = all(torch.isfinite(t).all() for t in out if t.is_floating_point())
+    return {
+        "compile_ok": shapes_ok and finite,
+        "compile_error": "" if shapes_ok and finite else ("output shapes changed" if not shapes_ok else "non-finite outputs"),
+        "params_before": before,
+        "params_after": sum(p.numel() for p in compiled.module.parameters()),
+    }
+
+
 def census_row(name: str, source: str, build: Build) -> dict[str, Any]:
     """Trace, analyse, and count the missing-rule groups of one model."""
     row: dict[str, Any] = {"model": name, "source": source, "error": ""}
@@ -450,13 +486,26 @@ def _models(skip_torchvision: bool) -> tuple[list[tuple[str, str, Build]], str]:
     return models + [(name, "torchvision", build) for name, build in tv.items()], why
 
 
+def _pruned_cell(r: dict[str, Any]) -> str:
+    if "compile_ok" not in r:
+        return "-"
+    if not r["compile_ok"]:
+        return f"no: {r['compile_error'][:100]}"
+    return f"yes, {r['params_after'] / r['params_before']:.2f} of params"
+
+
 def markdown(rows: list[dict[str, Any]], before: dict[str, int]) -> str:
     head = "| model | source | trace s | groups | frozen | missing-rule groups"
     head += " (before → now)" if before else ""
-    lines = [head + " | ops without a rule (groups) |", "|---|---|---:|---:|---:|---:|---|"]
+    pruned = any("compile_ok" in r for r in rows)
+    head += " | ops without a rule (nodes) |" + (" structured-50 pruned, runs |" if pruned else "")
+    lines = [head, "|---|---|---:|---:|---:|---:|---|" + ("---|" if pruned else "")]
     for r in rows:
         if r["error"]:
-            lines.append(f"| {r['model']} | {r['source']} | - | - | - | - | skipped: {r['error'][:120]} |")
+            lines.append(
+                f"| {r['model']} | {r['source']} | - | - | - | - | skipped: {r['error'][:120]} |"
+                + (" - |" if pruned else "")
+            )
             continue
         missing = str(r["missing_rule_groups"])
         if before:
@@ -466,6 +515,7 @@ def markdown(rows: list[dict[str, Any]], before: dict[str, int]) -> str:
         lines.append(
             f"| {r['model']}{static} | {r['source']} | {r['trace_s']:.1f} | {r['groups']} | "
             f"{r['frozen_groups']} | {missing} | {ops} |"
+            + (f" {_pruned_cell(r)} |" if pruned else "")
         )
     return "\n".join(lines)
 
@@ -474,6 +524,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="model names to run (default: all)")
     parser.add_argument("--skip-torchvision", action="store_true")
+    parser.add_argument(
+        "--compile", action="store_true", help="also prune each model (structured-50) and run it"
+    )
     parser.add_argument("--baseline", type=Path, help="an earlier census.json for a before column")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "census.json")
     args = parser.parse_args()
@@ -488,14 +541,23 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         row = census_row(name, source, build)
+        if args.compile and not row["error"]:
+            row.update(compile_check(build))
         rows.append(row)
         if row["error"]:
             print(f"{name:32s} {row['error']}", flush=True)
         else:
             ops = ", ".join(row["missing_by_op"]) or "-"
+            pruned = ""
+            if "compile_ok" in row:
+                pruned = (
+                    f" pruned {row['params_before']} -> {row['params_after']} params, runs"
+                    if row["compile_ok"]
+                    else f" pruned: {row['compile_error']}"
+                )
             print(
                 f"{name:32s} trace {row['trace_s']:6.1f}s groups {row['groups']:4d} "
-                f"frozen {row['frozen_groups']:3d} missing-rule {row['missing_rule_groups']:3d} {ops}",
+                f"frozen {row['frozen_groups']:3d} missing-rule {row['missing_rule_groups']:3d} {ops}{pruned}",
                 flush=True,
             )
     before: dict[str, int] = {}
@@ -513,6 +575,9 @@ def main() -> None:
         "ops_still_missing": sorted({op for r in ran for op in r["missing_by_op"]}),
         "torchvision": tv_skipped or "ran",
     }
+    if args.compile:
+        summary["pruned_and_ran"] = sum(bool(r.get("compile_ok")) for r in ran)
+        summary["prune_failures"] = {r["model"]: r["compile_error"] for r in ran if not r.get("compile_ok")}
     print(json.dumps(summary))
     write_results(args.out, before_machine, machine(), summary=summary, rows=rows)
     args.out.with_suffix(".md").write_text(
