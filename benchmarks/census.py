@@ -2,9 +2,10 @@
 
 Rules:
 - every model is traced (`sparsec.frontends.trace`) and analysed with `dependency-groups`;
-  nothing is pruned, so the census is fast and needs no weights;
+  nothing is pruned (unless `--compile`), so the census is fast and needs no weights;
 - models: the zoo (tests/zoo.py), the Hugging Face families below built from tiny configs
-  (random weights, `use_cache=False`, eval mode), and, where torchvision is importable (it is
+  (random weights, `use_cache=False`, eval mode), small modules that rebuild torchvision op
+  patterns the zoo lacks (`PATTERNS`), and, where torchvision is importable (it is
   kept out of the main environment: run this from a benchmark environment that has it),
   every torchvision classification model (`list_models(module=torchvision.models)`,
   `weights=None`, batch 2 at 224x224 for ViT/Swin/MaxViT, which need it, 128x128 elsewhere);
@@ -13,7 +14,9 @@ Rules:
   (the ops are what the census reads; the row says so);
 - a frozen group is a *missing-rule* group when one of its frozen reasons says an op has no
   rule ("channels of %x flow through aten.foo, which has no rule", a getitem of an op
-  without a rule, index values that reach an op without a rule for them); other reasons (a
+  without a rule, index values that reach an op without a rule for them), or when an op
+  without a rule touches one of its slots (a unit keeps only the first reason it was frozen
+  for; SymInt arithmetic carries no channels and is not counted); other reasons (a
   model input or output, a fixed-shape constant, a reshape that cannot be factored, routed
   experts) are frozen by design and only counted;
 - per model: trace seconds, groups, frozen groups, missing-rule groups, and every
