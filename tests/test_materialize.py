@@ -269,6 +269,24 @@ def test_a_registered_updater_makes_it_materialize() -> None:
         torch.testing.assert_close(module(x), compiled.graph.module(x))
 
 
+def test_an_updater_that_fails_leaves_the_graph_module_with_the_reason() -> None:
+    class Fused(Reshaping):  # an updater written for another layout of the class
+        pass
+
+    @register_updater(Fused)
+    def _update(module: Fused, facts: Any) -> None:
+        module.width = module.q_proj.out_features
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 8)
+    compiled = sparsec.compile(Fused(), (x,), backend="torch", pipeline="structured-50")
+    with pytest.raises(MaterializeError, match=r"updating the model \(Fused\) failed: AttributeError"):
+        compiled.to_module()
+    assert isinstance(compiled.module, torch.fx.GraphModule)
+    with torch.no_grad():
+        assert compiled(x).shape == (4, 4)
+
+
 def test_lowered_sparse_layers_fall_back_with_the_reason() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8)).eval()

@@ -66,7 +66,7 @@ _SPECS: dict[str, AttentionSpec] = {
         ("LlamaAttention", "Qwen2Attention", "Qwen3Attention", "MistralAttention", "GemmaAttention",
          "Gemma2Attention", "OlmoAttention", "Olmo2Attention", "GraniteAttention", "ViTAttention",
          "DeiTAttention", "Qwen2MoeAttention", "MixtralAttention", "Qwen3MoeAttention",
-         "PhiAttention", "Phi3Attention", "OPTAttention", "BartAttention", "MBartAttention",
+         "PhiAttention", "OPTAttention", "BartAttention", "MBartAttention",
          "WhisperAttention", "StableLmAttention", "CohereAttention"),
         _ROPE,
     ),

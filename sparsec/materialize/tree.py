@@ -208,7 +208,16 @@ def materialize(model: nn.Module, graph: Graph, *, atol: float = 1e-4, rtol: flo
     for name, module in reversed(list(tree.named_modules())):  # children first: parents read them
         update = updater_for(module)
         if name in prefixes and update is not None:
-            update(module, _Facts(readers, f"{name}." if name else ""))
+            try:
+                update(module, _Facts(readers, f"{name}." if name else ""))
+            except (AttributeError, KeyError, TypeError, ValueError) as exc:
+                # a class whose layout differs from the family's known one (a fused
+                # projection, say): the graph module stays the result, with this reason
+                raise MaterializeError(
+                    f"updating {name or 'the model'} ({type(module).__name__}) failed: "
+                    f"{type(exc).__name__}: {exc}. compiled.module is the graph module; "
+                    "report the class to add its updater"
+                ) from exc
 
     renames = drop_removed_blocks(tree, user, pruned)  # after the updaters: they read old names
     modes = {renamed(name, renames): m.training for name, m in model.named_modules()}
