@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import json
 import logging
@@ -55,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _isolation import machine, machine_line, write_results  # noqa: E402
+from _zoo import first_line, load_zoo  # noqa: E402
 
 from sparsec.frontends import trace  # noqa: E402
 from sparsec.passes.analysis import DependencyGroups  # noqa: E402
@@ -71,33 +71,10 @@ _INDEX_OP = re.compile(r"reach %\S+ \((\S+)\), which has no rule for index value
 _GETITEM_OF = re.compile(r"getitem of %(\S+), which has no rule")
 
 
-def _load_zoo() -> Any:
-    spec = importlib.util.spec_from_file_location("sparsec_zoo", ROOT / "tests" / "zoo.py")
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {ROOT / 'tests' / 'zoo.py'}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else ""
-    return f"{type(exc).__name__}: {line}"[:200]
-
-
 # ---------------------------------------------------------------- Hugging Face families
 def _tokens(*, mask: bool = False, token_types: bool = False, positions: bool = False) -> dict[str, torch.Tensor]:
-    ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=torch.Generator().manual_seed(0))
-    named = {"input_ids": ids}
-    if mask:
-        named["attention_mask"] = torch.ones_like(ids)
-    if token_types:
-        named["token_type_ids"] = torch.zeros_like(ids)
-    if positions:
-        named["position_ids"] = torch.arange(SEQ).expand(BATCH, SEQ).contiguous()
-    return named
+    """The zoo's token inputs (batch 2, sequence 8, vocabulary 100, seed 0)."""
+    return load_zoo().token_inputs(mask=mask, token_types=token_types, positions=positions)()
 
 
 def _image(size: int = 32) -> tuple[torch.Tensor]:
@@ -411,7 +388,7 @@ def compile_check(build: Build) -> dict[str, Any]:
             compiled = sparsec.compile(model, inputs, pipeline="structured-50", backend="torch")
         out = call(compiled.module)
     except Exception as exc:
-        return {"compile_ok": False, "compile_error": _first_line(exc)}
+        return {"compile_ok": False, "compile_error": first_line(exc, 200)}
     shapes_ok = [t.shape for t in out] == expected
     finite = all(torch.isfinite(t).all() for t in out if t.is_floating_point())
     return {
@@ -428,7 +405,7 @@ def census_row(name: str, source: str, build: Build) -> dict[str, Any]:
     try:
         model, inputs = build()
     except Exception as exc:  # a model that cannot be built is a row, not a crash
-        row["error"] = "build: " + _first_line(exc)
+        row["error"] = "build: " + first_line(exc, 200)
         return row
     start = time.perf_counter()
     try:
@@ -437,9 +414,9 @@ def census_row(name: str, source: str, build: Build) -> dict[str, Any]:
     except Exception as exc:
         try:  # the ops are what the census reads: static shapes do as well
             graph = _trace(model, inputs, dynamic=False)
-            row["static"] = _first_line(exc)
+            row["static"] = first_line(exc, 200)
         except Exception as exc_static:
-            row["error"] = "trace: " + _first_line(exc_static)
+            row["error"] = "trace: " + first_line(exc_static, 200)
             return row
     row["trace_s"] = round(time.perf_counter() - start, 2)
     start = time.perf_counter()
@@ -479,7 +456,7 @@ def census_row(name: str, source: str, build: Build) -> dict[str, Any]:
 
 
 def _models(skip_torchvision: bool) -> tuple[list[tuple[str, str, Build]], str]:
-    zoo = _load_zoo()
+    zoo = load_zoo()
     models = [(e.name, "zoo", e.build) for e in zoo.ZOO.values()]
     models += [(name, "hf", build) for name, build in HF_FAMILIES.items()]
     models += [(name, "pattern", build) for name, build in PATTERNS.items()]

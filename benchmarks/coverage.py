@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fnmatch
-import importlib.util
 import io
 import json
 import logging
@@ -41,26 +40,12 @@ from torch.utils import _pytree as pytree
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _zoo import first_line, load_zoo  # noqa: E402
+
 import sparsec  # noqa: E402
 from sparsec.frontends.trace_settings import no_attention_fastpath  # noqa: E402
 
 RATIO = 0.5
-
-
-def _load_zoo() -> Any:
-    spec = importlib.util.spec_from_file_location("sparsec_zoo", ROOT / "tests" / "zoo.py")
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {ROOT / 'tests' / 'zoo.py'}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else ""
-    return f"{type(exc).__name__}: {line}"[:220]
 
 
 def _call(module: Any, inputs: Any) -> Any:
@@ -99,7 +84,7 @@ def _check_runs(module: Any, inputs: Any, expected: list[tuple[int, ...]], batch
     try:
         out = _tensors(_call(module, _with_batch(inputs, batch)))
     except Exception as exc:  # a failing model is the result being measured
-        return _first_line(exc)
+        return first_line(exc)
     got = [tuple(t.shape) for t in out]
     want = _rebatched(expected, batch)
     if got != want:
@@ -117,7 +102,7 @@ def _onnx_matches(compiled: Any, inputs: Any) -> tuple[bool, str, float]:
     try:
         got = _tensors(_call(compiled, inputs))
     except Exception as exc:
-        return False, _first_line(exc), float("nan")
+        return False, first_line(exc), float("nan")
     if len(got) != len(expected):
         return False, f"{len(got)} outputs, torch has {len(expected)}", float("nan")
     worst = 0.0
@@ -158,7 +143,7 @@ def _sparsec(entry: Any) -> dict[str, Any]:
     try:
         compiled = sparsec.compile(model, inputs, pipeline="structured-50", backend="onnxruntime")
     except Exception as exc:
-        row["compile_error"] = _first_line(exc)
+        row["compile_error"] = first_line(exc)
         try:  # is it only the ONNX lowering? measure the pruning with the torch backend
             model, inputs = entry.build()
             compiled = sparsec.compile(model, inputs, pipeline="structured-50", backend="torch")
@@ -266,7 +251,7 @@ def _peer(entry: Any) -> dict[str, Any]:
     except Exception as exc:
         row.update(
             peer_ok=False,
-            peer_error="pruning: " + _first_line(exc),
+            peer_error="pruning: " + first_line(exc),
             peer_s=time.perf_counter() - start,
         )
         return row
@@ -347,7 +332,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     logging.getLogger("transformers").setLevel(logging.ERROR)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    zoo = _load_zoo()
+    zoo = load_zoo()
     start = time.perf_counter()
     rows = []
     for name, entry in zoo.ZOO.items():

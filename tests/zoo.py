@@ -72,7 +72,7 @@ def hf_available(cls_name: str) -> bool:
     return hasattr(transformers, cls_name)
 
 
-def _token_inputs(
+def token_inputs(
     *, mask: bool = False, token_types: bool = False, positions: bool = False
 ) -> Callable[[], dict[str, torch.Tensor]]:
     """Random token ids, plus an all-ones attention mask, zero token types and positions if asked."""
@@ -465,7 +465,7 @@ ZOO: dict[str, ZooEntry] = {
             "BertForSequenceClassification",
             "BertConfig",
             "*attention.self.query",
-            _token_inputs(mask=True, token_types=True, positions=True),
+            token_inputs(mask=True, token_types=True, positions=True),
             **ENCODER,
             vocab_size=VOCAB,
             max_position_embeddings=32,
@@ -476,7 +476,7 @@ ZOO: dict[str, ZooEntry] = {
             "DistilBertForSequenceClassification",
             "DistilBertConfig",
             "*attention.q_lin",
-            _token_inputs(mask=True, positions=True),
+            token_inputs(mask=True, positions=True),
             dim=64,
             n_layers=2,
             n_heads=4,
@@ -491,7 +491,7 @@ ZOO: dict[str, ZooEntry] = {
             "GPT2LMHeadModel",
             "GPT2Config",
             "*attn.c_attn",
-            _token_inputs(),
+            token_inputs(),
             n_embd=64,
             n_layer=2,
             n_head=4,
@@ -505,7 +505,7 @@ ZOO: dict[str, ZooEntry] = {
             "LlamaForCausalLM",
             "LlamaConfig",
             "*self_attn.q_proj",
-            _token_inputs(),
+            token_inputs(),
             **GQA_DECODER,
             head_dim=8,
         ),
@@ -514,7 +514,7 @@ ZOO: dict[str, ZooEntry] = {
             "Qwen2ForCausalLM",
             "Qwen2Config",
             "*self_attn.q_proj",
-            _token_inputs(),
+            token_inputs(),
             **GQA_DECODER,
             tie_word_embeddings=True,
         ),
@@ -523,7 +523,7 @@ ZOO: dict[str, ZooEntry] = {
             "T5EncoderModel",
             "T5Config",
             "*SelfAttention.q",
-            _token_inputs(),
+            token_inputs(),
             onnx_broken="torch.onnx.export of the unpruned graph fails too: the traced "
             "aten.view after transposing the attention output is not viewable under the "
             "exporter's fake strides",
