@@ -192,6 +192,11 @@ def _loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     )
 
 
+def next_token_loss(outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
+    """The training loss of `outputs` on `batch`: a `Calibration`'s `loss_fn`."""
+    return _loss(_logits(outputs), batch["input_ids"])
+
+
 def perplexity(model: Callable[..., Any], batches: list[dict[str, Any]]) -> float:
     """Perplexity per byte of `model` (a module or a compiled or loaded artifact)."""
     with torch.no_grad():

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 import sparsec
+from sparsec.calibration import Calibration
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _docstring_lm as lm  # noqa: E402
@@ -62,7 +63,7 @@ VARIANTS: tuple[tuple[str, str, str, str, dict[str, Any] | None], ...] = (
     ),
     *(
         ("depth 25%", metric, f"prune-blocks{{ratio=0.25,metric={metric}}}", "onnxruntime", None)
-        for metric in ("block-influence", "angular")
+        for metric in ("block-influence", "angular", "loss-delta")
     ),
     *(
         (family, method, f"sparsify{{{pattern},method={method}}},{LOWER}", "tvm", None)
@@ -96,6 +97,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     lm.add_run_options(parser)
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="families to run besides the baselines, by substring (e.g. depth)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.child:
         path, batch, threads, repeats = args.child
@@ -106,16 +110,19 @@ def main() -> None:
     dense, train_s, train, held = lm.trained(args)  # on every core; timing on --threads
     torch.set_num_threads(args.threads)
     test = lm.windows(held, count=16, batch=16, seed=7)
-    calibration = lm.windows(train, count=8, batch=16, seed=3)
+    batches = lm.windows(train, count=8, batch=16, seed=3)
+    calibration = Calibration(batches, loss_fn=lm.next_token_loss)  # the loss: loss-delta's
     dense_ppl = lm.perplexity(dense, test)
     print(f"trained {args.steps} steps in {train_s:.0f} s; dense perplexity {dense_ppl:.3f}", flush=True)
     params = sum(p.numel() for p in dense.parameters())
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="sparsec-llm-") as tmp:
         for index, (family, variant, pipeline, backend, options) in enumerate(VARIANTS):
+            if args.only and family != "baseline" and not any(o in family for o in args.only):
+                continue
             started = time.perf_counter()
             compiled = sparsec.compile(
-                dense, calibration[0], pipeline=pipeline, backend=backend,
+                dense, batches[0], pipeline=pipeline, backend=backend,
                 backend_options=options, calibration=calibration,
                 threads=args.threads, progress=False,
             )
@@ -141,10 +148,10 @@ def main() -> None:
         print(f"| {row['family']} | {row['variant']} | {row['backend']} | {row['params']:.2f} | "
               f"{row['ppl_deployed']:.3f} | " + " | ".join(timing) + " |")
     write_results(
-        RESULTS, host, machine(), layers=args.layers, steps=args.steps, train_s=round(train_s, 1),
+        args.out, host, machine(), layers=args.layers, steps=args.steps, train_s=round(train_s, 1),
         threads=args.threads, repeats=args.repeats, dense_ppl=dense_ppl, rows=rows,
     )
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
