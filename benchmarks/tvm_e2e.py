@@ -89,13 +89,14 @@ def _int8(dense: Any, threads: int) -> Any:
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    directory = Path(tempfile.mkdtemp(prefix="sparsec-int8-"))
-    dense.save(directory / "dense")
-    quantized = directory / "int8.onnx"
-    quantize_dynamic(directory / "dense" / "model.onnx", quantized, weight_type=QuantType.QInt8)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(quantized), options, providers=["CPUExecutionProvider"])
+    with tempfile.TemporaryDirectory(prefix="sparsec-int8-") as scratch:  # ORT reads it whole
+        directory = Path(scratch)
+        dense.save(directory / "dense")
+        quantized = directory / "int8.onnx"
+        quantize_dynamic(directory / "dense" / "model.onnx", quantized, weight_type=QuantType.QInt8)
+        session = ort.InferenceSession(str(quantized), options, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
 
     def run(**inputs: torch.Tensor) -> torch.Tensor:
