@@ -64,6 +64,18 @@ def _run(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return module(x)
 
 
+def _remove_zeroed(
+    graph: Graph, deps: DependencyInfo, removed: np.ndarray, inputs: list[torch.Tensor]
+) -> None:
+    """Remove `removed` units (already zeroed) and check the pruned graph's outputs equal
+    the zeroed graph's on each of `inputs`."""
+    references = [_run(graph.module, x) for x in inputs]
+    remove_units(graph, deps, removed, "test")
+    graph.verify()
+    for x, ref in zip(inputs, references, strict=True):
+        torch.testing.assert_close(_run(graph.module, x), ref, atol=1e-5, rtol=1e-4)
+
+
 def _inputs() -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     # float inputs get a dynamic batch only (the sequence length is traced as a constant)
@@ -82,15 +94,9 @@ def _prune_exact(
     assert not group.frozen_units, group.frozen_units
     removed = group.units[keep_units:]
     _zero_units(graph, deps, removed)
-    references = [_run(graph.module, x) for x in inputs]
     before = graph.num_parameters()
-    remove_units(graph, deps, removed, "test")
-    graph.verify()
+    _remove_zeroed(graph, deps, removed, inputs)
     assert graph.num_parameters() < before
-    for x, ref in zip(inputs, references, strict=True):
-        out = _run(graph.module, x)
-        assert out.shape == ref.shape
-        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
     return graph, group
 
 
@@ -620,12 +626,7 @@ def test_new_layout_and_norm_rules_prune_exactly(op: str, target: object) -> Non
         assert not group.frozen_units and len(group.units) == 24
         removed = group.units[10:]
         _zero_units(graph, deps, removed)
-        inputs = [torch.randn(b, DIM) for b in (BATCH, 3)]
-        references = [_run(graph.module, i) for i in inputs]
-        remove_units(graph, deps, removed, "test")
-        graph.verify()
-        for i, ref in zip(inputs, references, strict=True):
-            torch.testing.assert_close(_run(graph.module, i), ref, atol=1e-5, rtol=1e-4)
+        _remove_zeroed(graph, deps, removed, [torch.randn(b, DIM) for b in (BATCH, 3)])
     else:
         graph, _ = _prune_exact(NewRuleOps(op), "a", keep_units=10)
     assert graph.tensor("a.weight").shape[0] == 10
@@ -653,12 +654,8 @@ def test_conv_with_string_padding_prunes_like_conv() -> None:
     assert not group.frozen_units and len(group.units) == 12
     removed = group.units[5:]
     _zero_units(graph, deps, removed)
-    references = [_run(graph.module, x) for x in inputs]
-    remove_units(graph, deps, removed, "test")
-    graph.verify()
+    _remove_zeroed(graph, deps, removed, inputs)
     assert graph.tensor("a.weight").shape[0] == 5 and graph.tensor("b.weight").shape[1] == 5
-    for x, ref in zip(inputs, references, strict=True):
-        torch.testing.assert_close(_run(graph.module, x), ref, atol=1e-5, rtol=1e-4)
 
 
 class Unfolded(nn.Module):
@@ -686,12 +683,8 @@ def test_im2col_rows_follow_their_channel() -> None:
     assert not group.frozen_units and len(group.units) == 12
     removed = group.units[5:]
     _zero_units(graph, deps, removed)
-    references = [_run(graph.module, x) for x in inputs]
-    remove_units(graph, deps, removed, "test")
-    graph.verify()
+    _remove_zeroed(graph, deps, removed, inputs)
     assert graph.tensor("b.weight").shape[1] == 5
-    for x, ref in zip(inputs, references, strict=True):
-        torch.testing.assert_close(_run(graph.module, x), ref, atol=1e-5, rtol=1e-4)
 
 
 class FilledSlices(nn.Module):
@@ -727,10 +720,5 @@ def test_in_place_fills_keep_channels_in_place() -> None:
     rows = np.nonzero(np.isin(deps.slot_units[weight.slot], removed))[0]
     with torch.no_grad():  # the bias reaches the linear through a clone: no producer role
         graph.tensor("a.bias")[torch.as_tensor(rows)] = 0.0
-    inputs = _inputs()
-    references = [_run(graph.module, x) for x in inputs]
-    remove_units(graph, deps, removed, "test")
-    graph.verify()
+    _remove_zeroed(graph, deps, removed, _inputs())
     assert graph.tensor("a.weight").shape[0] == 19
-    for x, ref in zip(inputs, references, strict=True):
-        torch.testing.assert_close(_run(graph.module, x), ref, atol=1e-5, rtol=1e-4)
