@@ -29,7 +29,6 @@ from torch.utils import _pytree as pytree
 
 from sparsec.errors import BackendError, ConfigError
 from sparsec.latency_model import register_latency_model
-from sparsec.parallel import torch_threads
 
 if TYPE_CHECKING:
     from sparsec.calibration import Calibration
@@ -55,7 +54,6 @@ __all__ = [
     "load_spec",
     "register_backend",
     "require_lowerable",
-    "torch_threads",
     "unflatten_outputs",
 ]
 

@@ -17,9 +17,10 @@ from torch.export import ExportedProgram
 from torch.utils import _pytree as pytree
 
 from sparsec.frontends import program_graph
+from sparsec.parallel import torch_threads
 from sparsec.program_files import PROGRAM_FILE, WEIGHTS_FILE, load_program, save_program
 
-from .base import TARGETS, BackendOptions, Diagnostic, Executable, require_lowerable, torch_threads
+from .base import TARGETS, BackendOptions, Diagnostic, Executable, require_lowerable
 from .semi_structured import lower_2_4
 
 if TYPE_CHECKING:

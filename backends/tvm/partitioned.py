@@ -38,10 +38,11 @@ from torch.export import ExportedProgram
 from tvm.target import Target
 
 from sparsec.errors import ArtifactError, BackendError
+from sparsec.parallel import torch_threads
 from sparsec.pipeline import PassResult, RewritePass, pass_dataclass, register
 from sparsec.program_files import PROGRAM_FILE, WEIGHTS_FILE, save_program
 
-from ..base import BackendOptions, torch_threads
+from ..base import BackendOptions
 from ..lowering import run_lowering
 from .fuse_chains import ChainCall, FuseSparseChains, find_chains
 from .importer import chain_layouts, kernel_for, kernel_name, kernel_operands
